@@ -1,0 +1,282 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+)
+
+// ErrInvalid is matched by every error about a bad variable value.
+var ErrInvalid = errors.New("invalid environment variable")
+
+// Env is the engine configuration taken from the environment. The zero value
+// is not meaningful; use Defaults or FromEnv.
+type Env struct {
+	// MinPort and MaxPort bound the random RPC and TCP data ports
+	// (MC_MIN_RPC_PORT/MC_MAX_RPC_PORT, or Mooncake's older misspelled
+	// MC_MIN_PRC_PORT/MC_MAX_PRC_PORT; default 15000-17000).
+	MinPort, MaxPort int
+	// HandshakePort is the port assumed for names without one
+	// (MC_HANDSHAKE_PORT, default 12001).
+	HandshakePort int
+	// IPv6 makes listeners and RPC clients use IPv6 (MC_USE_IPV6).
+	IPv6 bool
+	// HandshakeMaxFrame bounds handshake frames (MC_HANDSHAKE_MAX_LENGTH,
+	// bytes, default 1 MiB, 1 byte to 128 MiB).
+	HandshakeMaxFrame uint64
+	// HandshakeConnectTimeout bounds RPC connects
+	// (MC_HANDSHAKE_CONNECT_TIMEOUT, seconds, default 5).
+	HandshakeConnectTimeout time.Duration
+	// TCPBindAddress is the address advertised in rpc_meta in store modes
+	// (MC_TCP_BIND_ADDRESS; empty = first non-loopback interface that is up).
+	TCPBindAddress string
+	// ClusterID prefixes metadata keys (MC_METADATA_CLUSTER_ID).
+	ClusterID string
+	// MetadataLeaseTTL attaches published keys to an etcd lease
+	// (MC_METADATA_LEASE_TTL, seconds, 0 = no lease; a pymooncake extension).
+	MetadataLeaseTTL time.Duration
+	// DisableMetaCache re-fetches peer descriptors on every open
+	// (MC_DISABLE_METACACHE).
+	DisableMetaCache bool
+	// TCPForceV1 speaks the v1 framing even to v2 peers (MC_TCP_PROTO=1).
+	TCPForceV1 bool
+	// TCPStatusTimeout bounds each wait for a v2 status frame and each stalled
+	// socket operation (MC_TCP_STATUS_TIMEOUT_SEC, default 30).
+	TCPStatusTimeout time.Duration
+	// TCPLanes is the number of persistent connections per peer
+	// (MC_TCP_LANES_PER_PEER, or the older MC_TCP_MAX_CONNECTIONS_PER_PEER;
+	// default 4, 1 to 16).
+	TCPLanes int
+	// ForceTCP selects TCP even where RDMA devices exist (MC_FORCE_TCP).
+	ForceTCP bool
+	// TransferTimeout is the base deadline of synchronous Python calls
+	// (MC_TRANSFER_TIMEOUT, seconds, default 30, at least 5); each byte adds 1 ns.
+	TransferTimeout time.Duration
+	// LogLevel is MC_LOG_LEVEL (TRACE, DEBUG, INFO, WARNING, ERROR; default INFO).
+	LogLevel zapcore.Level
+	// Set lists the variables that were present, for logging the effective
+	// configuration once at init.
+	Set map[string]string
+}
+
+// Defaults returns the configuration with no variable set.
+func Defaults() Env {
+	return Env{
+		MinPort:                 15000,
+		MaxPort:                 17000,
+		HandshakePort:           12001,
+		HandshakeMaxFrame:       1 << 20,
+		HandshakeConnectTimeout: 5 * time.Second,
+		TCPStatusTimeout:        30 * time.Second,
+		TCPLanes:                4,
+		TransferTimeout:         30 * time.Second,
+		LogLevel:                zapcore.InfoLevel,
+		Set:                     map[string]string{},
+	}
+}
+
+// LookupFunc is os.LookupEnv's signature.
+type LookupFunc func(key string) (string, bool)
+
+// FromEnv parses every variable the engine reads. All problems are reported
+// together, each naming the variable and its value.
+func FromEnv(lookup LookupFunc) (Env, error) {
+	e := Defaults()
+	p := parser{lookup: lookup, set: e.Set}
+
+	minKey, maxKey := "MC_MIN_RPC_PORT", "MC_MAX_RPC_PORT"
+	if _, ok := p.get(minKey); !ok {
+		minKey = "MC_MIN_PRC_PORT"
+	}
+	if _, ok := p.get(maxKey); !ok {
+		maxKey = "MC_MAX_PRC_PORT"
+	}
+	p.intVar(&e.MinPort, minKey, 1, 65535)
+	p.intVar(&e.MaxPort, maxKey, 1, 65535)
+	p.intVar(&e.HandshakePort, "MC_HANDSHAKE_PORT", 1, 65535)
+	p.boolVar(&e.IPv6, "MC_USE_IPV6")
+	var maxFrame int
+	if p.intVar(&maxFrame, "MC_HANDSHAKE_MAX_LENGTH", 1, 128<<20) {
+		e.HandshakeMaxFrame = uint64(maxFrame)
+	}
+	p.secondsVar(&e.HandshakeConnectTimeout, "MC_HANDSHAKE_CONNECT_TIMEOUT", 1, 3600)
+	if v, ok := p.get("MC_TCP_BIND_ADDRESS"); ok {
+		e.TCPBindAddress = strings.TrimSpace(v)
+	}
+	if v, ok := p.get("MC_METADATA_CLUSTER_ID"); ok {
+		e.ClusterID = v
+	}
+	p.secondsVar(&e.MetadataLeaseTTL, "MC_METADATA_LEASE_TTL", 0, 86400)
+	p.presenceVar(&e.DisableMetaCache, "MC_DISABLE_METACACHE")
+	if v, ok := p.get("MC_TCP_PROTO"); ok {
+		switch strings.TrimSpace(v) {
+		case "1":
+			e.TCPForceV1 = true
+		case "2", "":
+		default:
+			p.fail("MC_TCP_PROTO", v, "want 1 or 2")
+		}
+	}
+	p.secondsVar(&e.TCPStatusTimeout, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 86400)
+	lanesKey := "MC_TCP_LANES_PER_PEER"
+	if _, ok := p.get(lanesKey); !ok {
+		lanesKey = "MC_TCP_MAX_CONNECTIONS_PER_PEER"
+	}
+	p.intVar(&e.TCPLanes, lanesKey, 1, 16)
+	p.presenceVar(&e.ForceTCP, "MC_FORCE_TCP")
+	p.secondsVar(&e.TransferTimeout, "MC_TRANSFER_TIMEOUT", 5, 86400)
+	if v, ok := p.get("MC_LOG_LEVEL"); ok {
+		lvl, err := ParseLogLevel(v)
+		if err != nil {
+			p.fail("MC_LOG_LEVEL", v, err.Error())
+		} else {
+			e.LogLevel = lvl
+		}
+	}
+
+	if len(p.errs) == 0 {
+		if err := ValidatePortRange(e.MinPort, e.MaxPort); err != nil {
+			p.errs = append(p.errs, fmt.Errorf("%w: %s=%d %s=%d: %v", ErrInvalid, minKey, e.MinPort, maxKey, e.MaxPort, err))
+		}
+	}
+	return e, errors.Join(p.errs...)
+}
+
+// ValidatePortRange applies Mooncake HEAD's rules to a random-port range:
+// no privileged ports, nothing inside Linux's ephemeral range (where outgoing
+// connections take their ports), and min <= max.
+func ValidatePortRange(minPort, maxPort int) error {
+	switch {
+	case minPort > maxPort:
+		return fmt.Errorf("min port %d above max port %d", minPort, maxPort)
+	case minPort < 1024:
+		return fmt.Errorf("port %d is privileged (below 1024)", minPort)
+	case maxPort > 65535:
+		return fmt.Errorf("port %d above 65535", maxPort)
+	case minPort <= 60999 && maxPort >= 32768:
+		return fmt.Errorf("range [%d, %d] overlaps the ephemeral port range [32768, 60999]", minPort, maxPort)
+	}
+	return nil
+}
+
+// ParseLogLevel maps Mooncake's MC_LOG_LEVEL names (glog's, plus the usual
+// aliases) to zap levels. TRACE is zap's debug level.
+func ParseLogLevel(s string) (zapcore.Level, error) {
+	switch strings.ToUpper(strings.TrimSpace(s)) {
+	case "TRACE", "DEBUG", "VERBOSE":
+		return zapcore.DebugLevel, nil
+	case "INFO":
+		return zapcore.InfoLevel, nil
+	case "WARNING", "WARN":
+		return zapcore.WarnLevel, nil
+	case "ERROR", "FATAL":
+		return zapcore.ErrorLevel, nil
+	}
+	return 0, fmt.Errorf("unknown log level %q (want TRACE, INFO, WARNING or ERROR)", s)
+}
+
+// SortedSet returns the variables that were set as "KEY=VALUE" strings.
+func (e Env) SortedSet() []string {
+	out := make([]string, 0, len(e.Set))
+	for k, v := range e.Set {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+type parser struct {
+	lookup LookupFunc
+	set    map[string]string
+	errs   []error
+}
+
+func (p *parser) get(key string) (string, bool) {
+	if p.lookup == nil {
+		return "", false
+	}
+	v, ok := p.lookup(key)
+	if ok {
+		p.set[key] = v
+	}
+	return v, ok
+}
+
+func (p *parser) fail(key, value, why string) {
+	p.errs = append(p.errs, fmt.Errorf("%w: %s=%q: %s", ErrInvalid, key, value, why))
+}
+
+// intVar parses key into dst when set; it reports whether it was set and valid.
+func (p *parser) intVar(dst *int, key string, lo, hi int) bool {
+	v, ok := p.get(key)
+	if !ok {
+		return false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		p.fail(key, v, "not an integer")
+		return false
+	}
+	if n < lo || n > hi {
+		p.fail(key, v, fmt.Sprintf("out of range [%d, %d]", lo, hi))
+		return false
+	}
+	*dst = n
+	return true
+}
+
+func (p *parser) secondsVar(dst *time.Duration, key string, lo, hi int) {
+	var n int
+	if p.intVar(&n, key, lo, hi) {
+		*dst = time.Duration(n) * time.Second
+	}
+}
+
+// boolVar accepts the usual spellings; anything else is an error.
+func (p *parser) boolVar(dst *bool, key string) {
+	v, ok := p.get(key)
+	if !ok {
+		return
+	}
+	b, err := parseBool(v)
+	if err != nil {
+		p.fail(key, v, err.Error())
+		return
+	}
+	*dst = b
+}
+
+// presenceVar is for the variables Mooncake treats as on whenever they are
+// set (MC_FORCE_TCP=1 and MC_FORCE_TCP=yes alike). An explicit false
+// spelling turns the switch off rather than on, which is what users mean.
+func (p *parser) presenceVar(dst *bool, key string) {
+	v, ok := p.get(key)
+	if !ok {
+		return
+	}
+	if strings.TrimSpace(v) == "" {
+		*dst = true
+		return
+	}
+	b, err := parseBool(v)
+	if err != nil {
+		p.fail(key, v, err.Error())
+		return
+	}
+	*dst = b
+}
+
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "true", "yes", "on", "y":
+		return true, nil
+	case "0", "false", "no", "off", "n":
+		return false, nil
+	}
+	return false, errors.New("want 1/0, true/false, yes/no or on/off")
+}

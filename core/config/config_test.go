@@ -1,0 +1,84 @@
+package config
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zapcore"
+)
+
+func lookupMap(m map[string]string) LookupFunc {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestFromEnvDefaults(t *testing.T) {
+	e, err := FromEnv(lookupMap(nil))
+	require.NoError(t, err)
+	d := Defaults()
+	require.Equal(t, d.MinPort, e.MinPort)
+	require.Equal(t, 17000, e.MaxPort)
+	require.Equal(t, uint64(1<<20), e.HandshakeMaxFrame)
+	require.Equal(t, 30*time.Second, e.TransferTimeout)
+	require.Equal(t, 4, e.TCPLanes)
+	require.Empty(t, e.SortedSet())
+}
+
+func TestFromEnvValues(t *testing.T) {
+	tests := []struct {
+		name  string
+		env   map[string]string
+		check func(t *testing.T, e Env)
+	}{
+		{"rpc ports", map[string]string{"MC_MIN_RPC_PORT": "20000", "MC_MAX_RPC_PORT": "20010"},
+			func(t *testing.T, e Env) { require.Equal(t, 20000, e.MinPort); require.Equal(t, 20010, e.MaxPort) }},
+		{"misspelled prc ports", map[string]string{"MC_MIN_PRC_PORT": "20000", "MC_MAX_PRC_PORT": "20010"},
+			func(t *testing.T, e Env) { require.Equal(t, 20000, e.MinPort); require.Equal(t, 20010, e.MaxPort) }},
+		{"rpc spelling wins", map[string]string{"MC_MIN_RPC_PORT": "21000", "MC_MIN_PRC_PORT": "20000", "MC_MAX_RPC_PORT": "21001"},
+			func(t *testing.T, e Env) { require.Equal(t, 21000, e.MinPort) }},
+		{"force v1", map[string]string{"MC_TCP_PROTO": "1"}, func(t *testing.T, e Env) { require.True(t, e.TCPForceV1) }},
+		{"lanes old name", map[string]string{"MC_TCP_MAX_CONNECTIONS_PER_PEER": "8"}, func(t *testing.T, e Env) { require.Equal(t, 8, e.TCPLanes) }},
+		{"force tcp presence", map[string]string{"MC_FORCE_TCP": ""}, func(t *testing.T, e Env) { require.True(t, e.ForceTCP) }},
+		{"force tcp false", map[string]string{"MC_FORCE_TCP": "0"}, func(t *testing.T, e Env) { require.False(t, e.ForceTCP) }},
+		{"log level", map[string]string{"MC_LOG_LEVEL": "warning"}, func(t *testing.T, e Env) { require.Equal(t, zapcore.WarnLevel, e.LogLevel) }},
+		{"timeout", map[string]string{"MC_TRANSFER_TIMEOUT": "7"}, func(t *testing.T, e Env) { require.Equal(t, 7*time.Second, e.TransferTimeout) }},
+		{"max frame", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "4096"}, func(t *testing.T, e Env) { require.Equal(t, uint64(4096), e.HandshakeMaxFrame) }},
+		{"set recorded", map[string]string{"MC_USE_IPV6": "1"}, func(t *testing.T, e Env) {
+			require.True(t, e.IPv6)
+			require.Equal(t, []string{"MC_USE_IPV6=1"}, e.SortedSet())
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := FromEnv(lookupMap(tc.env))
+			require.NoError(t, err)
+			tc.check(t, e)
+		})
+	}
+}
+
+func TestFromEnvRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+	}{
+		{"not a number", map[string]string{"MC_MIN_RPC_PORT": "abc"}},
+		{"min above max", map[string]string{"MC_MIN_RPC_PORT": "16000", "MC_MAX_RPC_PORT": "15000"}},
+		{"privileged", map[string]string{"MC_MIN_RPC_PORT": "80", "MC_MAX_RPC_PORT": "90"}},
+		{"ephemeral", map[string]string{"MC_MIN_RPC_PORT": "40000", "MC_MAX_RPC_PORT": "40010"}},
+		{"port too big", map[string]string{"MC_MAX_RPC_PORT": "70000"}},
+		{"transfer timeout below 5", map[string]string{"MC_TRANSFER_TIMEOUT": "2"}},
+		{"max frame too large", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "999999999"}},
+		{"max frame zero", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "0"}},
+		{"bad bool", map[string]string{"MC_USE_IPV6": "maybe"}},
+		{"bad proto", map[string]string{"MC_TCP_PROTO": "3"}},
+		{"too many lanes", map[string]string{"MC_TCP_LANES_PER_PEER": "17"}},
+		{"bad log level", map[string]string{"MC_LOG_LEVEL": "loud"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := FromEnv(lookupMap(tc.env))
+			require.ErrorIs(t, err, ErrInvalid)
+		})
+	}
+}
