@@ -375,8 +375,8 @@ func TestPutRetriesWhenLeaseRevokedByServer(t *testing.T) {
 	raw := rawClient(t, e.endpoints())
 	reconnected := make(chan struct{}, 4)
 	s := newStore(t, Config{
-		Endpoints:   e.endpoints(),
-		LeaseTTL:    30 * time.Second,
+		Endpoints: e.endpoints(),
+		LeaseTTL:  30 * time.Second,
 		OnReconnect: func(context.Context) {
 			select {
 			case reconnected <- struct{}{}:
