@@ -1,0 +1,430 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/handshake"
+	"github.com/pymooncake/pymooncake/core/internal/listen"
+	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/transport/tcp"
+)
+
+// Config says how to start an Engine.
+type Config struct {
+	// LocalName is the server name given to initialize. In P2P mode only
+	// its host is kept: the engine renames itself host:rpc_port.
+	LocalName string
+	// Metadata is the connection string: "P2PHANDSHAKE", "etcd://h:p[,h:p]",
+	// "http://h:p/path", or a bare "h:p" meaning etcd.
+	Metadata string
+	// Devices is the NIC filter (initialize's device_name); TCP ignores it.
+	Devices []string
+	// Env is the parsed environment (config.FromEnv).
+	Env config.Env
+	// Logger receives the engine's logs; nil discards them.
+	Logger *zap.Logger
+	// OpenStore opens the shared metadata store for a non-P2P connection
+	// string. nil means store modes are unavailable.
+	OpenStore func(ctx context.Context, cs metadata.ConnString, env config.Env, log *zap.Logger, republish func(context.Context) error) (metadata.Store, error)
+}
+
+// Engine is a running transfer engine. All methods are safe for concurrent
+// use.
+type Engine struct {
+	cfg  Config
+	log  *zap.Logger
+	name string
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // background goroutines (orphaned batch reapers)
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	rpc     *handshake.Server
+	rpcPort int
+	client  *handshake.Client
+	tcp     *tcp.Transport
+	dir     directory
+	store   metadata.Store // nil in P2P mode
+	prefix  string
+
+	mem      *memoryTable
+	segs     segmentTable
+	batches  batchTable
+	notifies notifyQueue
+	managed  *managedPool
+
+	publishMu sync.Mutex // serialises descriptor publication
+}
+
+// New starts an engine: it binds the RPC and TCP data listeners on random
+// ports of [MC_MIN_RPC_PORT, MC_MAX_RPC_PORT], and in store modes publishes
+// its rpc_meta and descriptor.
+func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if cfg.Env.MaxPort == 0 {
+		cfg.Env = config.Defaults()
+	}
+	cs, err := metadata.ParseConnString(cfg.Metadata)
+	if err != nil {
+		return nil, fmt.Errorf("initialize: %w: %w", ErrInvalidArgument, err)
+	}
+	host, _ := metadata.ParseHostPort(cfg.LocalName, cfg.Env.HandshakePort)
+	if host == "" {
+		return nil, fmt.Errorf("initialize: local server name %q has no host: %w", cfg.LocalName, ErrInvalidArgument)
+	}
+
+	e := &Engine{cfg: cfg, log: log.Named("engine"), mem: newMemoryTable()}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	e.client = &handshake.Client{
+		ConnectTimeout: cfg.Env.HandshakeConnectTimeout,
+		MaxFrame:       cfg.Env.HandshakeMaxFrame,
+		IPv6:           cfg.Env.IPv6,
+	}
+
+	rpcLn, err := listen.RandomPort(cfg.Env.MinPort, cfg.Env.MaxPort, cfg.Env.IPv6)
+	if err != nil {
+		return nil, fmt.Errorf("initialize: rpc listener: %w", err)
+	}
+	e.rpcPort = listen.Port(rpcLn)
+	dataLn, err := listen.RandomPort(cfg.Env.MinPort, cfg.Env.MaxPort, cfg.Env.IPv6)
+	if err != nil {
+		rpcLn.Close()
+		return nil, fmt.Errorf("initialize: tcp data listener: %w", err)
+	}
+	e.tcp, err = tcp.New(tcp.Config{
+		Lanes:         cfg.Env.TCPLanes,
+		StatusTimeout: cfg.Env.TCPStatusTimeout,
+		IOTimeout:     cfg.Env.TCPStatusTimeout,
+		DialTimeout:   cfg.Env.HandshakeConnectTimeout,
+		ForceV1:       cfg.Env.TCPForceV1,
+		Logger:        log.Named("tcp"),
+	}, dataLn, e.mem.Contains)
+	if err != nil {
+		rpcLn.Close()
+		dataLn.Close()
+		return nil, fmt.Errorf("initialize: tcp transport: %w", err)
+	}
+
+	if cs.Kind == metadata.P2P {
+		e.name = metadata.JoinHostPort(host, e.rpcPort)
+		e.dir = &p2pDirectory{client: e.client, defaultPort: cfg.Env.HandshakePort, own: e.ownDescriptor}
+	} else {
+		e.name = cfg.LocalName
+		if cfg.OpenStore == nil {
+			rpcLn.Close()
+			return nil, fmt.Errorf("initialize: metadata %q: %w", cfg.Metadata, ErrNotSupported)
+		}
+		e.prefix = metadata.KeyPrefix(cfg.Env.ClusterID)
+		e.store, err = cfg.OpenStore(ctx, cs, cfg.Env, log.Named("metadata"), e.republish)
+		if err != nil {
+			rpcLn.Close()
+			return nil, fmt.Errorf("initialize: metadata store %q: %w: %w", cfg.Metadata, ErrMetadata, err)
+		}
+		e.dir = &storeDirectory{store: e.store, prefix: e.prefix}
+	}
+
+	e.rpc = handshake.NewServer(rpcLn, handshake.ServerConfig{
+		MaxFrame: cfg.Env.HandshakeMaxFrame,
+		Logger:   log.Named("rpc"),
+	}, map[handshake.MsgType]handshake.Handler{
+		handshake.Connection: e.onConnection,
+		handshake.Legacy:     e.onConnection,
+		handshake.Metadata:   e.onMetadata,
+		handshake.Notify:     e.onNotify,
+		handshake.Probe:      e.onProbe,
+	})
+
+	if e.store != nil {
+		if err := e.republish(ctx); err != nil {
+			return nil, fmt.Errorf("initialize: %w", err)
+		}
+	}
+	e.log.Info("engine started",
+		zap.String("name", e.name),
+		zap.Int("rpc_port", e.rpcPort),
+		zap.Int("tcp_data_port", e.tcp.Port()),
+		zap.String("metadata", cfg.Metadata),
+		zap.Strings("env", cfg.Env.SortedSet()))
+	return e, nil
+}
+
+// Name is the segment name peers open this engine by.
+func (e *Engine) Name() string { return e.name }
+
+// RPCPort is the port of the handshake listener.
+func (e *Engine) RPCPort() int { return e.rpcPort }
+
+// DataPort is the port of the TCP data listener.
+func (e *Engine) DataPort() int { return e.tcp.Port() }
+
+// Close stops the engine: listeners, connections, goroutines. Unfinished
+// tasks fail. In store modes the engine's own keys are deleted. Managed
+// buffers are released; memory the application registered is not touched.
+// Close is idempotent and returns the first error.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		e.closed.Store(true)
+		var errs []error
+		if e.store != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			for _, k := range []string{metadata.RPCMetaKey(e.prefix, e.name), metadata.SegmentKey(e.prefix, e.name)} {
+				if err := e.store.Delete(ctx, k); err != nil {
+					errs = append(errs, fmt.Errorf("close: delete %q: %w", k, err))
+				}
+			}
+			cancel()
+		}
+		e.cancel()
+		if e.rpc != nil {
+			errs = append(errs, e.rpc.Close())
+		}
+		if e.tcp != nil {
+			errs = append(errs, e.tcp.Close())
+		}
+		e.wg.Wait()
+		if e.store != nil {
+			errs = append(errs, e.store.Close())
+		}
+		if e.managed != nil {
+			errs = append(errs, e.managed.close())
+		}
+		e.closeErr = errors.Join(errs...)
+	})
+	return e.closeErr
+}
+
+// ownDescriptor is this engine's descriptor as Mooncake's FastWriter writes it.
+func (e *Engine) ownDescriptor() []byte {
+	b, err := e.localDesc().Marshal(true)
+	if err != nil {
+		// Marshal fails only for an unknown protocol; ours is "tcp".
+		e.log.Error("encode own descriptor", zap.Error(err))
+		return []byte("null\n")
+	}
+	return b
+}
+
+func (e *Engine) localDesc() *metadata.SegmentDesc {
+	d := &metadata.SegmentDesc{
+		Name:            e.name,
+		Protocol:        "tcp",
+		TCPDataPort:     e.tcp.Port(),
+		TCPProtoVersion: e.tcp.ProtoVersion(),
+	}
+	for _, r := range e.mem.regions() {
+		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: e.name, Addr: r.addr, Length: r.length})
+	}
+	return d
+}
+
+// republish writes rpc_meta and the descriptor to the store; the store also
+// calls it after an outage. It is a no-op in P2P mode.
+func (e *Engine) republish(ctx context.Context) error {
+	if e.store == nil {
+		return nil
+	}
+	e.publishMu.Lock()
+	defer e.publishMu.Unlock()
+	host, _ := metadata.ParseHostPort(e.cfg.LocalName, e.cfg.Env.HandshakePort)
+	ip, err := advertisedHost(e.cfg.Env.TCPBindAddress, e.cfg.Env.IPv6, host)
+	if err != nil {
+		return err
+	}
+	meta, err := metadata.RPCMeta{IPOrHostName: ip, RPCPort: e.rpcPort}.Marshal(true)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := e.store.Put(ctx, metadata.RPCMetaKey(e.prefix, e.name), meta); err != nil {
+		return fmt.Errorf("publish rpc_meta of %q: %w: %w", e.name, ErrMetadata, err)
+	}
+	return e.publishDescLocked(ctx)
+}
+
+// publishDesc writes the current descriptor to the store (store modes).
+func (e *Engine) publishDesc(ctx context.Context) error {
+	if e.store == nil {
+		return nil
+	}
+	e.publishMu.Lock()
+	defer e.publishMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return e.publishDescLocked(ctx)
+}
+
+func (e *Engine) publishDescLocked(ctx context.Context) error {
+	b, err := e.localDesc().Marshal(true)
+	if err != nil {
+		return err
+	}
+	if err := e.store.Put(ctx, metadata.SegmentKey(e.prefix, e.name), b); err != nil {
+		return fmt.Errorf("publish descriptor of %q: %w: %w", e.name, ErrMetadata, err)
+	}
+	return nil
+}
+
+// Handshake handlers. Each returns the reply JSON; the server always replies.
+
+func (e *Engine) onConnection(context.Context, handshake.MsgType, []byte) []byte {
+	// A TCP engine needs no connection setup: it answers an empty
+	// HandShakeDesc, as Mooncake's TCP transport does.
+	b, _ := handshake.HandShakeDesc{}.Marshal()
+	return b
+}
+
+func (e *Engine) onMetadata(context.Context, handshake.MsgType, []byte) []byte {
+	return e.ownDescriptor()
+}
+
+func (e *Engine) onNotify(_ context.Context, _ handshake.MsgType, payload []byte) []byte {
+	n, err := handshake.DecodeNotifyMsg(payload)
+	if err != nil {
+		e.log.Debug("bad notify", zap.Error(err))
+		b, _ := handshake.NotifyMsg{}.Marshal()
+		return b
+	}
+	if !e.notifies.push(Notify{Name: n.Name, Msg: n.Msg}) {
+		e.log.Warn("notify queue full; refusing notify", zap.String("name", n.Name))
+		b, _ := handshake.NotifyMsg{}.Marshal()
+		return b
+	}
+	return handshake.NotifyAck()
+}
+
+func (e *Engine) onProbe(context.Context, handshake.MsgType, []byte) []byte {
+	return handshake.ProbeReply()
+}
+
+// Notifies drains and returns the notifies received so far.
+func (e *Engine) Notifies() []Notify { return e.notifies.drain() }
+
+// SendNotify sends n to the engine called segment (its RPC listener).
+func (e *Engine) SendNotify(ctx context.Context, segment string, n Notify) error {
+	if e.closed.Load() {
+		return ErrClosed
+	}
+	addr, err := e.rpcAddrOf(ctx, segment)
+	if err != nil {
+		return fmt.Errorf("send notify to %q: %w", segment, err)
+	}
+	if err := e.client.SendNotify(ctx, addr, handshake.NotifyMsg{Name: n.Name, Msg: n.Msg}); err != nil {
+		return fmt.Errorf("send notify to %q at %s: %w", segment, addr, err)
+	}
+	return nil
+}
+
+// Probe checks that the engine called peer answers a Probe message.
+func (e *Engine) Probe(ctx context.Context, peer string) error {
+	if e.closed.Load() {
+		return ErrClosed
+	}
+	addr, err := e.rpcAddrOf(ctx, peer)
+	if err != nil {
+		return fmt.Errorf("probe %q: %w", peer, err)
+	}
+	if err := e.client.Probe(ctx, addr); err != nil {
+		return fmt.Errorf("probe %q at %s: %w", peer, addr, err)
+	}
+	return nil
+}
+
+// rpcAddrOf locates name's RPC listener, through its descriptor's name when
+// name is an open segment.
+func (e *Engine) rpcAddrOf(ctx context.Context, name string) (string, error) {
+	if s, ok := e.segs.lookup(name); ok {
+		name = s.desc.Name
+	}
+	if name == "" {
+		return "", fmt.Errorf("empty peer name: %w", ErrInvalidArgument)
+	}
+	return e.dir.rpcAddr(ctx, name)
+}
+
+// RegisterMemory registers [addr, addr+length) so that peers may read and
+// write it. location is "*", "cpu:N" or "cuda:N".
+func (e *Engine) RegisterMemory(addr uintptr, length uint64, location string) error {
+	return e.RegisterMemoryBatch([]uintptr{addr}, []uint64{length}, location)
+}
+
+// RegisterMemoryBatch registers several regions at once: all or none, with
+// one descriptor publication.
+func (e *Engine) RegisterMemoryBatch(addrs []uintptr, lengths []uint64, location string) error {
+	if e.closed.Load() {
+		return ErrClosed
+	}
+	if len(addrs) != len(lengths) {
+		return fmt.Errorf("register memory: %d addresses but %d lengths: %w", len(addrs), len(lengths), ErrInvalidArgument)
+	}
+	rs := make([]region, len(addrs))
+	for i := range addrs {
+		rs[i] = region{addr: uint64(addrs[i]), length: lengths[i], location: location}
+	}
+	if err := e.mem.add(rs); err != nil {
+		return err
+	}
+	if err := e.publishDesc(e.ctx); err != nil {
+		starts := make([]uint64, len(rs))
+		for i, r := range rs {
+			starts[i] = r.addr
+		}
+		e.mem.remove(starts) // the registration did not take effect anywhere
+		return fmt.Errorf("register memory: %w", err)
+	}
+	return nil
+}
+
+// UnregisterMemory unregisters the region starting at addr.
+func (e *Engine) UnregisterMemory(addr uintptr) error {
+	return e.UnregisterMemoryBatch([]uintptr{addr})
+}
+
+// UnregisterMemoryBatch unregisters several regions: all or none.
+func (e *Engine) UnregisterMemoryBatch(addrs []uintptr) error {
+	if e.closed.Load() {
+		return ErrClosed
+	}
+	starts := make([]uint64, len(addrs))
+	for i, a := range addrs {
+		starts[i] = uint64(a)
+	}
+	removed, err := e.mem.remove(starts)
+	if err != nil {
+		return err
+	}
+	if err := e.publishDesc(e.ctx); err != nil {
+		e.mem.add(removed) // put them back: they are still registered everywhere
+		return fmt.Errorf("unregister memory: %w", err)
+	}
+	return nil
+}
+
+// CheckLocal reports whether [addr, addr+length) lies inside one registered
+// region of this engine.
+func (e *Engine) CheckLocal(addr uintptr, length uint64) error {
+	if !e.mem.Contains(uint64(addr), length) {
+		return fmt.Errorf("local range [%#x, +%d) is not inside registered memory: %w", addr, length, ErrAddressNotRegistered)
+	}
+	return nil
+}
