@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/pymooncake/pymooncake/core/config"
@@ -38,7 +39,7 @@ func newEngine(tb testing.TB, env map[string]string) *Engine {
 	tb.Helper()
 	e, err := config.FromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	require.NoError(tb, err)
-	eng, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: e, Logger: zaptest.NewLogger(tb)})
+	eng, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: e, Logger: testLogger(tb)})
 	require.NoError(tb, err)
 	tb.Cleanup(func() { require.NoError(tb, eng.Close()) })
 	return eng
@@ -516,4 +517,12 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 	require.Equal(t, transport.Failed, st)
 	require.Error(t, err)
 	require.NoError(t, e.FreeBatch(id))
+}
+
+// testLogger attaches logs to a failing test; benchmarks get none.
+func testLogger(tb testing.TB) *zap.Logger {
+	if _, ok := tb.(*testing.B); ok {
+		return zap.NewNop()
+	}
+	return zaptest.NewLogger(tb)
 }
