@@ -1,0 +1,29 @@
+// Package tcp implements Mooncake's TCP data transport: the 24-byte request
+// header, the v1 framing (no acknowledgement, one request per connection on
+// the client side) and the v2 framing (status frames carrying the "MCTV"
+// magic), as specified in reference/protocol.md §5.
+//
+// A Transport is both ends at once:
+//
+//   - The server owns the listener handed to New and one goroutine per
+//     accepted connection. Every request is checked with the engine's
+//     Validator at header time; the server reads or writes only the bytes of
+//     [addr, addr+size) that the validator approved, in place, and drops the
+//     connection on anything else (v2 peers first get a REJECTED frame).
+//   - The client keeps, per peer (name, host, port), up to Config.Lanes
+//     persistent v2 connections ("lanes"), each served by one goroutine that
+//     runs its queue one request at a time. v1 targets get a fresh connection
+//     per request, because their servers close after one.
+//
+// Ownership: New takes the listener; Close closes it, every accepted and
+// dialed connection, fails every queued or in-flight task with ErrClosed and
+// waits for all goroutines. ClosePeer does the same for one peer's lanes.
+//
+// Errors reported through Task.PartDone: ErrRejected (the target refused the
+// address range; only that task fails), ErrLegacyPeer and ErrUnknownStatus
+// (a status frame that v2 does not define), ErrPeer (the connection failed:
+// refused, reset, closed or timed out; every task queued on that lane fails
+// and PeerHealthy turns false), ErrClosed, and the ctx's own error when the
+// Submit context ends first. All of them come wrapped in a *PeerError naming
+// the peer, its address and the request.
+package tcp

@@ -1,0 +1,55 @@
+package tcp
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrRejected means the target refused the request's address range
+	// (v2 REJECTED status frame).
+	ErrRejected = errors.New("tcp: remote address range rejected by peer")
+	// ErrLegacyPeer means a status frame lacked the "MCTV" magic: the peer
+	// does not speak v2.
+	ErrLegacyPeer = errors.New("tcp: status frame without v2 magic (legacy peer)")
+	// ErrUnknownStatus means a status frame had the v2 magic but a code that
+	// is neither OK nor REJECTED.
+	ErrUnknownStatus = errors.New("tcp: unknown v2 status code")
+	// ErrClosed means the transport, or the peer's connections, were closed
+	// before the task finished.
+	ErrClosed = errors.New("tcp: transport closed")
+	// ErrPeer matches connection-level failures: dial errors, resets, EOF,
+	// and I/O that made no progress within its timeout.
+	ErrPeer = errors.New("tcp: peer connection failed")
+	// ErrInvalidConfig means New was given a bad Config.
+	ErrInvalidConfig = errors.New("tcp: invalid config")
+)
+
+// PeerError is how every failed task reports its cause: which peer, which
+// request, and what went wrong. It unwraps to the cause (a sentinel of this
+// package, a net error or a context error) and matches ErrPeer when the
+// failure was at the connection level.
+type PeerError struct {
+	// Peer is the target segment name.
+	Peer string
+	// Addr is the data endpoint, host:port.
+	Addr string
+	// Op is "read" or "write".
+	Op string
+	// Remote and Size are the address range of the failed request (or part).
+	Remote, Size uint64
+	// Conn is true for connection-level failures (see ErrPeer).
+	Conn bool
+	// Err is the cause.
+	Err error
+}
+
+func (e *PeerError) Error() string {
+	return fmt.Sprintf("tcp %s of %d bytes at %#x on peer %q (%s): %v", e.Op, e.Size, e.Remote, e.Peer, e.Addr, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *PeerError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrPeer) true for connection-level failures.
+func (e *PeerError) Is(target error) bool { return target == ErrPeer && e.Conn }

@@ -1,0 +1,165 @@
+package tcp
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// serverIdle is how long a server connection may wait for its next header
+// before it is closed (a Mooncake client keeps lanes open between requests).
+const serverIdle = 10 * time.Minute
+
+var (
+	okFrame       = EncodeStatus(StatusOK)
+	rejectedFrame = EncodeStatus(StatusRejected)
+)
+
+// server answers requests against the local registered memory.
+type server struct {
+	ln       net.Listener
+	validate Validator
+	log      *zap.Logger // sampled: peers choose how often it is called
+	io, idle time.Duration
+	wg       *sync.WaitGroup
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // guarded by mu
+	closed bool                  // guarded by mu
+}
+
+// acceptLoop runs until the listener is closed.
+func (s *server) acceptLoop(done <-chan struct{}) {
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors or a similar transient failure: wait and retry.
+			s.log.Warn("tcp server: accept failed", zap.Error(err))
+			select {
+			case <-time.After(backoff):
+			case <-done:
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			_ = c.Close()
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// close closes the listener and every connection, which ends their
+// goroutines; the caller waits for them.
+func (s *server) close() error {
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// allowed reports whether h names a non-empty range that the validator
+// approves; ranges that wrap around or are absurdly large never reach it.
+func (s *server) allowed(h Header) bool {
+	if h.Size == 0 || h.Size >= maxSize || h.Addr+h.Size < h.Addr {
+		return false
+	}
+	return s.validate(h.Addr, h.Size)
+}
+
+// serveConn answers requests on c until the peer closes it, a request is
+// rejected, or an I/O step fails or times out. It closes c.
+func (s *server) serveConn(c net.Conn) {
+	defer c.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("tcp server: panic while serving peer, connection dropped",
+				zap.Stringer("peer", c.RemoteAddr()), zap.Any("panic", r), zap.StackSkip("stack", 1))
+		}
+	}()
+	st := &serverConn{stream: stream{c: c}}
+	for {
+		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
+			return
+		}
+		if _, err := io.ReadFull(c, st.hdr[:]); err != nil {
+			if err != io.EOF && !errors.Is(err, net.ErrClosed) {
+				s.log.Debug("tcp server: reading header", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
+			}
+			return
+		}
+		h := DecodeHeader(&st.hdr)
+		if !s.allowed(h) {
+			s.log.Warn("tcp server: request rejected: address range not registered",
+				zap.Stringer("peer", c.RemoteAddr()), zap.Uint64("addr", h.Addr),
+				zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode))
+			if h.isV2() {
+				// Close without draining the body, as Mooncake does.
+				_ = st.write(rejectedFrame[:], nil, s.io)
+			}
+			return
+		}
+		mem := memory(uintptr(h.Addr), h.Size)
+		var err error
+		if h.isWrite() {
+			_, err = st.readFull(mem, s.io)
+			if err == nil && h.isV2() {
+				err = st.write(okFrame[:], nil, s.io)
+			}
+		} else {
+			var prefix []byte
+			if h.isV2() {
+				prefix = okFrame[:]
+			}
+			err = st.write(prefix, mem, s.io)
+		}
+		if err != nil {
+			s.log.Debug("tcp server: transfer failed", zap.Stringer("peer", c.RemoteAddr()),
+				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode), zap.Error(err))
+			return
+		}
+	}
+}
+
+// serverConn is the per-connection state, allocated once per connection.
+type serverConn struct {
+	stream
+	hdr [HeaderSize]byte
+}

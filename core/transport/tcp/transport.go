@@ -1,0 +1,302 @@
+package tcp
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/pymooncake/pymooncake/core/internal/listen"
+	"github.com/pymooncake/pymooncake/core/transport"
+)
+
+// Validator reports whether [addr, addr+size) lies inside one registered
+// local buffer. The engine provides it; it must be lock-free, since the
+// server calls it for every request.
+type Validator func(addr, size uint64) bool
+
+// Defaults and limits of Config.
+const (
+	DefaultLanes          = 4
+	MaxLanes              = 16
+	DefaultSplitThreshold = 4 << 20
+	DefaultStatusTimeout  = 30 * time.Second
+	DefaultIOTimeout      = 30 * time.Second
+	DefaultDialTimeout    = 5 * time.Second
+	// minPart is the smallest part a large request is split into.
+	minPart = 1 << 20
+)
+
+// Config configures a Transport. Zero values mean the documented defaults.
+type Config struct {
+	// Lanes is the number of persistent connections per peer
+	// (MC_TCP_LANES_PER_PEER): default 4, at most 16.
+	Lanes int
+	// SplitThreshold: a request of at least this many bytes is split into
+	// parts of at least 1 MiB spread over the lanes. Default 4 MiB.
+	SplitThreshold uint64
+	// StatusTimeout bounds each wait for a v2 status frame
+	// (MC_TCP_STATUS_TIMEOUT_SEC). Default 30 s.
+	StatusTimeout time.Duration
+	// IOTimeout bounds each socket read or write that makes no progress, so
+	// a stopped or dead peer fails its tasks within it. Default 30 s.
+	IOTimeout time.Duration
+	// DialTimeout bounds each connect. Default 5 s.
+	DialTimeout time.Duration
+	// ForceV1 speaks v1 even to targets that advertise v2 (MC_TCP_PROTO=1).
+	ForceV1 bool
+	// Logger receives the transport's logs; nil means none.
+	Logger *zap.Logger
+}
+
+// withDefaults fills zero fields and rejects impossible values.
+func (c Config) withDefaults() (Config, error) {
+	if c.Lanes == 0 {
+		c.Lanes = DefaultLanes
+	}
+	if c.Lanes < 1 || c.Lanes > MaxLanes {
+		return c, fmt.Errorf("lanes %d outside [1, %d]: %w", c.Lanes, MaxLanes, ErrInvalidConfig)
+	}
+	if c.SplitThreshold == 0 {
+		c.SplitThreshold = DefaultSplitThreshold
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"status timeout", &c.StatusTimeout, DefaultStatusTimeout},
+		{"i/o timeout", &c.IOTimeout, DefaultIOTimeout},
+		{"dial timeout", &c.DialTimeout, DefaultDialTimeout},
+	} {
+		if *d.v < 0 {
+			return c, fmt.Errorf("%s %v is negative: %w", d.name, *d.v, ErrInvalidConfig)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c, nil
+}
+
+// Transport is Mooncake's TCP transport: a data server over the local
+// registered memory and a client with per-peer connection lanes.
+type Transport struct {
+	cfg    Config
+	log    *zap.Logger
+	hot    *zap.Logger // sampled, for data-path failures
+	srv    *server
+	dialer net.Dialer
+
+	ctx    context.Context // ends at Close; parent of every peer's
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup // every goroutine of the transport
+
+	mu     sync.Mutex
+	closed bool                              // guarded by mu
+	peers  atomic.Pointer[map[peerKey]*peer] // replaced under mu, read lock-free
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ transport.Transport = (*Transport)(nil)
+
+// New starts a transport serving on ln, which it takes over (Close closes
+// it); validate decides which remote requests may touch local memory.
+func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
+	if ln == nil {
+		return nil, fmt.Errorf("tcp: nil listener: %w", ErrInvalidConfig)
+	}
+	if validate == nil {
+		return nil, fmt.Errorf("tcp: nil validator: %w", ErrInvalidConfig)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("tcp: %w", err)
+	}
+	log := cfg.Logger.Named("tcp")
+	hot := log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 5, 100)
+	}))
+	t := &Transport{
+		cfg:    cfg,
+		log:    log,
+		hot:    hot,
+		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+	}
+	t.ctx, t.cancel = context.WithCancelCause(context.Background())
+	t.peers.Store(&map[peerKey]*peer{})
+	t.srv = &server{
+		ln:       ln,
+		validate: validate,
+		log:      hot,
+		io:       cfg.IOTimeout,
+		idle:     max(serverIdle, cfg.IOTimeout),
+		wg:       &t.wg,
+		conns:    map[net.Conn]struct{}{},
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		t.srv.acceptLoop(t.ctx.Done())
+	}()
+	log.Info("tcp transport started", zap.Int("data_port", t.Port()), zap.Int("lanes", cfg.Lanes),
+		zap.Uint64("split_threshold", cfg.SplitThreshold), zap.Duration("status_timeout", cfg.StatusTimeout),
+		zap.Duration("io_timeout", cfg.IOTimeout), zap.Duration("dial_timeout", cfg.DialTimeout),
+		zap.Bool("force_v1", cfg.ForceV1), zap.Int("proto_version", t.ProtoVersion()))
+	return t, nil
+}
+
+// Protocol is the descriptor protocol name.
+func (t *Transport) Protocol() string { return "tcp" }
+
+// Port is the data port to publish as tcp_data_port.
+func (t *Transport) Port() int { return listen.Port(t.srv.ln) }
+
+// ProtoVersion is the framing version this server speaks, to publish as
+// tcp_proto_version.
+func (t *Transport) ProtoVersion() int { return 2 }
+
+// Submit queues the tasks for peer and returns at once. Every task is
+// finished through PartDone: completed, rejected, failed with its peer's
+// connection, failed with ctx's error when ctx ends first, or with
+// ErrClosed. Zero-length tasks complete without touching the network.
+func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*transport.Task) {
+	if len(tasks) == 0 {
+		return
+	}
+	p, err := t.peer(pe)
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		for _, task := range tasks {
+			task.Fail(submitError(pe, task, err))
+		}
+		return
+	}
+	v1 := t.cfg.ForceV1 || pe.ProtoVersion < 2
+	for _, task := range tasks {
+		n := task.Length
+		if n == 0 {
+			task.Start(1)
+			task.PartDone(0, nil)
+			continue
+		}
+		if task.Opcode != transport.Read && task.Opcode != transport.Write {
+			task.Fail(submitError(pe, task, fmt.Errorf("tcp: invalid opcode %d", task.Opcode)))
+			continue
+		}
+		if n >= maxSize {
+			task.Fail(submitError(pe, task, fmt.Errorf("tcp: length %d too large", n)))
+			continue
+		}
+		size := n
+		if n >= t.cfg.SplitThreshold {
+			parts := max(1, min(uint64(t.cfg.Lanes), n/minPart))
+			size = (n + parts - 1) / parts
+		}
+		task.Start(int((n + size - 1) / size))
+		for off := uint64(0); off < n; off += size {
+			p.enqueue(part{
+				ctx:    ctx,
+				task:   task,
+				local:  task.Local + uintptr(off),
+				remote: task.Remote + off,
+				n:      min(size, n-off),
+				write:  task.Opcode == transport.Write,
+				v1:     v1,
+			})
+		}
+	}
+}
+
+// peer returns the pool for pe, creating it on first use.
+func (t *Transport) peer(pe transport.Peer) (*peer, error) {
+	k := peerKey{name: pe.Name, host: pe.Host, port: pe.DataPort}
+	if p := (*t.peers.Load())[k]; p != nil {
+		return p, nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	old := *t.peers.Load()
+	if p := old[k]; p != nil {
+		return p, nil
+	}
+	p := newPeer(t, k, net.JoinHostPort(pe.Host, strconv.Itoa(pe.DataPort)))
+	next := make(map[peerKey]*peer, len(old)+1)
+	for kk, v := range old {
+		next[kk] = v
+	}
+	next[k] = p
+	t.peers.Store(&next)
+	return p, nil
+}
+
+// ClosePeer drops every connection to the peer named name: in-flight and
+// queued tasks for it fail with ErrClosed, and its health record is
+// forgotten. The next Submit to it dials afresh.
+func (t *Transport) ClosePeer(name string) {
+	t.mu.Lock()
+	old := *t.peers.Load()
+	next := make(map[peerKey]*peer, len(old))
+	var gone []*peer
+	for k, p := range old {
+		if k.name == name {
+			gone = append(gone, p)
+		} else {
+			next[k] = p
+		}
+	}
+	if len(gone) > 0 {
+		t.peers.Store(&next)
+	}
+	t.mu.Unlock()
+	for _, p := range gone {
+		p.close(fmt.Errorf("connections to peer %q closed: %w", name, ErrClosed))
+	}
+}
+
+// PeerHealthy is false once a connection to the peer named name failed
+// (refused, reset, closed, timed out) with no later success.
+func (t *Transport) PeerHealthy(name string) bool {
+	for k, p := range *t.peers.Load() {
+		if k.name == name && p.unhealthy.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// Close stops the server and the clients, fails queued and in-flight tasks
+// with ErrClosed and waits for every goroutine. It is idempotent.
+func (t *Transport) Close() error {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		t.closed = true
+		peers := *t.peers.Load()
+		t.peers.Store(&map[peerKey]*peer{})
+		t.mu.Unlock()
+		t.cancel(ErrClosed)
+		t.closeErr = t.srv.close()
+		for _, p := range peers {
+			p.close(ErrClosed)
+		}
+		t.wg.Wait()
+		t.log.Info("tcp transport closed", zap.Int("data_port", t.Port()))
+	})
+	return t.closeErr
+}
