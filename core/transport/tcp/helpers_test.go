@@ -36,7 +36,9 @@ type region struct{ start, end uint64 }
 // registry is the validator of a test engine: ranges inside one region.
 type registry struct{ regions []region }
 
-func (r *registry) add(b []byte) { r.regions = append(r.regions, region{addrOf(b), addrOf(b) + uint64(len(b))}) }
+func (r *registry) add(b []byte) {
+	r.regions = append(r.regions, region{addrOf(b), addrOf(b) + uint64(len(b))})
+}
 
 func (r *registry) validate(addr, size uint64) bool {
 	for _, g := range r.regions {
