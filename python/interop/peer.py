@@ -23,8 +23,8 @@ Every line on stdout is one JSON object. The first is the hello:
     {"ok": true, "role", "impl", "version", "name", "rpc_port", "buffer", "size",
      "guard", "pid"}
 
-``name`` is the segment name peers must use: ``127.0.0.1:<rpc_port>`` in P2P
-mode, the ``--hostname`` otherwise. Then each line on stdin is one command,
+``name`` is the segment name peers must use: ``<host>:<rpc_port>`` in P2P
+mode (host from ``--hostname``, default 127.0.0.1), the ``--hostname`` otherwise. Then each line on stdin is one command,
 answered by exactly one line:
 
     {"cmd": "fill", "addr": A, "length": N, "seed": S}  -> {"ok", "sha256"}
@@ -65,7 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impl", required=True, choices=["mooncake", "pymooncake"])
     p.add_argument("--role", required=True, choices=["target", "initiator"])
-    p.add_argument("--size", type=int, default=1 << 20, help="buffer size in bytes")
+    p.add_argument("--size", type=int, default=1 << 20, help="buffer size in bytes (0: none)")
     p.add_argument("--buffer", choices=["mmap", "managed"], default=None,
                    help="target: mmap+register_memory (default); initiator: managed (default)")
     p.add_argument("--metadata", default="P2PHANDSHAKE", help="metadata conn string")
@@ -111,9 +111,13 @@ class Peer:
         if rc != 0:
             raise RuntimeError(f"initialize({a.hostname!r}, {a.metadata!r}) returned {rc}")
         port = self.te.get_rpc_port()
-        name = f"127.0.0.1:{port}" if a.metadata == "P2PHANDSHAKE" else a.hostname
+        # P2P: Mooncake keeps the host of local_hostname, drops any port, appends the RPC port.
+        host = a.hostname.rsplit(":", 1)[0] if a.hostname.count(":") == 1 else a.hostname
+        name = f"{host}:{port}" if a.metadata == "P2PHANDSHAKE" else a.hostname
         mode = a.buffer or ("mmap" if a.role == "target" else "managed")
-        if mode == "mmap":
+        if a.size == 0:
+            mode = "none"  # no buffer: lets a harness see an engine with nothing registered
+        elif mode == "mmap":
             self.map = mmap.mmap(-1, a.size + GUARD)
             self.buffer = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
             rc = self.te.register_memory(self.buffer, a.size)
