@@ -74,7 +74,9 @@ func (c *Client) Probe(ctx context.Context, hostport string) error {
 }
 
 // SendNotify delivers n to hostport. A reply with an empty notify_msg (JSON
-// null included) is ErrNotifyRejected.
+// null included) is ErrNotifyRejected, as in Mooncake's sendNotify (whose
+// 0.3.13.post1 engine was seen not to pass that failure on to
+// transfer_sync: callers decide what a rejection means).
 func (c *Client) SendNotify(ctx context.Context, hostport string, n NotifyMsg) error {
 	body, err := n.Marshal()
 	if err != nil {

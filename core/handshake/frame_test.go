@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -225,6 +227,12 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add([]byte(frameHeader(3) + "\xff{}"))
 	f.Add([]byte(frameHeader(4) + "\x03{"))
 	f.Add([]byte("\x04\x00"))
+	captures, _ := filepath.Glob("../../testdata/mooncake/*/*/*.bin") // real Mooncake frames
+	for _, p := range captures {
+		if b, err := os.ReadFile(p); err == nil {
+			f.Add(b)
+		}
+	}
 	f.Fuzz(func(t *testing.T, wire []byte) {
 		const limit = 1 << 16
 		typ, payload, err := ReadFrame(bytes.NewReader(wire), limit)
