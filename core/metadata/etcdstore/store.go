@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/pymooncake/pymooncake/core/metadata"
 )
@@ -96,7 +97,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		DialTimeout:        cfg.DialTimeout,
 		MaxCallSendMsgSize: MaxMsgSize,
 		MaxCallRecvMsgSize: MaxMsgSize,
-		Logger:             cfg.Logger.Named("etcd-client"),
+		// The client warns on every retried call; the Store reports what
+		// matters (failed calls as errors, a lost lease as a warning).
+		Logger: cfg.Logger.Named("etcd-client").WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel)),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: create client for %s: %w", strings.Join(cfg.Endpoints, ","), err)

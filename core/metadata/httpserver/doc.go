@@ -16,5 +16,7 @@
 // serves in a goroutine that the Server owns; Close shuts it down gracefully
 // and must be called. With a PersistFile every change is written to it
 // atomically (temporary file, fsync, rename) before the reply; a change that
-// cannot be written is undone and answered with 500.
+// cannot be written is undone and answered with 500. The whole store is
+// rewritten per change, which suits the few keys per engine that Mooncake
+// keeps there.
 package httpserver
