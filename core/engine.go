@@ -32,7 +32,7 @@ type Config struct {
 	// Logger receives the engine's logs; nil discards them.
 	Logger *zap.Logger
 	// OpenStore opens the shared metadata store for a non-P2P connection
-	// string. nil means store modes are unavailable.
+	// string; nil means etcd or HTTP as the string says. Tests inject here.
 	OpenStore func(ctx context.Context, cs metadata.ConnString, env config.Env, log *zap.Logger, republish func(context.Context) error) (metadata.Store, error)
 }
 
@@ -58,6 +58,9 @@ type Engine struct {
 	dir     directory
 	store   metadata.Store // nil in P2P mode
 	prefix  string
+	// newline: etcd values are FastWriter JSON (trailing newline), HTTP
+	// bodies are StreamWriter JSON (none), as Mooncake writes them (§3).
+	newline bool
 
 	mem      *memoryTable
 	segs     segmentTable
@@ -130,12 +133,13 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		e.dir = &p2pDirectory{client: e.client, defaultPort: cfg.Env.HandshakePort, own: e.ownDescriptor}
 	} else {
 		e.name = cfg.LocalName
-		if cfg.OpenStore == nil {
-			rpcLn.Close()
-			return nil, fmt.Errorf("initialize: metadata %q: %w", cfg.Metadata, ErrNotSupported)
+		open := cfg.OpenStore
+		if open == nil {
+			open = openStore
 		}
 		e.prefix = metadata.KeyPrefix(cfg.Env.ClusterID)
-		e.store, err = cfg.OpenStore(ctx, cs, cfg.Env, log.Named("metadata"), e.republish)
+		e.newline = cs.Kind == metadata.Etcd
+		e.store, err = open(ctx, cs, cfg.Env, log.Named("metadata"), e.republish)
 		if err != nil {
 			rpcLn.Close()
 			return nil, fmt.Errorf("initialize: metadata store %q: %w: %w", cfg.Metadata, ErrMetadata, err)
@@ -250,7 +254,7 @@ func (e *Engine) republish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	meta, err := metadata.RPCMeta{IPOrHostName: ip, RPCPort: e.rpcPort}.Marshal(true)
+	meta, err := metadata.RPCMeta{IPOrHostName: ip, RPCPort: e.rpcPort}.Marshal(e.newline)
 	if err != nil {
 		return err
 	}
@@ -275,7 +279,7 @@ func (e *Engine) publishDesc(ctx context.Context) error {
 }
 
 func (e *Engine) publishDescLocked(ctx context.Context) error {
-	b, err := e.localDesc().Marshal(true)
+	b, err := e.localDesc().Marshal(e.newline)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,107 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/metadata/httpserver"
+	"github.com/pymooncake/pymooncake/core/transport"
+)
+
+func startHTTPMetadata(t *testing.T) string {
+	t.Helper()
+	srv, err := httpserver.New(httpserver.Config{Addr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Close(ctx)
+	})
+	return "http://" + srv.Addr() + "/metadata"
+}
+
+func httpGet(t *testing.T, base, key string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(base + "?key=" + url.QueryEscape(key))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, b
+}
+
+func newStoreEngine(t *testing.T, name, meta string) *Engine {
+	t.Helper()
+	env := config.Defaults()
+	env.TCPBindAddress = "127.0.0.1"
+	e, err := New(context.Background(), Config{LocalName: name, Metadata: meta, Env: env, Logger: testLogger(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func TestHTTPMetadataMode(t *testing.T) {
+	testutil.ResourceCheck(t)
+	meta := startHTTPMetadata(t)
+	tgt := newStoreEngine(t, "target-a", meta)
+	ini := newStoreEngine(t, "initiator-b", meta)
+	require.Equal(t, "target-a", tgt.Name(), "store modes keep the given name")
+
+	code, body := httpGet(t, meta, "mooncake/rpc_meta/target-a")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, fmt.Sprintf("{\"ip_or_host_name\":\"127.0.0.1\",\"rpc_port\":%d}", tgt.RPCPort()), string(body))
+
+	remote, local := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<20, "*"))
+	require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
+	code, body = httpGet(t, meta, "mooncake/ram/target-a")
+	require.Equal(t, http.StatusOK, code)
+	var d struct {
+		Buffers []struct{ Addr, Length uint64 }
+	}
+	require.NoError(t, json.Unmarshal(body, &d))
+	require.Equal(t, uint64(addr(remote)), d.Buffers[0].Addr, "the descriptor is republished on register")
+	require.NotEqual(t, byte('\n'), body[len(body)-1], "HTTP bodies are compact JSON without a newline")
+
+	seg, err := ini.OpenSegment(ctxT(t), "target-a")
+	require.NoError(t, err)
+	fill(local, 21)
+	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil))
+	requireSame(t, local, remote)
+	require.NoError(t, ini.SendNotify(ctxT(t), "target-a", Notify{Name: "n", Msg: "m"}))
+	require.Len(t, tgt.Notifies(), 1)
+
+	_, err = ini.OpenSegment(ctxT(t), "nobody")
+	require.ErrorIs(t, err, ErrMetadata)
+
+	// A second engine under the same name is refused: the rpc_meta key
+	// exists (Mooncake's server answers 400).
+	env := config.Defaults()
+	env.TCPBindAddress = "127.0.0.1"
+	_, err = New(context.Background(), Config{LocalName: "target-a", Metadata: meta, Env: env})
+	require.Error(t, err)
+
+	require.NoError(t, tgt.Close())
+	code, _ = httpGet(t, meta, "mooncake/ram/target-a")
+	require.Equal(t, http.StatusNotFound, code, "keys are deleted on close")
+	code, _ = httpGet(t, meta, "mooncake/rpc_meta/target-a")
+	require.Equal(t, http.StatusNotFound, code)
+}
+
+func TestUnreachableStore(t *testing.T) {
+	testutil.ResourceCheck(t)
+	start := time.Now()
+	_, err := New(context.Background(), Config{LocalName: "x", Metadata: "http://127.0.0.1:1/metadata", Env: config.Defaults()})
+	require.ErrorIs(t, err, ErrMetadata)
+	require.Less(t, time.Since(start), 10*time.Second)
+}
