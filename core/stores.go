@@ -18,7 +18,7 @@ import (
 func openStore(ctx context.Context, cs metadata.ConnString, env config.Env, log *zap.Logger, republish func(context.Context) error) (metadata.Store, error) {
 	switch cs.Kind {
 	case metadata.Etcd:
-		return etcdstore.New(ctx, etcdstore.Config{
+		s, err := etcdstore.New(ctx, etcdstore.Config{
 			Endpoints: cs.Endpoints,
 			LeaseTTL:  env.MetadataLeaseTTL,
 			Logger:    log,
@@ -28,8 +28,16 @@ func openStore(ctx context.Context, cs metadata.ConnString, env config.Env, log 
 				}
 			},
 		})
+		if err != nil {
+			return nil, err // never a typed nil inside the interface
+		}
+		return s, nil
 	case metadata.HTTP:
-		return httpstore.New(httpstore.Config{URL: cs.URL, Logger: log})
+		s, err := httpstore.New(httpstore.Config{URL: cs.URL, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 	return nil, fmt.Errorf("metadata backend %v: %w", cs.Kind, ErrNotSupported)
 }
