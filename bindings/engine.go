@@ -1,0 +1,421 @@
+package bindings
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pymooncake/pymooncake/core"
+	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/metadata"
+)
+
+// initTimeout bounds NewEngine's store connection and first publication.
+const initTimeout = 30 * time.Second
+
+// Engine is one pymooncake transfer engine, as Python's TransferEngine sees
+// it after initialize. All methods are safe for concurrent use.
+type Engine struct {
+	eng     *core.Engine
+	log     *zap.Logger
+	env     config.Env
+	timeout time.Duration // MC_TRANSFER_TIMEOUT
+
+	// ctx is cancelled by Close; it bounds this package's own goroutines.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// memMu is held shared while this package copies bytes in registered
+	// memory, and exclusively by Close, so a copy never races the unmapping
+	// of managed buffers.
+	memMu  sync.RWMutex
+	closed atomic.Bool
+
+	// async holds the deadline of every batch started by BatchTransferAsync
+	// or TransferAsync until Python frees it (Mooncake's start_timestamp plus
+	// MC_TRANSFER_TIMEOUT plus 1 ns per byte).
+	asyncMu sync.Mutex
+	async   map[core.BatchID]time.Time // +checklocks:asyncMu
+}
+
+// NewEngine starts an engine. It is Mooncake's initialize when metadataType
+// is empty (server is a connection string: "P2PHANDSHAKE", "etcd://h:p",
+// "http://h:p/metadata" or a bare "h:p" meaning etcd), and initialize_ext
+// otherwise (the connection string is metadataType://server unless server
+// already has a scheme or is P2PHANDSHAKE). devices is the comma-separated
+// NIC filter. protocol is accepted as Mooncake's is: it does not select the
+// transport, except that "xgmi" is refused as Mooncake refuses it.
+// The environment (MC_*) is read here, strictly.
+func NewEngine(localName, server, metadataType, protocol, devices string) (_ *Engine, err error) {
+	defer recoverInto("initialize", nil, &err)
+	if protocol == "xgmi" {
+		return nil, invalid("initialize", "protocol %q is not exposed in the Python API; use \"hip\"", protocol)
+	}
+	env, err := config.FromEnv(os.LookupEnv)
+	if err != nil {
+		return nil, fail("initialize", fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err))
+	}
+	conn := server
+	if metadataType != "" {
+		conn = metadata.ConnStringFromType(server, metadataType)
+	}
+	var devs []string
+	for _, d := range strings.Split(devices, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			devs = append(devs, d)
+		}
+	}
+	log := newLogger(env.LogLevel)
+	ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
+	defer cancel()
+	eng, err := core.New(ctx, core.Config{
+		LocalName: localName,
+		Metadata:  conn,
+		Devices:   devs,
+		Env:       env,
+		Logger:    log,
+	})
+	if err != nil {
+		log.Sync() //nolint:errcheck // best effort on stderr
+		return nil, fail("initialize", err)
+	}
+	if protocol != "" && protocol != "tcp" {
+		log.Debug("protocol does not select the transport; tcp is installed", zap.String("protocol", protocol))
+	}
+	e := &Engine{
+		eng:     eng,
+		log:     log,
+		env:     env,
+		timeout: env.TransferTimeout,
+		async:   make(map[core.BatchID]time.Time),
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	return e, nil
+}
+
+// Close stops the engine and waits for its goroutines. It is idempotent;
+// every later call on e fails with the closed code.
+func (e *Engine) Close() (rc int, err error) {
+	defer recoverInto("close", e.log, &err)
+	e.memMu.Lock()
+	first := e.closed.CompareAndSwap(false, true)
+	e.memMu.Unlock()
+	if !first {
+		return 0, nil
+	}
+	cerr := e.eng.Close() // fails unfinished tasks, so the reapers return
+	e.cancel()
+	e.wg.Wait()
+	e.log.Sync() //nolint:errcheck // best effort on stderr
+	if cerr != nil {
+		return 0, fail("close", cerr)
+	}
+	return 0, nil
+}
+
+// check returns ErrClosed's failure once the engine is closed.
+func (e *Engine) check(op string) error {
+	if e.closed.Load() {
+		return fail(op, core.ErrClosed)
+	}
+	return nil
+}
+
+// Name is the segment name peers open this engine by (in P2P mode the
+// renamed "host:rpc_port").
+func (e *Engine) Name() (name string, err error) {
+	defer recoverInto("get_local_name", e.log, &err)
+	if err := e.check("get_local_name"); err != nil {
+		return "", err
+	}
+	return e.eng.Name(), nil
+}
+
+// RPCPort is the port of the handshake listener (get_rpc_port).
+func (e *Engine) RPCPort() (port int, err error) {
+	defer recoverInto("get_rpc_port", e.log, &err)
+	if err := e.check("get_rpc_port"); err != nil {
+		return 0, err
+	}
+	return e.eng.RPCPort(), nil
+}
+
+// RegisterMemory registers [addr, addr+length) at location ("*", "cpu:N",
+// "cuda:N").
+func (e *Engine) RegisterMemory(addr uintptr, length int64, location string) (rc int, err error) {
+	const op = "register_memory"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if length < 0 {
+		return 0, invalid(op, "negative length %d", length)
+	}
+	if err := e.eng.RegisterMemory(addr, uint64(length), location); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
+
+// UnregisterMemory unregisters the region that starts at addr.
+func (e *Engine) UnregisterMemory(addr uintptr) (rc int, err error) {
+	const op = "unregister_memory"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if err := e.eng.UnregisterMemory(addr); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
+
+// RegisterMemoryBatch registers n regions, all or none. addrs and lengths
+// point at n uint64 values each.
+func (e *Engine) RegisterMemoryBatch(addrs, lengths uintptr, n int, location string) (rc int, err error) {
+	const op = "batch_register_memory"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	a, err := readList(op, "buffer_addresses", addrs, n)
+	if err != nil {
+		return 0, err
+	}
+	l, err := readList(op, "capacities", lengths, n)
+	if err != nil {
+		return 0, err
+	}
+	ptrs := make([]uintptr, n)
+	for i, v := range a {
+		ptrs[i] = uintptr(v)
+	}
+	if err := e.eng.RegisterMemoryBatch(ptrs, l, location); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
+
+// UnregisterMemoryBatch unregisters n regions by start address, all or none.
+func (e *Engine) UnregisterMemoryBatch(addrs uintptr, n int) (rc int, err error) {
+	const op = "batch_unregister_memory"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	a, err := readList(op, "buffer_addresses", addrs, n)
+	if err != nil {
+		return 0, err
+	}
+	ptrs := make([]uintptr, n)
+	for i, v := range a {
+		ptrs[i] = uintptr(v)
+	}
+	if err := e.eng.UnregisterMemoryBatch(ptrs); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
+
+// AllocateManaged returns a registered buffer of at least length bytes from
+// the engine's buddy allocator (allocate_managed_buffer).
+func (e *Engine) AllocateManaged(length int64) (addr uintptr, err error) {
+	const op = "allocate_managed_buffer"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if length < 0 {
+		return 0, invalid(op, "negative length %d", length)
+	}
+	a, err := e.eng.AllocateManaged(uint64(length))
+	if err != nil {
+		return 0, fail(op, err)
+	}
+	return a, nil
+}
+
+// FreeManaged returns a buffer from AllocateManaged; length must be the one
+// it was allocated with.
+func (e *Engine) FreeManaged(addr uintptr, length int64) (rc int, err error) {
+	const op = "free_managed_buffer"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if length < 0 {
+		return 0, invalid(op, "negative length %d", length)
+	}
+	if err := e.eng.FreeManaged(addr, uint64(length)); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
+
+// CopyIn copies n bytes from src, memory the caller owns (a Python bytes
+// object), to dst, which must lie in registered memory
+// (write_bytes_to_buffer). Mooncake copies to any address; refusing
+// unregistered destinations turns a bad address into an error instead of a
+// crash.
+func (e *Engine) CopyIn(dst, src uintptr, n int64) (rc int, err error) {
+	const op = "write_bytes_to_buffer"
+	defer recoverInto(op, e.log, &err)
+	e.memMu.RLock()
+	defer e.memMu.RUnlock()
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if n < 0 {
+		return 0, invalid(op, "negative length %d", n)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	if err := e.eng.CheckLocal(dst, uint64(n)); err != nil {
+		return 0, fail(op, err)
+	}
+	if src == 0 {
+		return 0, invalid(op, "null source")
+	}
+	copy(bytesAt(dst, n), bytesAt(src, n))
+	return 0, nil
+}
+
+// CopyOut copies n bytes from src, which must lie in registered memory, to
+// dst, memory the caller owns (a Python bytearray) (read_bytes_from_buffer).
+func (e *Engine) CopyOut(dst, src uintptr, n int64) (rc int, err error) {
+	const op = "read_bytes_from_buffer"
+	defer recoverInto(op, e.log, &err)
+	e.memMu.RLock()
+	defer e.memMu.RUnlock()
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if n < 0 {
+		return 0, invalid(op, "negative length %d", n)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	if err := e.eng.CheckLocal(src, uint64(n)); err != nil {
+		return 0, fail(op, err)
+	}
+	if dst == 0 {
+		return 0, invalid(op, "null destination")
+	}
+	copy(bytesAt(dst, n), bytesAt(src, n))
+	return 0, nil
+}
+
+// FirstBufferAddress returns the address of the first buffer the segment
+// publishes (get_first_buffer_address). A segment with no buffer is an
+// error; so is one that cannot be opened (Mooncake dereferences null).
+func (e *Engine) FirstBufferAddress(segment string) (addr uintptr, err error) {
+	const op = "get_first_buffer_address"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+	defer cancel()
+	h, err := e.eng.OpenSegment(ctx, segment)
+	if err != nil {
+		return 0, fail(op, err)
+	}
+	desc, err := e.eng.SegmentDesc(h)
+	if err == nil && len(desc.Buffers) == 0 {
+		// The cached descriptor may predate the peer's first registration.
+		// No transfer can be in flight to a segment without buffers, so
+		// dropping it to fetch a fresh descriptor disturbs nothing.
+		if cerr := e.eng.CloseSegment(h); cerr == nil {
+			if h, err = e.eng.OpenSegment(ctx, segment); err == nil {
+				desc, err = e.eng.SegmentDesc(h)
+			}
+		}
+	}
+	if err != nil {
+		return 0, fail(op, err)
+	}
+	if len(desc.Buffers) == 0 {
+		return 0, fail(op, fmt.Errorf("segment %q has no buffers: %w", segment, core.ErrInvalidArgument))
+	}
+	return uintptr(desc.Buffers[0].Addr), nil
+}
+
+// Notifies drains the notifies received so far (get_notifies), as a JSON
+// array of [name, msg] pairs, or "" when there are none. JSON keeps NUL
+// bytes and any byte sequence intact across gopy's C strings.
+func (e *Engine) Notifies() (list string, err error) {
+	const op = "get_notifies"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return "", err
+	}
+	ns := e.eng.Notifies()
+	if len(ns) == 0 {
+		return "", nil
+	}
+	pairs := make([][2]string, len(ns))
+	for i, n := range ns {
+		pairs[i] = [2]string{n.Name, n.Msg}
+	}
+	b, err := json.Marshal(pairs)
+	if err != nil {
+		return "", fail(op, err)
+	}
+	return string(b), nil
+}
+
+// SendProbe asks the engine called peer to answer a Probe (send_probe).
+func (e *Engine) SendProbe(peer string) (rc int, err error) {
+	const op = "send_probe"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.env.HandshakeConnectTimeout+5*time.Second)
+	defer cancel()
+	if err := e.eng.Probe(ctx, peer); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
+
+// recoverInto turns a panic into an error for the deferring call. It must be
+// deferred directly. log may be nil.
+func recoverInto(op string, log *zap.Logger, err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	if log != nil {
+		log.Error("recovered panic", zap.String("op", op), zap.Any("panic", r), zap.StackSkip("stack", 1))
+	}
+	*err = fail(op, fmt.Errorf("%w: panic: %v", errInternal, r))
+}
+
+// CheckLocal returns an error unless [addr, addr+n) lies inside one
+// registered region; Python calls it before allocating n bytes for
+// read_bytes_from_buffer.
+func (e *Engine) CheckLocal(addr uintptr, n int64) (rc int, err error) {
+	const op = "read_bytes_from_buffer"
+	defer recoverInto(op, e.log, &err)
+	if err := e.check(op); err != nil {
+		return 0, err
+	}
+	if n < 0 {
+		return 0, invalid(op, "negative length %d", n)
+	}
+	if err := e.eng.CheckLocal(addr, uint64(n)); err != nil {
+		return 0, fail(op, err)
+	}
+	return 0, nil
+}
