@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/internal/etcdtest"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata/httpserver"
 	"github.com/pymooncake/pymooncake/core/transport"
@@ -104,4 +105,72 @@ func TestUnreachableStore(t *testing.T) {
 	_, err := New(context.Background(), Config{LocalName: "x", Metadata: "http://127.0.0.1:1/metadata", Env: config.Defaults()})
 	require.ErrorIs(t, err, ErrMetadata)
 	require.Less(t, time.Since(start), 10*time.Second)
+}
+
+func TestEtcdMode(t *testing.T) {
+	testutil.ResourceCheck(t)
+	etcd := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, etcd.Endpoints())
+	meta := "etcd://" + etcd.Endpoints()[0]
+	tgt := newStoreEngine(t, "etcd-target", meta)
+	ini := newStoreEngine(t, "etcd-initiator", etcd.Endpoints()[0]) // a bare h:p means etcd
+	remote, local := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<20, "*"))
+	require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
+
+	v, _, ok := etcdtest.RawGet(t, raw, "mooncake/rpc_meta/etcd-target")
+	require.True(t, ok)
+	require.Equal(t, fmt.Sprintf("{\"ip_or_host_name\":\"127.0.0.1\",\"rpc_port\":%d}\n", tgt.RPCPort()), string(v), "FastWriter JSON with its newline")
+	v, _, ok = etcdtest.RawGet(t, raw, "mooncake/ram/etcd-target")
+	require.True(t, ok)
+	require.Contains(t, string(v), fmt.Sprintf("\"addr\":%d,\"length\":1048576,\"name\":\"etcd-target\"", addr(remote)))
+
+	seg, err := ini.OpenSegment(ctxT(t), "etcd-target")
+	require.NoError(t, err)
+	write := func() error {
+		return ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil)
+	}
+	fill(local, 31)
+	require.NoError(t, write())
+	requireSame(t, local, remote)
+
+	// etcd goes away: peers that already opened each other keep working,
+	// new opens fail cleanly.
+	etcd.Stop()
+	fill(local, 32)
+	require.NoError(t, write())
+	requireSame(t, local, remote)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	_, err = ini.OpenSegment(ctx, "someone-else")
+	cancel()
+	require.ErrorIs(t, err, ErrMetadata)
+	etcd.Restart()
+	require.NoError(t, write())
+	_, _, ok = etcdtest.RawGet(t, raw, "mooncake/ram/etcd-target")
+	require.True(t, ok)
+
+	require.NoError(t, tgt.Close())
+	_, _, ok = etcdtest.RawGet(t, raw, "mooncake/ram/etcd-target")
+	require.False(t, ok, "keys are deleted on close")
+	_, _, ok = etcdtest.RawGet(t, raw, "mooncake/rpc_meta/etcd-target")
+	require.False(t, ok)
+}
+
+func TestEtcdLeaseAndClusterID(t *testing.T) {
+	testutil.ResourceCheck(t)
+	etcd := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, etcd.Endpoints())
+	env := config.Defaults()
+	env.TCPBindAddress = "127.0.0.1"
+	env.ClusterID = "c1"
+	env.MetadataLeaseTTL = 10 * time.Second
+	e, err := New(context.Background(), Config{LocalName: "leased", Metadata: "etcd://" + etcd.Endpoints()[0], Env: env, Logger: testLogger(t)})
+	require.NoError(t, err)
+	defer e.Close()
+	_, lease, ok := etcdtest.RawGet(t, raw, "mooncake/c1/ram/leased")
+	require.True(t, ok)
+	require.NotZero(t, lease, "keys are attached to a lease")
+	_, lease2, ok := etcdtest.RawGet(t, raw, "mooncake/c1/rpc_meta/leased")
+	require.True(t, ok)
+	require.Equal(t, lease, lease2)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"github.com/pymooncake/pymooncake/core/internal/etcdtest"
 	"net"
 	"os"
 	"os/exec"
@@ -42,11 +43,11 @@ func opCtx(t *testing.T) context.Context {
 
 func TestPutGetDelete(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	raw := rawClient(t, e.endpoints())
+	e := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, e.Endpoints())
 	for _, lease := range []time.Duration{0, 10 * time.Second} {
 		t.Run("lease="+lease.String(), func(t *testing.T) {
-			s := newStore(t, Config{Endpoints: e.endpoints(), LeaseTTL: lease})
+			s := newStore(t, Config{Endpoints: e.Endpoints(), LeaseTTL: lease})
 			ctx := opCtx(t)
 			big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 			tests := []struct {
@@ -67,7 +68,7 @@ func TestPutGetDelete(t *testing.T) {
 					got, err := s.Get(ctx, tc.key)
 					require.NoError(t, err)
 					require.True(t, bytes.Equal(tc.value, got), "value changed: %q", got)
-					stored, leaseID, ok := rawGet(t, raw, tc.key)
+					stored, leaseID, ok := etcdtest.RawGet(t, raw, tc.key)
 					require.True(t, ok)
 					require.True(t, bytes.Equal(tc.value, stored))
 					require.Equal(t, s.lease.Load(), leaseID)
@@ -96,8 +97,8 @@ func TestPutGetDelete(t *testing.T) {
 
 func TestGetMissing(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	s := newStore(t, Config{Endpoints: e.endpoints()})
+	e := etcdtest.Start(t, 1)
+	s := newStore(t, Config{Endpoints: e.Endpoints()})
 	_, err := s.Get(opCtx(t), "mooncake/ram/nobody")
 	require.ErrorIs(t, err, metadata.ErrNotFound)
 	require.Contains(t, err.Error(), "mooncake/ram/nobody")
@@ -105,9 +106,9 @@ func TestGetMissing(t *testing.T) {
 
 func TestEndpoints(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 2)
-	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	live := e.endpoints()
+	e := etcdtest.Start(t, 2)
+	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(etcdtest.FreePort(t)))
+	live := e.Endpoints()
 	tests := []struct {
 		name      string
 		endpoints []string
@@ -134,7 +135,7 @@ func TestEndpoints(t *testing.T) {
 
 func TestNewUnreachable(t *testing.T) {
 	testutil.ResourceCheck(t)
-	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	dead := net.JoinHostPort("127.0.0.1", strconv.Itoa(etcdtest.FreePort(t)))
 	start := time.Now()
 	s, err := New(context.Background(), Config{Endpoints: []string{dead}, DialTimeout: 300 * time.Millisecond, Logger: zaptest.NewLogger(t)})
 	require.Nil(t, s)
@@ -172,8 +173,8 @@ func TestNewConfigErrors(t *testing.T) {
 
 func TestClosed(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	s, err := New(context.Background(), Config{Endpoints: e.endpoints(), LeaseTTL: 5 * time.Second, Logger: zaptest.NewLogger(t)})
+	e := etcdtest.Start(t, 1)
+	s, err := New(context.Background(), Config{Endpoints: e.Endpoints(), LeaseTTL: 5 * time.Second, Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
 	require.NoError(t, s.Close(), "Close is idempotent")
@@ -186,13 +187,13 @@ func TestClosed(t *testing.T) {
 
 func TestNoLeaseKeysSurviveClose(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	raw := rawClient(t, e.endpoints())
-	s, err := New(context.Background(), Config{Endpoints: e.endpoints(), Logger: zaptest.NewLogger(t)})
+	e := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, e.Endpoints())
+	s, err := New(context.Background(), Config{Endpoints: e.Endpoints(), Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
 	require.NoError(t, s.Put(opCtx(t), "mooncake/ram/a", []byte("v")))
 	require.NoError(t, s.Close())
-	v, lease, ok := rawGet(t, raw, "mooncake/ram/a")
+	v, lease, ok := etcdtest.RawGet(t, raw, "mooncake/ram/a")
 	require.True(t, ok)
 	require.Equal(t, "v", string(v))
 	require.Zero(t, lease)
@@ -200,20 +201,20 @@ func TestNoLeaseKeysSurviveClose(t *testing.T) {
 
 func TestLeaseRevokedOnClose(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	raw := rawClient(t, e.endpoints())
+	e := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, e.Endpoints())
 	// Long TTL: the keys can only vanish because Close revokes the lease.
-	s, err := New(context.Background(), Config{Endpoints: e.endpoints(), LeaseTTL: time.Minute, Logger: zaptest.NewLogger(t)})
+	s, err := New(context.Background(), Config{Endpoints: e.Endpoints(), LeaseTTL: time.Minute, Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
 	ctx := opCtx(t)
 	require.NoError(t, s.Put(ctx, "mooncake/ram/a", []byte("a")))
 	require.NoError(t, s.Put(ctx, "mooncake/rpc_meta/a", []byte("b")))
-	_, lease, ok := rawGet(t, raw, "mooncake/ram/a")
+	_, lease, ok := etcdtest.RawGet(t, raw, "mooncake/ram/a")
 	require.True(t, ok)
 	require.NotZero(t, lease)
 	require.NoError(t, s.Close())
 	for _, key := range []string{"mooncake/ram/a", "mooncake/rpc_meta/a"} {
-		_, _, ok = rawGet(t, raw, key)
+		_, _, ok = etcdtest.RawGet(t, raw, key)
 		require.False(t, ok, "%s survived Close", key)
 	}
 }
@@ -241,14 +242,14 @@ func TestLeaseExpiresWhenOwnerKilled(t *testing.T) {
 		return
 	}
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	raw := rawClient(t, e.endpoints())
+	e := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, e.Endpoints())
 
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
 	defer r.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestLeaseExpiresWhenOwnerKilled$", "-test.count=1")
-	cmd.Env = append(os.Environ(), childEndpointEnv+"="+e.endpoints()[0])
+	cmd.Env = append(os.Environ(), childEndpointEnv+"="+e.Endpoints()[0])
 	cmd.Stdout, cmd.Stderr = w, w
 	require.NoError(t, cmd.Start())
 	w.Close()
@@ -270,7 +271,7 @@ func TestLeaseExpiresWhenOwnerKilled(t *testing.T) {
 	}
 	require.True(t, ready, "child did not get ready (%v):\n%s", sc.Err(), out.String())
 
-	v, lease, ok := rawGet(t, raw, childKey)
+	v, lease, ok := etcdtest.RawGet(t, raw, childKey)
 	require.True(t, ok)
 	require.Equal(t, "alive", string(v))
 	require.NotZero(t, lease)
@@ -280,7 +281,7 @@ func TestLeaseExpiresWhenOwnerKilled(t *testing.T) {
 	_ = cmd.Wait()
 	reaped = true
 	for {
-		if _, _, ok := rawGet(t, raw, childKey); !ok {
+		if _, _, ok := etcdtest.RawGet(t, raw, childKey); !ok {
 			break
 		}
 		require.Less(t, time.Since(killed), childTTL+3*time.Second, "key of a killed owner still present")
@@ -303,12 +304,12 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 
 func TestLeaseReestablishedAfterEtcdRestart(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
+	e := etcdtest.Start(t, 1)
 	obsCore, logs := observer.New(zapcore.WarnLevel)
 	logger := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), obsCore))
 	reconnected := make(chan struct{}, 4)
 	s := newStore(t, Config{
-		Endpoints: e.endpoints(),
+		Endpoints: e.Endpoints(),
 		LeaseTTL:  2 * time.Second,
 		OpTimeout: 500 * time.Millisecond,
 		Logger:    logger,
@@ -327,7 +328,7 @@ func TestLeaseReestablishedAfterEtcdRestart(t *testing.T) {
 	require.NoError(t, s.Delete(ctx, "mooncake/ram/gone"))
 	oldLease := s.lease.Load()
 
-	e.stop()
+	e.Stop()
 	start := time.Now()
 	err := s.Put(ctx, "mooncake/ram/during", []byte("x"))
 	require.Error(t, err, "put while etcd is down")
@@ -337,7 +338,7 @@ func TestLeaseReestablishedAfterEtcdRestart(t *testing.T) {
 	})
 	require.Empty(t, reconnected)
 
-	e.restart()
+	e.Restart()
 	select {
 	case <-reconnected:
 	case <-time.After(20 * time.Second):
@@ -347,15 +348,15 @@ func TestLeaseReestablishedAfterEtcdRestart(t *testing.T) {
 	require.NotEqual(t, oldLease, newLease)
 	require.NotZero(t, newLease)
 
-	raw := rawClient(t, e.endpoints())
+	raw := etcdtest.RawClient(t, e.Endpoints())
 	for key, want := range map[string]string{"mooncake/ram/mine": "v2", "mooncake/rpc_meta/mine": `{"rpc_port":1}`} {
-		v, lease, ok := rawGet(t, raw, key)
+		v, lease, ok := etcdtest.RawGet(t, raw, key)
 		require.True(t, ok, "%s not re-put", key)
 		require.Equal(t, want, string(v))
 		require.Equal(t, newLease, lease)
 	}
 	for _, key := range []string{"mooncake/ram/gone", "mooncake/ram/during"} {
-		_, _, ok := rawGet(t, raw, key)
+		_, _, ok := etcdtest.RawGet(t, raw, key)
 		require.False(t, ok, "%s must not be re-put", key)
 	}
 	ttl, err := raw.TimeToLive(ctx, clientv3.LeaseID(oldLease))
@@ -364,18 +365,18 @@ func TestLeaseReestablishedAfterEtcdRestart(t *testing.T) {
 
 	// The store works normally on the new lease.
 	require.NoError(t, s.Put(ctx, "mooncake/ram/after", []byte("y")))
-	_, lease, ok := rawGet(t, raw, "mooncake/ram/after")
+	_, lease, ok := etcdtest.RawGet(t, raw, "mooncake/ram/after")
 	require.True(t, ok)
 	require.Equal(t, newLease, lease)
 }
 
 func TestPutRetriesWhenLeaseRevokedByServer(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e := startEtcd(t, 1)
-	raw := rawClient(t, e.endpoints())
+	e := etcdtest.Start(t, 1)
+	raw := etcdtest.RawClient(t, e.Endpoints())
 	reconnected := make(chan struct{}, 4)
 	s := newStore(t, Config{
-		Endpoints: e.endpoints(),
+		Endpoints: e.Endpoints(),
 		LeaseTTL:  30 * time.Second,
 		OnReconnect: func(context.Context) {
 			select {
@@ -398,7 +399,7 @@ func TestPutRetriesWhenLeaseRevokedByServer(t *testing.T) {
 		t.Fatal("OnReconnect not called")
 	}
 	for key, want := range map[string]string{"mooncake/ram/a": "a", "mooncake/ram/b": "b"} {
-		v, lease, ok := rawGet(t, raw, key)
+		v, lease, ok := etcdtest.RawGet(t, raw, key)
 		require.True(t, ok, key)
 		require.Equal(t, want, string(v))
 		require.Equal(t, s.lease.Load(), lease)

@@ -1,4 +1,6 @@
-package etcdstore
+// Package etcdtest runs a real etcd server (Debian's etcd-server binary)
+// on loopback for tests, stopped in the test's cleanup.
+package etcdtest
 
 import (
 	"context"
@@ -20,10 +22,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// etcdServer is a real etcd process on 127.0.0.1, started from the `etcd`
+// Server is a real etcd process on 127.0.0.1, started from the `etcd`
 // binary on PATH with a data dir under t.TempDir(). It can be stopped and
 // started again on the same data dir and ports.
-type etcdServer struct {
+type Server struct {
 	t           testing.TB
 	bin         string
 	dir         string
@@ -34,9 +36,9 @@ type etcdServer struct {
 	exited      chan struct{} // closed when cmd has been reaped
 }
 
-// requireEtcd returns the etcd binary's path. Without one the test is
+// RequireBinary returns the etcd binary's path. Without one the test is
 // skipped, or fails when the CI variable is set.
-func requireEtcd(t testing.TB) string {
+func RequireBinary(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -49,36 +51,36 @@ func requireEtcd(t testing.TB) string {
 	return bin
 }
 
-// startEtcd starts a single-member etcd listening on clientPorts client
+// Start starts a single-member etcd listening on clientPorts client
 // ports, waits until it is healthy and stops it in the test's cleanup.
-func startEtcd(t testing.TB, clientPorts int) *etcdServer {
+func Start(t testing.TB, clientPorts int) *Server {
 	t.Helper()
-	bin := requireEtcd(t)
+	bin := RequireBinary(t)
 	base := t.TempDir()
-	e := &etcdServer{t: t, bin: bin, dir: filepath.Join(base, "data"), logPath: filepath.Join(base, "etcd.log")}
-	t.Cleanup(e.stop)
+	e := &Server{t: t, bin: bin, dir: filepath.Join(base, "data"), logPath: filepath.Join(base, "etcd.log")}
+	t.Cleanup(e.Stop)
 	// Ports are probed, then released for etcd to bind: retry on the rare
 	// collision with another process.
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		e.clientPorts = e.clientPorts[:0]
 		for i := 0; i < clientPorts; i++ {
-			e.clientPorts = append(e.clientPorts, freePort(t))
+			e.clientPorts = append(e.clientPorts, FreePort(t))
 		}
-		e.peerPort = freePort(t)
+		e.peerPort = FreePort(t)
 		if err = e.start(); err == nil {
 			return e
 		}
-		if !strings.Contains(e.logTail(), "address already in use") {
+		if !strings.Contains(e.LogTail(), "address already in use") {
 			break
 		}
 		require.NoError(t, os.RemoveAll(e.dir))
 	}
-	t.Fatalf("start etcd: %v\n%s", err, e.logTail())
+	t.Fatalf("start etcd: %v\n%s", err, e.LogTail())
 	return nil
 }
 
-func freePort(t testing.TB) int {
+func FreePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -87,8 +89,8 @@ func freePort(t testing.TB) int {
 	return port
 }
 
-// endpoints are the client addresses, "127.0.0.1:port".
-func (e *etcdServer) endpoints() []string {
+// Endpoints are the client addresses, "127.0.0.1:port".
+func (e *Server) Endpoints() []string {
 	var eps []string
 	for _, p := range e.clientPorts {
 		eps = append(eps, net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
@@ -96,17 +98,17 @@ func (e *etcdServer) endpoints() []string {
 	return eps
 }
 
-// restart starts the stopped server again on the same data dir and ports.
-func (e *etcdServer) restart() {
+// Restart starts the stopped server again on the same data dir and ports.
+func (e *Server) Restart() {
 	e.t.Helper()
 	if err := e.start(); err != nil {
-		e.t.Fatalf("restart etcd: %v\n%s", err, e.logTail())
+		e.t.Fatalf("restart etcd: %v\n%s", err, e.LogTail())
 	}
 }
 
-func (e *etcdServer) start() error {
+func (e *Server) start() error {
 	var clientURLs []string
-	for _, ep := range e.endpoints() {
+	for _, ep := range e.Endpoints() {
 		clientURLs = append(clientURLs, "http://"+ep)
 	}
 	peerURL := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(e.peerPort))
@@ -142,18 +144,18 @@ func (e *etcdServer) start() error {
 	go func() { _ = cmd.Wait(); close(exited) }()
 	e.cmd, e.exited = cmd, exited
 	if err := e.waitHealthy(15 * time.Second); err != nil {
-		e.stop()
+		e.Stop()
 		return err
 	}
 	return nil
 }
 
 // waitHealthy polls the /health endpoint until etcd reports healthy.
-func (e *etcdServer) waitHealthy(limit time.Duration) error {
+func (e *Server) waitHealthy(limit time.Duration) error {
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: time.Second}
-	url := "http://" + e.endpoints()[0] + "/health"
+	url := "http://" + e.Endpoints()[0] + "/health"
 	deadline := time.Now().Add(limit)
 	for {
 		resp, err := client.Get(url)
@@ -176,8 +178,8 @@ func (e *etcdServer) waitHealthy(limit time.Duration) error {
 	}
 }
 
-// stop terminates etcd (SIGTERM, then SIGKILL after 10 s) and reaps it.
-func (e *etcdServer) stop() {
+// Stop terminates etcd (SIGTERM, then SIGKILL after 10 s) and reaps it.
+func (e *Server) Stop() {
 	if e.cmd == nil {
 		return
 	}
@@ -191,7 +193,7 @@ func (e *etcdServer) stop() {
 	e.cmd = nil
 }
 
-func (e *etcdServer) logTail() string {
+func (e *Server) LogTail() string {
 	b, _ := os.ReadFile(e.logPath)
 	if len(b) > 4096 {
 		b = b[len(b)-4096:]
@@ -199,8 +201,8 @@ func (e *etcdServer) logTail() string {
 	return string(b)
 }
 
-// rawClient is a plain etcd client for checking what the Store wrote.
-func rawClient(t testing.TB, endpoints []string) *clientv3.Client {
+// RawClient is a plain etcd client for checking what the Store wrote.
+func RawClient(t testing.TB, endpoints []string) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	require.NoError(t, err)
@@ -208,8 +210,8 @@ func rawClient(t testing.TB, endpoints []string) *clientv3.Client {
 	return cli
 }
 
-// rawGet returns key's value and lease, or ok=false when key is missing.
-func rawGet(t testing.TB, cli *clientv3.Client, key string) (value []byte, lease int64, ok bool) {
+// RawGet returns key's value and lease, or ok=false when key is missing.
+func RawGet(t testing.TB, cli *clientv3.Client, key string) (value []byte, lease int64, ok bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
