@@ -1,0 +1,48 @@
+# pymooncake: build, test and benchmark the Python package and its Go engine.
+#   make build   build the extension for $(PYTHON) into pymooncake/_gopy
+#   make test    go vet + go test, build, ruff + mypy, pytest
+#   make bench   per-call costs and loopback latency/throughput
+#   make golden  recapture the Mooncake wire goldens (python/interop)
+PYTHON ?= python3
+GO     ?= go
+
+.PHONY: all tools build test test-go lint-py test-py dev-deps bench golden clean
+
+all: build
+
+tools:
+	scripts/install-gopy.sh $(PYTHON)
+
+build:
+	scripts/build_ext.sh $(PYTHON)
+
+test: test-go build lint-py test-py
+
+# pymooncake/_gopy holds generated package main code; Go's ./... skips it
+# because of the leading underscore.
+test-go:
+	$(GO) vet ./...
+	$(GO) test ./...
+
+dev-deps:
+	@$(PYTHON) -c 'import pytest, mypy, ruff' 2>/dev/null || \
+	  $(PYTHON) -m pip install --disable-pip-version-check -q 'pytest>=7' 'mypy>=1.8' 'ruff>=0.4'
+
+lint-py: dev-deps
+	$(PYTHON) -m ruff check pymooncake python/tests python/bench setup.py
+	$(PYTHON) -m mypy
+
+test-py: dev-deps
+	$(PYTHON) -m pytest python/tests
+
+bench: build
+	$(PYTHON) python/bench/bench_calls.py
+	$(PYTHON) python/bench/bench_loopback.py
+	$(PYTHON) -m pymooncake bench --mode loopback --duration 5
+
+golden:
+	$(PYTHON) python/interop/capture.py
+
+clean:
+	rm -rf pymooncake/_gopy build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find pymooncake python -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,103 @@
+"""Loads the Go extension once, on first use.
+
+``import pymooncake`` loads nothing: the extension (the Go runtime plus the
+engine) is imported by the first ``TransferEngine.initialize`` (or CLI
+command) that needs it. It is imported with ``RTLD_LAZY`` added to the
+dlopen flags, restored afterwards, because go-nvml leaves NVML symbols
+unresolved until NVML is initialised.
+
+The Go runtime does not survive ``fork()``: a child process that inherits a
+loaded extension must not call into it (timers and goroutines hang). Engines
+refuse every call in such a child and log "used after fork; use spawn".
+Forking before the first use is harmless.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from types import ModuleType
+
+__all__ = ["load", "forked", "on_fork", "EXTENSION"]
+
+EXTENSION = "pymooncake._gopy._pymooncake_go"
+
+_lock = threading.Lock()
+_ext: ModuleType | None = None
+_pid: int | None = None  # the process that loaded the extension
+_fork_callbacks: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+class ForkedError(RuntimeError):
+    """The extension was loaded by a parent process before fork()."""
+
+
+def load() -> ModuleType:
+    """Return the extension module, importing it on the first call.
+
+    Raises
+    ------
+    ImportError
+        The extension is missing or does not load; the message names it and
+        the cause.
+    ForkedError
+        This process inherited the extension through fork().
+    """
+    ext = _ext
+    if ext is None:
+        with _lock:
+            if _ext is None:
+                _import()
+            ext = _ext
+    assert ext is not None
+    if _pid != os.getpid():
+        raise ForkedError("pymooncake used after fork; use spawn (multiprocessing.set_start_method('spawn'))")
+    return ext
+
+
+def _import() -> None:
+    global _ext, _pid
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags((flags & ~os.RTLD_NOW) | os.RTLD_LAZY)
+    try:
+        mod = importlib.import_module(EXTENSION)
+    except ImportError as e:
+        raise ImportError(
+            f"cannot load pymooncake's Go extension {EXTENSION} for Python "
+            f"{sys.version_info.major}.{sys.version_info.minor}: {e}. "
+            "Build it with `make build` (or reinstall with `pip install .`)."
+        ) from e
+    finally:
+        sys.setdlopenflags(flags)
+    _ext, _pid = mod, os.getpid()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def loaded() -> bool:
+    """Return whether this process (or its parent, before a fork) loaded
+    the extension."""
+    return _ext is not None
+
+
+def forked() -> bool:
+    """Return whether the extension was loaded by another process (this one
+    is a fork() child)."""
+    return _pid is not None and _pid != os.getpid()
+
+
+def on_fork(obj: object) -> None:
+    """Register ``obj`` so that its ``_after_fork()`` runs in a fork()
+    child. Held weakly."""
+    _fork_callbacks.add(obj)
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_fork_callbacks):
+        hook: Callable[[], None] | None = getattr(obj, "_after_fork", None)
+        if hook is not None:
+            hook()

@@ -1,0 +1,157 @@
+"""The ``pymooncake`` command.
+
+::
+
+    pymooncake bench [--mode target|initiator|loopback] [flags]   # transfer_engine_bench
+    pymooncake topology [--device_name NICS]                      # local topology JSON
+    pymooncake metadata-server [--host H] [--port P] [--persist FILE]
+    pymooncake version
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from . import _bench, _errors, _loader
+from ._version import __version__
+
+__all__ = ["main"]
+
+
+def _size(text: str) -> int:
+    """Parse a byte count: a plain integer, or with a K/M/G suffix (binary)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = 1
+    if t and t[-1] in units:
+        mult, t = units[t[-1]], t[:-1]
+    try:
+        v = int(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pymooncake", description="pymooncake transfer engine tools")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = _bench.Config()
+    b = sub.add_parser(
+        "bench",
+        help="Mooncake's transfer_engine_bench for this engine",
+        description="Throughput and latency of batched transfers (Mooncake's transfer_engine_bench). "
+        "loopback runs a target and an initiator in this process over TCP on 127.0.0.1.",
+    )
+    b.add_argument("--mode", choices=["target", "initiator", "loopback"], default=d.mode)
+    b.add_argument("--metadata_server", default=d.metadata_server, help="P2PHANDSHAKE, etcd://h:p, http://h:p/metadata (default %(default)s)")
+    b.add_argument("--local_server_name", default=d.local_server_name, help="this host's name or IP as peers reach it (default %(default)s)")
+    b.add_argument("--segment_id", default=d.segment_id, help="initiator: the target's segment name (it prints it)")
+    b.add_argument("--protocol", default=d.protocol, help="accepted for compatibility; TCP is used")
+    b.add_argument("--device_name", default=d.device_name, help="NIC filter (ignored by TCP)")
+    b.add_argument("--operation", choices=["read", "write"], default=d.operation)
+    b.add_argument("--block_size", type=_size, default=d.block_size, help="bytes per request (default %(default)s)")
+    b.add_argument("--batch_size", type=int, default=d.batch_size, help="requests per batch (default %(default)s)")
+    b.add_argument("--threads", type=int, default=d.threads, help="submitting threads (default %(default)s)")
+    b.add_argument("--duration", type=float, default=d.duration, help="seconds (default %(default)s)")
+    b.add_argument("--buffer_size", type=_size, default=d.buffer_size, help="bytes registered on each side (default %(default)s)")
+
+    t = sub.add_parser("topology", help="print the local topology JSON (get_local_topology)")
+    t.add_argument("--device_name", default="", help="comma-separated NIC filter")
+
+    m = sub.add_parser(
+        "metadata-server",
+        help="run the HTTP metadata server (Mooncake's mooncake_http_metadata_server)",
+        description="Serve metadata over HTTP at http://HOST:PORT/metadata until SIGINT or SIGTERM.",
+    )
+    m.add_argument("--host", default="0.0.0.0", help="address to bind (default %(default)s)")
+    m.add_argument("--port", type=int, default=8080, help="port to bind, 0 for any (default %(default)s)")
+    m.add_argument("--persist", default="", metavar="FILE", help="load the store from FILE and save every change to it")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def _bench_cmd(args: argparse.Namespace) -> int:
+    cfg = _bench.Config(**{k: v for k, v in vars(args).items() if k in _bench.Config.__dataclass_fields__})
+    return _bench.run(cfg)
+
+
+def _topology_cmd(args: argparse.Namespace) -> int:
+    from .engine import TransferEngine
+
+    topo = TransferEngine().get_local_topology(args.device_name)
+    if not topo:
+        return 1
+    print(topo)
+    return 0
+
+
+def _metadata_server_cmd(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        print(f"pymooncake metadata-server: --port {args.port} is out of range", file=sys.stderr)
+        return 2
+    x = _loader.load()
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    try:
+        srv = x.bindings_NewMetadataServer(f"{host}:{args.port}", args.persist)
+    except RuntimeError as e:
+        _, _, reason = _errors.parse(e)
+        print(f"pymooncake metadata-server: {reason}", file=sys.stderr)
+        return 1
+    print(f"metadata server listening on http://{x.bindings_MetadataServer_Addr(srv)}/metadata", flush=True)
+
+    # The Go call that waits runs in a thread: the main thread must stay in
+    # Python to receive SIGINT and SIGTERM, which call Stop.
+    result: list[int] = []
+    failure: list[str] = []
+
+    def wait() -> None:
+        try:
+            result.append(x.bindings_MetadataServer_Wait(srv))
+        except RuntimeError as e:
+            failure.append(_errors.parse(e)[2])
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        x.bindings_MetadataServer_Stop(srv)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    waiter = threading.Thread(target=wait, name="metadata-server")
+    waiter.start()
+    try:
+        while waiter.is_alive():
+            waiter.join(0.5)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if failure:
+        print(f"pymooncake metadata-server: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        return _bench_cmd(args)
+    if args.command == "topology":
+        return _topology_cmd(args)
+    if args.command == "metadata-server":
+        return _metadata_server_cmd(args)
+    print(f"pymooncake {__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
