@@ -37,13 +37,24 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import driver  # noqa: E402
-from driver import Peer, base_env  # noqa: E402
-from pattern import pattern  # noqa: E402
-from recorder import FakeTarget, HttpRecorder, describe  # noqa: E402
-from wire import (CONNECTION, METADATA, NOTIFY, PROBE, STATUS_OK, STATUS_REJECTED,  # noqa: E402
-                  connect, data_header, fastwriter, frame, recv_exact, recv_frame, recv_until_eof)
+import driver
+from driver import Peer, base_env
+from pattern import pattern
+from recorder import FakeTarget, HttpRecorder
+from wire import (
+    CONNECTION,
+    METADATA,
+    NOTIFY,
+    PROBE,
+    STATUS_OK,
+    STATUS_REJECTED,
+    connect,
+    data_header,
+    fastwriter,
+    frame,
+    recv_exact,
+    recv_until_eof,
+)
 
 EMPTY_HANDSHAKE = {"local_nic_path": "", "peer_nic_path": "", "qp_num": [], "reply_msg": ""}
 SEED = "golden"  # pattern seed for every data payload, so payload bytes are reproducible
@@ -377,7 +388,7 @@ def capture_http(c: Capture) -> None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def capture_etcd(c: Capture) -> None:
@@ -400,7 +411,7 @@ def capture_etcd(c: Capture) -> None:
         try:
             ctl = [etcdctl, "--endpoints", endpoint]
             deadline = time.monotonic() + 20
-            while subprocess.run(ctl + ["endpoint", "health"], capture_output=True).returncode != 0:
+            while subprocess.run([*ctl, "endpoint", "health"], capture_output=True, check=False).returncode != 0:
                 if time.monotonic() > deadline:
                     raise RuntimeError("etcd did not become healthy in 20 s")
                 time.sleep(0.2)

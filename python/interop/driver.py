@@ -104,7 +104,7 @@ class Peer:
         if line is None:
             rc = self.proc.wait(timeout=5)
             raise PeerError(f"{self.impl} {self.role}: exited with {rc}\n{self.log_tail()}")
-        reply = json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
             raise PeerError(f"{self.impl} {self.role}: {reply.get('error')}\n{self.log_tail()}")
         return reply
@@ -125,10 +125,10 @@ class Peer:
         return r["result"]
 
     def fill(self, addr: int, length: int, seed: str) -> str:
-        return self.request({"cmd": "fill", "addr": addr, "length": length, "seed": seed})["sha256"]
+        return str(self.request({"cmd": "fill", "addr": addr, "length": length, "seed": seed})["sha256"])
 
     def digest(self, addr: int, length: int) -> str:
-        return self.request({"cmd": "digest", "addr": addr, "length": length})["sha256"]
+        return str(self.request({"cmd": "digest", "addr": addr, "length": length})["sha256"])
 
     def peek(self, addr: int, length: int) -> bytes:
         return bytes.fromhex(self.request({"cmd": "peek", "addr": addr, "length": length})["hex"])

@@ -24,8 +24,9 @@ Every line on stdout is one JSON object. The first is the hello:
      "guard", "pid"}
 
 ``name`` is the segment name peers must use: ``<host>:<rpc_port>`` in P2P
-mode (host from ``--hostname``, default 127.0.0.1), the ``--hostname`` otherwise. Then each line on stdin is one command,
-answered by exactly one line:
+mode (host from ``--hostname``, default 127.0.0.1), the ``--hostname``
+otherwise. Then each line on stdin is one command, answered by exactly one
+line:
 
     {"cmd": "fill", "addr": A, "length": N, "seed": S}  -> {"ok", "sha256"}
         write pattern(S, N) at A with ctypes (not through the engine)
@@ -55,8 +56,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pattern import digest, pattern  # noqa: E402
+from pattern import digest, pattern
 
 GUARD = 64 * 1024  # bytes mapped after a target's registered region, never registered
 

@@ -24,8 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from wire import (HEADER_SIZE, METADATA, NOTIFY, PROBE, STATUS_OK, STATUS_REJECTED,
-                  fastwriter, parse_header, recv_exact)
+from wire import HEADER_SIZE, METADATA, NOTIFY, PROBE, STATUS_OK, STATUS_REJECTED, fastwriter, parse_header, recv_exact
 
 __all__ = ["FakeTarget", "RpcRecord", "DataConn", "HttpRecorder"]
 
@@ -177,7 +176,7 @@ class FakeTarget:
             v2 = bool(hdr["opcode"] & 0x80)
             write = (hdr["opcode"] & 0x7F) == 1
             off = hdr["addr"] - self.addr
-            ok = hdr["size"] > 0 and 0 <= off and off + hdr["size"] <= self.size
+            ok = hdr["size"] > 0 and off >= 0 and off + hdr["size"] <= self.size
             hdr.update(v2=v2, write=write, accepted=ok and self.ack == "ok")
             rec.requests.append(hdr)
             if v2 and not hdr["accepted"]:
