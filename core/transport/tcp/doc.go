@@ -17,7 +17,11 @@
 //
 // Ownership: New takes the listener; Close closes it, every accepted and
 // dialed connection, fails every queued or in-flight task with ErrClosed and
-// waits for all goroutines. ClosePeer does the same for one peer's lanes.
+// waits for all goroutines. A peer's lanes (goroutine and connection) start
+// on first use and live until ClosePeer, which fails that peer's work the
+// same way, or Close. The server drops a connection idle for 10 minutes; a
+// client lane whose pooled connection was dropped so retries once on a new
+// one.
 //
 // Errors reported through Task.PartDone: ErrRejected (the target refused the
 // address range; only that task fails), ErrLegacyPeer and ErrUnknownStatus

@@ -270,7 +270,7 @@ func TestRejected(t *testing.T) {
 	server := newTransport(t, Config{}, registered)
 	client := newTransport(t, Config{SplitThreshold: 1 << 30})
 	pe := peerOf(server, 2)
-	src := mmapBuf(t, 16<<20)
+	src := mmapBuf(t, 64<<20)
 	fill(src, 11)
 	fill(remote, 12)
 	before := bytes.Clone(remote)
@@ -284,6 +284,7 @@ func TestRejected(t *testing.T) {
 		{"straddles start", base - 1, 2},
 		{"straddles end", base + uint64(len(registered)) - 10, 20},
 		{"large straddles end", base + 1<<20, 8 << 20},
+		{"huge straddles end", base + 1<<20, 64 << 20}, // the server resets the unread body
 		{"beyond", base + 16<<20, 4096},
 		{"null", 0, 4096},
 		{"wraps", ^uint64(0) - 10, 4096},
