@@ -53,13 +53,22 @@ type Engine struct {
 // already has a scheme or is P2PHANDSHAKE). devices is the comma-separated
 // NIC filter. protocol is accepted as Mooncake's is: it does not select the
 // transport, except that "xgmi" is refused as Mooncake refuses it.
-// The environment (MC_*) is read here, strictly.
-func NewEngine(localName, server, metadataType, protocol, devices string) (_ *Engine, err error) {
+//
+// environ is the Python process's environment as a JSON object, read by the
+// caller at this call: the Go runtime's own copy of the environment is taken
+// when the extension loads and misses later changes to os.environ, which
+// Mooncake (calling getenv) would see. An empty environ means the Go
+// runtime's copy. The MC_* variables are parsed here, strictly.
+func NewEngine(localName, server, metadataType, protocol, devices, environ string) (_ *Engine, err error) {
 	defer recoverInto("initialize", nil, &err)
 	if protocol == "xgmi" {
 		return nil, invalid("initialize", "protocol %q is not exposed in the Python API; use \"hip\"", protocol)
 	}
-	env, err := config.FromEnv(os.LookupEnv)
+	lookup, err := environLookup(environ)
+	if err != nil {
+		return nil, fail("initialize", err)
+	}
+	env, err := config.FromEnv(lookup)
 	if err != nil {
 		return nil, fail("initialize", fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err))
 	}
@@ -119,6 +128,22 @@ func (e *Engine) Close() (rc int, err error) {
 		return 0, fail("close", cerr)
 	}
 	return 0, nil
+}
+
+// environLookup returns a lookup function over environ, a JSON object of
+// strings, or os.LookupEnv when environ is empty.
+func environLookup(environ string) (config.LookupFunc, error) {
+	if environ == "" {
+		return os.LookupEnv, nil
+	}
+	m := map[string]string{}
+	if err := json.Unmarshal([]byte(environ), &m); err != nil {
+		return nil, fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err)
+	}
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}, nil
 }
 
 // check returns ErrClosed's failure once the engine is closed.

@@ -2,7 +2,6 @@ package bindings
 
 import (
 	"context"
-	"os"
 	"sync"
 	"time"
 
@@ -27,11 +26,16 @@ type MetadataServer struct {
 
 // NewMetadataServer binds addr ("host:port"; port 0 picks one) and starts
 // serving. With persistFile the store is loaded from and saved to it.
-func NewMetadataServer(addr, persistFile string) (_ *MetadataServer, err error) {
+// environ is as in NewEngine; only MC_LOG_LEVEL is read from it.
+func NewMetadataServer(addr, persistFile, environ string) (_ *MetadataServer, err error) {
 	const op = "metadata_server"
 	defer recoverInto(op, nil, &err)
+	lookup, err := environLookup(environ)
+	if err != nil {
+		return nil, fail(op, err)
+	}
 	level := config.Defaults().LogLevel
-	if v, ok := os.LookupEnv("MC_LOG_LEVEL"); ok {
+	if v, ok := lookup("MC_LOG_LEVEL"); ok {
 		if level, err = config.ParseLogLevel(v); err != nil {
 			return nil, invalid(op, "MC_LOG_LEVEL=%q: %v", v, err)
 		}

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -102,7 +104,7 @@ def _metadata_server_cmd(args: argparse.Namespace) -> int:
     x = _loader.load()
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
     try:
-        srv = x.bindings_NewMetadataServer(f"{host}:{args.port}", args.persist)
+        srv = x.bindings_NewMetadataServer(f"{host}:{args.port}", args.persist, json.dumps(dict(os.environ)))
     except RuntimeError as e:
         _, _, reason = _errors.parse(e)
         print(f"pymooncake metadata-server: {reason}", file=sys.stderr)

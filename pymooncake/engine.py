@@ -34,10 +34,13 @@ in flight. The engine lives in a Go runtime that does not survive
 ``forkserver``, or fork before the first ``initialize``. In a fork child,
 every call returns its failure value and logs "used after fork; use spawn".
 
-Timeouts
---------
-Synchronous transfers fail after ``MC_TRANSFER_TIMEOUT`` seconds (default
-30, at least 5) plus 1 ns per byte moved, as in Mooncake.
+Environment and timeouts
+------------------------
+Mooncake's variables (``MC_*``) are read from ``os.environ`` by each
+``initialize``, strictly: a malformed value makes ``initialize`` return -1
+and log which variable is wrong, where Mooncake would silently use 0 or a
+default. Synchronous transfers fail after ``MC_TRANSFER_TIMEOUT`` seconds
+(default 30, at least 5) plus 1 ns per byte moved, as in Mooncake.
 
 Differences from Mooncake
 -------------------------
@@ -62,6 +65,7 @@ from __future__ import annotations
 import enum
 import json
 import operator
+import os
 import threading
 import warnings
 from array import array
@@ -241,6 +245,13 @@ def _pack(op: str, name: str, seq: Any, limit: int) -> array[int]:
     return packed
 
 
+def _environ() -> str:
+    """The current environment for the Go side, which otherwise sees only
+    the environment as it was when the extension loaded: MC_* variables set
+    in os.environ before initialize() take effect, as with Mooncake."""
+    return json.dumps(dict(os.environ))
+
+
 def _address_of_bytes(op: str, data: Any) -> tuple[Any, int, int]:
     """Return (keep-alive object, address, size) for bytes-like ``data``."""
     import ctypes
@@ -358,7 +369,7 @@ class TransferEngine:
             except _loader.ForkedError:
                 return self._unusable(op, -1)
             try:
-                h = x.bindings_NewEngine(local, server, mtype or "", protocol, devices)
+                h = x.bindings_NewEngine(local, server, mtype or "", protocol, devices, _environ())
             except RuntimeError as e:
                 return _errors.failed(op, e, -1)
             self._x = x
