@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -42,6 +43,9 @@ type Engine struct {
 	cfg  Config
 	log  *zap.Logger
 	name string
+	// instance identifies this process incarnation in our descriptor, so
+	// peers can tell a restarted engine from the one they knew.
+	instance string
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -91,7 +95,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("initialize: local server name %q has no host: %w", cfg.LocalName, ErrInvalidArgument)
 	}
 
-	e := &Engine{cfg: cfg, log: log.Named("engine"), mem: newMemoryTable()}
+	e := &Engine{cfg: cfg, log: log.Named("engine"), mem: newMemoryTable(), instance: newInstanceID()}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -234,6 +238,7 @@ func (e *Engine) localDesc() *metadata.SegmentDesc {
 		Protocol:        "tcp",
 		TCPDataPort:     e.tcp.Port(),
 		TCPProtoVersion: e.tcp.ProtoVersion(),
+		Extra:           map[string]json.RawMessage{InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
 	}
 	for _, r := range e.mem.regions() {
 		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: e.name, Addr: r.addr, Length: r.length})
