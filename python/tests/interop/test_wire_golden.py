@@ -93,7 +93,9 @@ def test_metadata_reply(target: Peer) -> None:
     assert reply.endswith(b"\n"), "FastWriter JSON ends in a newline"
     keys = list(json.loads(reply[9:], object_pairs_hook=dict).keys())
     gold = json.loads(golden("server/metadata.reply.bin")[9:])
-    assert keys == list(gold.keys()), "descriptor keys or their (sorted) order differ from Mooncake's"
+    assert keys == list(gold.keys()), (
+        f"descriptor keys differ from Mooncake's: missing {sorted(set(gold) - set(keys))}, "
+        f"extra {sorted(set(keys) - set(gold))}, order {keys}")
     desc = json.loads(reply[9:])
     assert desc["name"] == target.name and desc["protocol"] == "tcp"
     assert desc["tcp_proto_version"] == 2 and desc["tcp_data_host"] == "127.0.0.1"
@@ -184,7 +186,9 @@ def test_initiator_write_read_bytes(initiator: Peer) -> None:
         assert len(meta) == 1, "openSegment must send exactly one Metadata request"
         mine = json.loads(meta[0][9:])
         gold = json.loads(golden("client/v2/metadata.request.bin")[9:])
-        assert list(mine) == list(gold), "own descriptor keys differ from Mooncake's"
+        assert list(mine) == list(gold), (
+            f"own descriptor keys differ from Mooncake's: missing {sorted(set(gold) - set(mine))}, "
+            f"extra {sorted(set(mine) - set(gold))}, order {list(mine)}")
         assert mine["name"] == i.name and mine["protocol"] == "tcp" and mine["tcp_proto_version"] == 2
     with FakeTarget() as ft:
         assert i.call("transfer_sync_read", ft.name, i.buffer + 64, ft.addr, 64) == 0
