@@ -46,12 +46,18 @@ type Engine struct {
 	// instance identifies this process incarnation in our descriptor, so
 	// peers can tell a restarted engine from the one they knew.
 	instance string
+	// dataHost is published as tcp_data_host: where peers connect for data.
+	dataHost string
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // background goroutines (orphaned batch reapers)
 
-	closed    atomic.Bool
+	closed atomic.Bool
+	// published is set once our keys are in the store; only then does Close
+	// delete them. A failed init under a live engine's name must not delete
+	// that engine's keys (Mooncake 0.3.13 does).
+	published atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 
@@ -133,6 +139,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	}
 
 	if cs.Kind == metadata.P2P {
+		e.dataHost = host
 		e.name = metadata.JoinHostPort(host, e.rpcPort)
 		e.dir = &p2pDirectory{client: e.client, defaultPort: cfg.Env.HandshakePort, own: e.ownDescriptor}
 	} else {
@@ -149,6 +156,9 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 			return nil, fmt.Errorf("initialize: metadata store %q: %w: %w", cfg.Metadata, ErrMetadata, err)
 		}
 		e.dir = &storeDirectory{store: e.store, prefix: e.prefix}
+		if e.dataHost, err = advertisedHost(cfg.Env.TCPBindAddress, cfg.Env.IPv6, host); err != nil {
+			return nil, fmt.Errorf("initialize: %w", err)
+		}
 	}
 
 	e.rpc = handshake.NewServer(rpcLn, handshake.ServerConfig{
@@ -166,6 +176,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		if err := e.republish(ctx); err != nil {
 			return nil, fmt.Errorf("initialize: %w", err)
 		}
+		e.published.Store(true)
 	}
 	e.log.Info("engine started",
 		zap.String("name", e.name),
@@ -193,7 +204,7 @@ func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
 		e.closed.Store(true)
 		var errs []error
-		if e.store != nil {
+		if e.store != nil && e.published.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			for _, k := range []string{metadata.RPCMetaKey(e.prefix, e.name), metadata.SegmentKey(e.prefix, e.name)} {
 				if err := e.store.Delete(ctx, k); err != nil {
@@ -238,6 +249,7 @@ func (e *Engine) localDesc() *metadata.SegmentDesc {
 		Protocol:        "tcp",
 		TCPDataPort:     e.tcp.Port(),
 		TCPProtoVersion: e.tcp.ProtoVersion(),
+		TCPDataHost:     e.dataHost,
 		Extra:           map[string]json.RawMessage{InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
 	}
 	for _, r := range e.mem.regions() {
@@ -254,12 +266,7 @@ func (e *Engine) republish(ctx context.Context) error {
 	}
 	e.publishMu.Lock()
 	defer e.publishMu.Unlock()
-	host, _ := metadata.ParseHostPort(e.cfg.LocalName, e.cfg.Env.HandshakePort)
-	ip, err := advertisedHost(e.cfg.Env.TCPBindAddress, e.cfg.Env.IPv6, host)
-	if err != nil {
-		return err
-	}
-	meta, err := metadata.RPCMeta{IPOrHostName: ip, RPCPort: e.rpcPort}.Marshal(e.newline)
+	meta, err := metadata.RPCMeta{IPOrHostName: e.dataHost, RPCPort: e.rpcPort}.Marshal(e.newline)
 	if err != nil {
 		return err
 	}

@@ -147,9 +147,13 @@ func (e *Engine) resolve(ctx context.Context, name string) (*segment, error) {
 	if desc.TCPDataPort <= 0 || desc.TCPDataPort > 65535 {
 		return nil, fmt.Errorf("open segment %q: tcp_data_port %d: %w", name, desc.TCPDataPort, ErrMetadata)
 	}
-	host, err := e.dir.host(ctx, desc.Name)
-	if err != nil {
-		return nil, fmt.Errorf("open segment %q: locate %q: %w", name, desc.Name, err)
+	// Mooncake 0.3.13+ publishes tcp_data_host and connects there; older
+	// peers are reached at the host of their name (or their rpc_meta).
+	host := desc.TCPDataHost
+	if host == "" {
+		if host, err = e.dir.host(ctx, desc.Name); err != nil {
+			return nil, fmt.Errorf("open segment %q: locate %q: %w", name, desc.Name, err)
+		}
 	}
 	peer := transport.Peer{Name: desc.Name, Host: host, DataPort: desc.TCPDataPort, ProtoVersion: desc.TCPProtoVersion}
 	return e.segs.put(name, desc, peer), nil

@@ -91,6 +91,9 @@ func TestHTTPMetadataMode(t *testing.T) {
 	env.TCPBindAddress = "127.0.0.1"
 	_, err = New(context.Background(), Config{LocalName: "target-a", Metadata: meta, Env: env})
 	require.Error(t, err)
+	code, _ = httpGet(t, meta, "mooncake/rpc_meta/target-a")
+	require.Equal(t, http.StatusOK, code, "a failed init must not delete the live engine's keys")
+	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil))
 
 	require.NoError(t, tgt.Close())
 	code, _ = httpGet(t, meta, "mooncake/ram/target-a")

@@ -81,8 +81,12 @@ type SegmentDesc struct {
 	// A decoded descriptor whose matrix cannot be parsed has none, as in
 	// Mooncake, where that is only a warning.
 	PriorityMatrix map[string]PriorityEntry
-	// RDMAServerName is HEAD's dual-NIC name; written only when non-empty.
+	// RDMAServerName is HEAD's dual-NIC name. It is written when non-empty,
+	// and also (empty) whenever TCPDataHost is set, as Mooncake 0.3.13 does.
 	RDMAServerName string
+	// TCPDataHost is the host a peer connects its data sockets to (Mooncake
+	// 0.3.13+); empty means the host of Name. Written only when non-empty.
+	TCPDataHost string
 	// Extra holds top-level keys of a decoded descriptor that pymooncake does
 	// not interpret, as compact JSON. Marshal writes them back among the
 	// known keys in sorted order; a key that is also a known field is an
@@ -94,7 +98,7 @@ type SegmentDesc struct {
 // appear in Extra.
 var knownKeys = map[string]bool{
 	"name": true, "protocol": true, "tcp_data_port": true, "tcp_proto_version": true,
-	"timestamp": true, "rdma_server_name": true, "buffers": true, "devices": true,
+	"timestamp": true, "rdma_server_name": true, "tcp_data_host": true, "buffers": true, "devices": true,
 	"priority_matrix": true,
 }
 
@@ -209,8 +213,11 @@ func (d *SegmentDesc) Marshal(newline bool) ([]byte, error) {
 		{"tcp_proto_version", intJSON(d.TCPProtoVersion)},
 		{"timestamp", quoted(ts)},
 	}
-	if d.RDMAServerName != "" {
+	if d.RDMAServerName != "" || d.TCPDataHost != "" {
 		top = append(top, member{"rdma_server_name", quoted(d.RDMAServerName)})
+	}
+	if d.TCPDataHost != "" {
+		top = append(top, member{"tcp_data_host", quoted(d.TCPDataHost)})
 	}
 	withKeys := d.Protocol != ProtocolTCP
 	buffers := make([][]byte, len(d.Buffers))

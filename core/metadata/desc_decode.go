@@ -80,6 +80,8 @@ func decodeSegmentDesc(data []byte) (*SegmentDesc, error) {
 			d.Timestamp, err = r.str()
 		case "rdma_server_name":
 			d.RDMAServerName, err = r.str()
+		case "tcp_data_host":
+			d.TCPDataHost, err = r.str()
 		case "buffers":
 			buffers, err = r.buffers()
 		case "devices":
