@@ -1,0 +1,118 @@
+"""Helpers shared by pymooncake's tests (imported as ``pmtest``)."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing.queues
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pymooncake.engine import TransferEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+class Mem:
+    """Zeroed memory owned by the test (not registered), with its address."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buf = ctypes.create_string_buffer(size)
+        self.addr = ctypes.addressof(self._buf)
+
+    def write(self, offset: int, data: bytes) -> None:
+        assert offset >= 0
+        assert offset + len(data) <= self.size
+        ctypes.memmove(self.addr + offset, data, len(data))
+
+    def read(self, offset: int, n: int) -> bytes:
+        assert offset >= 0
+        assert offset + n <= self.size
+        return ctypes.string_at(self.addr + offset, n)
+
+
+def new_engine() -> TransferEngine:
+    e = TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    return e
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter that imports this checkout."""
+    full = dict(os.environ)
+    full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=timeout, cwd=ROOT, check=False)
+
+
+class Peer:
+    """An engine in a child process (peer_proc.py), driven over pipes."""
+
+    def __init__(self, size: int = 1 << 20, env: dict[str, str] | None = None) -> None:
+        import json
+
+        full = dict(os.environ)
+        full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
+        full.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "peer_proc.py"), str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=full,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline())
+        assert hello["rc"] == 0, hello
+        self.segment: str = hello["segment"]
+        self.addr: int = hello["addr"]
+        self.size: int = hello["size"]
+        self.pid: int = hello["pid"]
+
+    def ask(self, **cmd: object) -> dict[str, object]:
+        import json
+
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "peer exited"
+        out: dict[str, object] = json.loads(line)
+        return out
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+def spawn_child_push(segment: str, remote: int, data: bytes, out: multiprocessing.queues.Queue[object]) -> None:
+    """Run in a spawned process: write data into a peer's buffer."""
+    mem = Mem(len(data))
+    mem.write(0, data)
+    e = TransferEngine()
+    try:
+        rc = e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+        if rc == 0:
+            rc = e.register_memory(mem.addr, mem.size)
+        if rc == 0:
+            rc = e.transfer_sync_write(segment, mem.addr, remote, len(data))
+        out.put(rc)
+    finally:
+        e.close()

@@ -1,0 +1,162 @@
+"""The ``pymooncake`` command: bench, metadata-server, version."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pmtest import ROOT, Mem
+
+from pymooncake import _bench, cli
+from pymooncake._version import __version__
+from pymooncake.engine import TransferEngine
+
+
+def pymooncake(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MC_LOG_LEVEL="WARNING")
+    return subprocess.run([sys.executable, "-m", "pymooncake", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT, check=False)
+
+
+def test_version() -> None:
+    r = pymooncake("version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"pymooncake {__version__}"
+
+
+@pytest.mark.parametrize("operation", ["write", "read"])
+def test_bench_loopback(operation: str) -> None:
+    r = pymooncake(
+        "bench", "--mode", "loopback", "--operation", operation, "--duration", "1", "--threads", "2",
+        "--batch_size", "8", "--block_size", "16K", "--buffer_size", "4M",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = dict(re.findall(r"^  (\S+(?: \S+)?)\s{2,}(.+)$", r.stdout, re.M))
+    assert rows["mode"] == "loopback"
+    assert rows["operation"] == operation
+    assert rows["errors"] == "0"
+    assert int(rows["batches"]) > 0
+    assert float(rows["throughput"].split()[0]) > 0
+    assert "latency p99" in rows
+    assert "GB/s" in r.stderr  # the live progress line
+
+
+def test_bench_rejects_a_buffer_too_small() -> None:
+    r = pymooncake("bench", "--mode", "loopback", "--buffer_size", "1M", "--block_size", "64K", "--batch_size", "128")
+    assert r.returncode == 2
+    assert "buffer_size" in r.stderr
+
+
+def test_bench_initiator_without_target_fails_cleanly() -> None:
+    r = pymooncake("bench", "--mode", "initiator", "--segment_id", "127.0.0.1:1", "--duration", "1", "--buffer_size", "64M")
+    assert r.returncode == 2
+    assert "cannot find a buffer" in r.stderr
+
+
+def test_bench_target_and_initiator_processes() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MC_LOG_LEVEL="WARNING")
+    target = subprocess.Popen(
+        [sys.executable, "-m", "pymooncake", "bench", "--mode", "target", "--buffer_size", "8M"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert target.stdout is not None
+        line = target.stdout.readline()
+        m = re.search(r"--segment_id (\S+)", line)
+        assert m, line
+        r = pymooncake(
+            "bench", "--mode", "initiator", "--segment_id", m.group(1), "--duration", "1",
+            "--threads", "2", "--batch_size", "4", "--block_size", "64K", "--buffer_size", "8M",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "throughput" in r.stdout
+    finally:
+        target.send_signal(signal.SIGINT)
+        assert target.wait(timeout=30) == 0
+        if target.stdout:
+            target.stdout.close()
+        if target.stderr:
+            target.stderr.close()
+
+
+def test_result_math() -> None:
+    res = _bench.Result(_bench.Config(block_size=1000, batch_size=10), seconds=2.0, batches=100, latencies_ns=list(range(1, 101)))
+    assert res.bytes == 1_000_000
+    assert res.gbps == pytest.approx(0.0005)
+    assert res.ops_per_s == 500
+    assert res.percentile_us(50) == pytest.approx(0.05)
+    assert res.percentile_us(99) == pytest.approx(0.099)
+    assert "0.001 GB/s" in _bench.format_result(res)
+
+
+@pytest.fixture
+def metadata_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    persist = tmp_path / "meta.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MC_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymooncake", "metadata-server", "--host", "127.0.0.1", "--port", "0", "--persist", str(persist)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"(http://\S+/metadata)", line)
+    assert m, line + (proc.stderr.read() if proc.stderr else "")
+    yield m.group(1), proc, persist
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f:
+            f.close()
+
+
+def test_metadata_server_serves_engines(metadata_server: tuple[str, subprocess.Popen[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, proc, persist = metadata_server
+    monkeypatch.setenv("MC_TCP_BIND_ADDRESS", "127.0.0.1")
+    a, b = TransferEngine(), TransferEngine()
+    assert a.initialize("127.0.0.1:30001", url, "tcp", "") == 0
+    assert b.initialize_ext("127.0.0.1:30002", url.removeprefix("http://"), "tcp", "", "http") == 0
+    try:
+        assert b.get_segment_name() == "127.0.0.1:30002"  # store mode keeps the given name
+        ma, mb = Mem(4096), Mem(4096)
+        assert a.register_memory(ma.addr, ma.size) == 0
+        assert b.register_memory(mb.addr, mb.size) == 0
+        ma.write(0, b"through the metadata server")
+        assert a.transfer_sync_write("127.0.0.1:30002", ma.addr, mb.addr, 27) == 0
+        assert mb.read(0, 27) == b"through the metadata server"
+        assert a.get_first_buffer_address("127.0.0.1:30002") == mb.addr
+    finally:
+        a.close()
+        b.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert isinstance(json.loads(persist.read_text()), (dict, list))
+
+
+def test_metadata_server_stops_on_sigint(metadata_server: tuple[str, subprocess.Popen[str], Path]) -> None:
+    _, proc, _ = metadata_server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_metadata_server_port_in_use(metadata_server: tuple[str, subprocess.Popen[str], Path]) -> None:
+    url, _, _ = metadata_server
+    port = url.split(":")[2].split("/")[0]
+    r = pymooncake("metadata-server", "--host", "127.0.0.1", "--port", port)
+    assert r.returncode == 1
+    assert "listen" in r.stderr
+
+
+def test_parser_sizes() -> None:
+    assert cli._size("64K") == 65536
+    assert cli._size("1MiB") == 1 << 20
+    assert cli._size("2g") == 2 << 30
+    assert cli._size("4096") == 4096
+    with pytest.raises(Exception, match="byte count"):
+        cli._size("lots")
