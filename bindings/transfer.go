@@ -261,9 +261,10 @@ func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64
 // checkSegment is Mooncake's CheckSegmentStatus after a failed submit: if
 // the failure may be the peer's and the peer does not answer a probe, the
 // segment handle is dropped, so the next call fetches a fresh descriptor
-// and reconnects.
+// and reconnects. A deadline is not a submit failure (Mooncake checks only
+// those): a slow peer keeps its handle and its connections.
 func (e *Engine) checkSegment(target string, h core.SegmentHandle, cause error) {
-	if callerError(cause) || e.closed.Load() {
+	if callerError(cause) || errors.Is(cause, context.DeadlineExceeded) || e.closed.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, min(probeTimeout, e.env.HandshakeConnectTimeout))

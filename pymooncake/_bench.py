@@ -112,7 +112,7 @@ def _check(cfg: Config) -> None:
     if cfg.duration <= 0:
         raise BenchError("--duration must be positive")
     need = cfg.block_size * cfg.batch_size * cfg.threads
-    if need > cfg.buffer_size:
+    if cfg.mode != "target" and need > cfg.buffer_size:
         raise BenchError(f"--buffer_size {cfg.buffer_size} is smaller than block_size x batch_size x threads = {need}")
 
 

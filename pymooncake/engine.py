@@ -172,11 +172,12 @@ class _NoneArgument(Exception):
     """An argument is None where Mooncake would crash: a failure value."""
 
 
-def _uint(op: str, name: str, value: Any, limit: int) -> int:
-    """Return ``value`` as an int in [0, limit], or raise."""
+def _uint(op: str, name: str, value: Any, limit: int, none: bool = True) -> int:
+    """Return ``value`` as an int in [0, limit], or raise. None is a failure
+    value (_NoneArgument) where ``none`` is true, else a TypeError."""
     if type(value) is int and 0 <= value <= limit:
         return value
-    if value is None:
+    if value is None and none:
         raise _NoneArgument(f"{name} is None")
     try:
         v = operator.index(value)
@@ -237,7 +238,7 @@ def _pack(op: str, name: str, seq: Any, limit: int) -> array[int]:
             packed = array("Q", items)
         except (TypeError, OverflowError) as e:
             for i, v in enumerate(items):
-                _uint(op, f"{name}[{i}]", v, _U64)
+                _uint(op, f"{name}[{i}]", v, _U64, none=False)
             raise TypeError(f"{op}(): {name}: {e}") from None
     if limit < _U64 and packed and max(packed) > limit:
         i = next(i for i, v in enumerate(packed) if v > limit)
@@ -509,8 +510,12 @@ class TransferEngine:
         except _loader.ForkedError:
             self._unusable(op, -1)
             return ""
+        discover = getattr(x, "bindings_LocalTopology", None)
+        if discover is None:
+            _errors.refuse(op, "not_supported", "topology discovery is not part of this build", -1, code=-303)
+            return ""
         try:
-            topo: str = x.bindings_LocalTopology(devices)
+            topo: str = discover(devices)
             return topo
         except RuntimeError as e:
             _errors.failed(op, e, -1)
