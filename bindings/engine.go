@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,12 +75,7 @@ func NewEngine(localName, server, metadataType, protocol, devices, environ strin
 	if metadataType != "" {
 		conn = metadata.ConnStringFromType(server, metadataType)
 	}
-	var devs []string
-	for _, d := range strings.Split(devices, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			devs = append(devs, d)
-		}
-	}
+	devs := splitList(devices)
 	log := newLogger(env.LogLevel)
 	ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
 	defer cancel()

@@ -487,7 +487,11 @@ class TransferEngine:
         return 0 if h is None else h
 
     def get_local_topology(self, device_name: str | None = None) -> str:
-        """Return the local NIC topology as Mooncake's JSON.
+        """Return this host's NIC priority matrix as Mooncake's JSON:
+        ``{"<location>": [[preferred NICs], [available NICs]], ...}`` for
+        every ``cpu:<numa node>`` and ``cuda:<ordinal>``, discovered from
+        sysfs and NVML, or read from the file ``MC_CUSTOM_TOPO_JSON`` names.
+        Needs no initialized engine; unlike Mooncake it binds no port.
 
         Parameters
         ----------
@@ -510,12 +514,8 @@ class TransferEngine:
         except _loader.ForkedError:
             self._unusable(op, -1)
             return ""
-        discover = getattr(x, "bindings_LocalTopology", None)
-        if discover is None:
-            _errors.refuse(op, "not_supported", "topology discovery is not part of this build", -1, code=-303)
-            return ""
         try:
-            topo: str = discover(devices)
+            topo: str = x.bindings_LocalTopology(devices, _environ())
             return topo
         except RuntimeError as e:
             _errors.failed(op, e, -1)

@@ -160,3 +160,9 @@ def test_parser_sizes() -> None:
     assert cli._size("4096") == 4096
     with pytest.raises(Exception, match="byte count"):
         cli._size("lots")
+
+
+def test_topology_command() -> None:
+    r = pymooncake("topology")
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout), dict)

@@ -3,7 +3,9 @@ every transfer method, notifies, probes, segments; success and failure."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 from pmtest import Mem
@@ -253,3 +255,19 @@ def test_bad_environment_fails_initialize(monkeypatch: pytest.MonkeyPatch) -> No
         assert 23000 <= e.get_rpc_port() <= 23100  # read at initialize, not at extension load
     finally:
         e.close()
+
+
+def test_local_topology(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    topo = json.loads(TransferEngine().get_local_topology())  # needs no initialize
+    assert isinstance(topo, dict)
+    assert any(k.startswith("cpu:") for k in topo)
+    for entry in topo.values():
+        assert len(entry) == 2  # [preferred, available]
+    custom = tmp_path / "topo.json"
+    custom.write_text('{"cpu:0": [["mlx5_0"], ["mlx5_1"]], "cuda:0": [["mlx5_1"], []]}')
+    monkeypatch.setenv("MC_CUSTOM_TOPO_JSON", str(custom))
+    assert json.loads(TransferEngine().get_local_topology(None)) == {"cpu:0": [["mlx5_0"], ["mlx5_1"]], "cuda:0": [["mlx5_1"], []]}
+    custom.write_text("not json")
+    assert TransferEngine().get_local_topology("mlx5_0") == ""
+    monkeypatch.setenv("MC_CUSTOM_TOPO_JSON", str(tmp_path / "missing.json"))
+    assert TransferEngine().get_local_topology() == ""
