@@ -5,6 +5,8 @@
 #   make golden  recapture the Mooncake wire goldens (python/interop)
 PYTHON ?= python3
 GO     ?= go
+# the checkout's pymooncake (with the extension `make build` put in it)
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: all tools build test test-go lint-py test-py dev-deps bench golden clean
 
