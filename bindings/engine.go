@@ -38,11 +38,11 @@ type Engine struct {
 	memMu  sync.RWMutex
 	closed atomic.Bool
 
-	// async holds the deadline of every batch started by BatchTransferAsync
-	// or TransferAsync until Python frees it (Mooncake's start_timestamp plus
-	// MC_TRANSFER_TIMEOUT plus 1 ns per byte).
-	asyncMu sync.Mutex
-	async   map[core.BatchID]time.Time // +checklocks:asyncMu
+	// async maps every batch started by BatchTransferAsync or TransferAsync
+	// to its deadline (a time.Time: Mooncake's start_timestamp plus
+	// MC_TRANSFER_TIMEOUT plus 1 ns per byte) until Python frees it. A
+	// sync.Map keeps transfer_check_status polling free of locks.
+	async sync.Map
 }
 
 // NewEngine starts an engine. It is Mooncake's initialize when metadataType
@@ -98,7 +98,6 @@ func NewEngine(localName, server, metadataType, protocol, devices, environ strin
 		log:     log,
 		env:     env,
 		timeout: env.TransferTimeout,
-		async:   make(map[core.BatchID]time.Time),
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	return e, nil

@@ -252,9 +252,7 @@ func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64
 		// core promises ids in [1, 2^63); Python's 0 means failure.
 		return 0, fail(op, fmt.Errorf("%w: batch id %d out of range", errInternal, uint64(id)))
 	}
-	e.asyncMu.Lock()
-	e.async[id] = start.Add(e.syncTimeout(total))
-	e.asyncMu.Unlock()
+	e.async.Store(id, start.Add(e.syncTimeout(total)))
 	return int64(id), nil
 }
 
@@ -289,9 +287,7 @@ func answered(err error) bool {
 
 // release frees a finished batch and forgets its deadline.
 func (e *Engine) release(id core.BatchID) {
-	e.asyncMu.Lock()
-	delete(e.async, id)
-	e.asyncMu.Unlock()
+	e.async.Delete(id)
 	if err := e.eng.FreeBatch(id); err != nil {
 		e.log.Debug("free batch", zap.Uint64("batch", uint64(id)), zap.Error(err))
 	}
@@ -302,9 +298,7 @@ func (e *Engine) release(id core.BatchID) {
 // Close ends those goroutines.
 func (e *Engine) abandon(ids []core.BatchID) {
 	for _, id := range ids {
-		e.asyncMu.Lock()
-		delete(e.async, id)
-		e.asyncMu.Unlock()
+		e.async.Delete(id)
 		err := e.eng.FreeBatch(id)
 		if !errors.Is(err, core.ErrBatchBusy) {
 			continue
@@ -327,13 +321,10 @@ func (e *Engine) abandon(ids []core.BatchID) {
 // deadline is the time after which a batch from startAsync counts as timed
 // out. A batch this package did not start gets MC_TRANSFER_TIMEOUT from now.
 func (e *Engine) deadline(id core.BatchID) time.Time {
-	e.asyncMu.Lock()
-	d, ok := e.async[id]
-	e.asyncMu.Unlock()
-	if !ok {
-		return time.Now().Add(e.timeout)
+	if d, ok := e.async.Load(id); ok {
+		return d.(time.Time)
 	}
-	return d
+	return time.Now().Add(e.timeout)
 }
 
 // syncTimeout is MC_TRANSFER_TIMEOUT plus 1 ns per byte, as Mooncake's
