@@ -413,3 +413,21 @@ func TestMetadataServer(t *testing.T) {
 	_, err = NewMetadataServer(addr, "", environ(t, "MC_LOG_LEVEL", "LOUD"))
 	require.Error(t, err)
 }
+
+// gopy also exposes a constructor of the zero Engine; its methods must fail,
+// not crash the process.
+func TestZeroEngineFailsCleanly(t *testing.T) {
+	var e Engine
+	for _, err := range []error{
+		second(e.RPCPort()), second(e.Name()), second(e.TransferSync("x", 1, 1, 1, 1)),
+		second(e.CheckStatus(1)), second(e.CopyOut(1, 1, 1)), second(e.Close()),
+	} {
+		_, kind, _ := parse(t, err)
+		require.Equal(t, kindInternal, kind)
+	}
+	var m MetadataServer
+	_, kind, _ := parse(t, second(m.Addr()))
+	require.Equal(t, kindInternal, kind)
+	_, kind, _ = parse(t, second(m.Wait()))
+	require.Equal(t, kindInvalid, kind, "Wait must not block forever")
+}

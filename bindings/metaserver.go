@@ -60,6 +60,9 @@ func (m *MetadataServer) Addr() (addr string, err error) {
 func (m *MetadataServer) Wait() (rc int, err error) {
 	const op = "metadata_server"
 	defer recoverInto(op, m.log, &err)
+	if m.srv == nil || m.stop == nil {
+		return 0, invalid(op, "metadata server was not created by NewMetadataServer")
+	}
 	<-m.stop
 	ctx, cancel := context.WithTimeout(context.Background(), metaShutdownTimeout)
 	defer cancel()
