@@ -1,0 +1,70 @@
+package rdma
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
+)
+
+var (
+	// ErrUnavailable matches every conclusive "RDMA cannot be used here":
+	// libibverbs absent, or no usable RDMA device. The engine falls back to
+	// TCP on it unless MC_FORCE_HCA is set.
+	ErrUnavailable = verbs.ErrUnavailable
+	// ErrNoDevices means no RDMA device is usable ("no RDMA devices"). It
+	// matches ErrUnavailable.
+	ErrNoDevices = verbs.ErrNoDevices
+	// ErrClosed fails work submitted to, or still queued in, a closed
+	// transport.
+	ErrClosed = errors.New("rdma: transport closed")
+	// ErrAddressNotRegistered means a local or remote range is not inside
+	// memory registered with the transport (or published by the peer).
+	ErrAddressNotRegistered = errors.New("rdma: address not registered")
+	// ErrNoPath means no usable local or remote NIC could be chosen.
+	ErrNoPath = errors.New("rdma: no usable nic path")
+	// ErrHandshake matches connection setup failures: the RPC failed, the
+	// peer refused (reply_msg), or its reply did not match.
+	ErrHandshake = errors.New("rdma: connection handshake failed")
+	// ErrRetriesExhausted means a slice failed on every try MC_RETRY_CNT
+	// allowed; the *SliceError says the last cause.
+	ErrRetriesExhausted = errors.New("rdma: retries exhausted")
+	// ErrGPUMemory means GPU memory cannot be registered: nvidia-peermem is
+	// not loaded and no dma-buf exporter was given.
+	ErrGPUMemory = errors.New("rdma: gpu memory needs nvidia-peermem or dma-buf")
+	// ErrRegistered means a range overlaps memory registered already.
+	ErrRegistered = errors.New("rdma: memory already registered")
+)
+
+// SliceError is how a failed task reports its cause: the peer, the range,
+// the NICs of the last try and what went wrong (a verbs.WCStatus, a post
+// error, a handshake error, ErrClosed, a context error). It matches
+// ErrRetriesExhausted when the slice used up its retries.
+type SliceError struct {
+	// Peer is the target segment name.
+	Peer string
+	// Op is "read" or "write".
+	Op string
+	// Remote and Length are the failed slice's range.
+	Remote, Length uint64
+	// LocalNIC and PeerNIC are the NIC paths of the last try (empty when no
+	// path was chosen).
+	LocalNIC, PeerNIC string
+	// Retries is how many retries the slice used.
+	Retries int
+	// Exhausted is true when the slice failed because retries ran out.
+	Exhausted bool
+	// Err is the last cause.
+	Err error
+}
+
+func (e *SliceError) Error() string {
+	return fmt.Sprintf("rdma %s of %d bytes at %#x on peer %q (%s -> %s, %d retries): %v",
+		e.Op, e.Length, e.Remote, e.Peer, e.LocalNIC, e.PeerNIC, e.Retries, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *SliceError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrRetriesExhausted) true when retries ran out.
+func (e *SliceError) Is(target error) bool { return target == ErrRetriesExhausted && e.Exhausted }

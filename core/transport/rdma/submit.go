@@ -1,0 +1,363 @@
+package rdma
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"sync/atomic"
+
+	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport"
+)
+
+const (
+	opRead  = transport.Read
+	opWrite = transport.Write
+)
+
+// slice is one work request's worth of a task.
+type slice struct {
+	sub    *submission
+	task   *transport.Task
+	route  *route
+	op     transport.Opcode
+	local  uint64
+	remote uint64
+	length uint32
+	retry  int
+
+	// Chosen for the current try.
+	lchunk     *chunk
+	rbuf       int // index into route.bufs
+	lkey, rkey uint32
+	localNIC   string
+	peerNIC    string
+
+	// Set while posted.
+	ep *endpoint
+	qp *qpState
+}
+
+// submission is one Submit call: its context, and its slices not yet
+// finished (when they all are, the context watch is released).
+type submission struct {
+	ctx       context.Context
+	remaining atomic.Int64
+	stop      func() bool
+}
+
+// finish reports the slice's outcome to its task, exactly once.
+func (s *slice) finish(err error) {
+	if err != nil {
+		if _, ok := err.(*SliceError); !ok {
+			err = s.error(err, false)
+		}
+		s.task.PartDone(0, err)
+	} else {
+		s.task.PartDone(uint64(s.length), nil)
+	}
+	if s.sub.remaining.Add(-1) == 0 && s.sub.stop != nil {
+		s.sub.stop()
+	}
+}
+
+func (s *slice) error(err error, exhausted bool) *SliceError {
+	return &SliceError{Peer: s.route.name, Op: s.op.String(), Remote: s.remote, Length: uint64(s.length),
+		LocalNIC: s.localNIC, PeerNIC: s.peerNIC, Retries: s.retry, Exhausted: exhausted, Err: err}
+}
+
+// route is a peer descriptor prepared for slicing: its buffers sorted by
+// address and its matrix resolved through its devices[].
+type route struct {
+	name     string
+	desc     *metadata.SegmentDesc
+	bufs     []metadata.BufferDesc
+	resolved *topology.Resolved
+	devIndex map[string]int
+}
+
+// routeFor returns the prepared form of desc, reusing the last one made for
+// that peer when the descriptor is the same object.
+func (t *Transport) routeFor(name string, desc *metadata.SegmentDesc) (*route, error) {
+	p := t.peer(name)
+	if r := p.route.Load(); r != nil && r.desc == desc {
+		return r, nil
+	}
+	if desc.Protocol != Protocol {
+		return nil, fmt.Errorf("peer %q publishes protocol %q, not %q: %w", name, desc.Protocol, Protocol, ErrNoPath)
+	}
+	if len(desc.Devices) == 0 {
+		return nil, fmt.Errorf("peer %q publishes no rdma device: %w", name, ErrNoPath)
+	}
+	r := &route{name: name, desc: desc, devIndex: map[string]int{}}
+	names := make([]string, len(desc.Devices))
+	for i, d := range desc.Devices {
+		names[i] = d.Name
+		if _, ok := r.devIndex[d.Name]; !ok {
+			r.devIndex[d.Name] = i
+		}
+	}
+	r.resolved = topology.Resolve(names, desc.PriorityMatrix)
+	for _, b := range desc.Buffers {
+		// A buffer without one key per device cannot be addressed.
+		if len(b.RKey) == len(desc.Devices) && b.Length > 0 && b.Addr+b.Length > b.Addr {
+			r.bufs = append(r.bufs, b)
+		}
+	}
+	slices.SortFunc(r.bufs, func(a, b metadata.BufferDesc) int {
+		switch {
+		case a.Addr < b.Addr:
+			return -1
+		case a.Addr > b.Addr:
+			return 1
+		}
+		return 0
+	})
+	p.route.Store(r)
+	return r, nil
+}
+
+// findBuf returns the index of the peer buffer holding addr, or -1.
+func (r *route) findBuf(addr uint64) int {
+	i := sort.Search(len(r.bufs), func(i int) bool { return r.bufs[i].Addr > addr }) - 1
+	if i < 0 || addr >= r.bufs[i].Addr+r.bufs[i].Length {
+		return -1
+	}
+	return i
+}
+
+// Submit starts tasks against the peer whose descriptor is desc (the
+// target segment's). Every task ends through Task.PartDone: a task is cut
+// into slices of at most SliceSize bytes (the last may take up to
+// FragmentLimit more; no slice crosses a local or remote buffer boundary)
+// and started with that count before any slice is posted. Submit never
+// blocks on the network. When ctx ends, slices not yet posted fail with its
+// error; posted ones complete as the NIC completes them, so a task never
+// finishes while the NIC may still write its memory.
+func (t *Transport) Submit(ctx context.Context, peer transport.Peer, desc *metadata.SegmentDesc, tasks []*transport.Task) {
+	name := peer.Name
+	if desc != nil && desc.Name != "" {
+		name = desc.Name
+	}
+	fail := func(err error) {
+		for _, task := range tasks {
+			task.Fail(err)
+		}
+	}
+	if t.isDown.Load() {
+		fail(fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
+		return
+	}
+	if desc == nil {
+		fail(fmt.Errorf("rdma submit to %q: no descriptor: %w", name, ErrNoPath))
+		return
+	}
+	rt, err := t.routeFor(name, desc)
+	if err != nil {
+		fail(fmt.Errorf("rdma submit: %w", err))
+		return
+	}
+	sub := &submission{ctx: ctx}
+	var all []*slice
+	for _, task := range tasks {
+		if task.Length == 0 {
+			task.Start(1)
+			task.PartDone(0, nil)
+			continue
+		}
+		ss, err := t.cut(task, rt, sub)
+		if err != nil {
+			task.Fail(fmt.Errorf("rdma %s of %d bytes at %#x on peer %q: %w", task.Opcode, task.Length, task.Remote, name, err))
+			continue
+		}
+		task.Start(len(ss))
+		all = append(all, ss...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	sub.remaining.Store(int64(len(all)))
+	groups := t.place(all)
+	if ctx.Done() != nil {
+		eps := make([]*endpoint, 0, len(groups))
+		for ep := range groups {
+			eps = append(eps, ep)
+		}
+		sub.stop = context.AfterFunc(ctx, func() {
+			for _, ep := range eps {
+				ep.purgeCanceled()
+			}
+		})
+	}
+	for ep, ss := range groups {
+		ep.enqueue(ss)
+	}
+}
+
+// cut slices a task (see Submit).
+func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*slice, error) {
+	if task.Opcode != opRead && task.Opcode != opWrite {
+		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
+	}
+	local, remote, length := uint64(task.Local), task.Remote, task.Length
+	if local+length < local || remote+length < remote {
+		return nil, fmt.Errorf("range wraps the address space: %w", ErrAddressNotRegistered)
+	}
+	slice64 := uint64(t.cfg.SliceSize)
+	frag := uint64(t.cfg.FragmentLimit)
+	if n := length/slice64 + 1; n > math.MaxInt32 {
+		return nil, fmt.Errorf("%d bytes make too many slices: %w", length, ErrInvalidConfig)
+	}
+	var out []*slice
+	for off := uint64(0); off < length; {
+		lc := t.mem.find(local + off)
+		if lc == nil {
+			return nil, fmt.Errorf("local [%#x, +%d): %w", local+off, length-off, ErrAddressNotRegistered)
+		}
+		rb := rt.findBuf(remote + off)
+		if rb < 0 {
+			return nil, fmt.Errorf("remote [%#x, +%d) is not in a buffer peer %q published: %w", remote+off, length-off, rt.name, ErrAddressNotRegistered)
+		}
+		n := length - off
+		if n > slice64+frag {
+			n = slice64
+		}
+		n = min(n, lc.end()-(local+off), rt.bufs[rb].Addr+rt.bufs[rb].Length-(remote+off))
+		out = append(out, &slice{sub: sub, task: task, route: rt, op: task.Opcode,
+			local: local + off, remote: remote + off, length: uint32(n), lchunk: lc, rbuf: rb})
+		off += n
+	}
+	return out, nil
+}
+
+// place chooses NICs and endpoints for slices and groups them by endpoint.
+// Slices that cannot be placed finish with the error.
+func (t *Transport) place(ss []*slice) map[*endpoint][]*slice {
+	groups := map[*endpoint][]*slice{}
+	type key struct {
+		ctx  int
+		path string
+	}
+	eps := map[key]*endpoint{}
+	for _, s := range ss {
+		c, path, err := t.choose(s)
+		if err != nil {
+			s.finish(err)
+			continue
+		}
+		k := key{c.id, path}
+		ep, ok := eps[k]
+		if !ok {
+			ep, err = c.store.getOrCreate(path, func() (*endpoint, error) { return newEndpoint(c, path) })
+			if err != nil {
+				// Creating QPs failed: try the slice elsewhere.
+				t.retry([]*slice{s}, err)
+				continue
+			}
+			dev := s.route.desc.Devices[s.route.devIndex[s.peerNIC]]
+			ep.mu.Lock()
+			ep.peerGID, ep.peerLID = dev.GID, dev.LID
+			ep.mu.Unlock()
+			eps[k] = ep
+		}
+		groups[ep] = append(groups[ep], s)
+	}
+	return groups
+}
+
+// choose picks the local HCA and the peer NIC for a slice's current try.
+// Try 0 picks at random (or round robin) among the preferred NICs of the
+// memory's location. Retry r rotates deterministically: the peer NIC
+// through every candidate of the remote location, and the local HCA one
+// step each time the peer NICs have all been tried, so every pair is used
+// before any repeats. Out-of-service local HCAs are skipped.
+func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
+	rt := s.route
+	loc := s.lchunk.region.location
+	rloc := rt.bufs[s.rbuf].Name
+	nRemote := max(rt.resolved.Candidates(rloc), 1)
+	localRetry := 0
+	if s.retry > 0 {
+		localRetry = 1 + (s.retry-1)/nRemote
+	}
+	var c *hcaContext
+	nLocal := t.local.Candidates(loc)
+	for try := 0; try < nLocal; try++ {
+		r := localRetry
+		if try > 0 {
+			r = localRetry + try
+			if localRetry == 0 {
+				r = try
+			}
+		}
+		d, err := t.local.Select(loc, r, t.pick(), -1)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: %w", ErrNoPath, err)
+		}
+		if t.ctxs[d].active() {
+			c = t.ctxs[d]
+			break
+		}
+	}
+	if c == nil {
+		return nil, "", fmt.Errorf("no local hca in service for %q: %w", loc, ErrNoPath)
+	}
+	hint := -1
+	if t.cfg.DestDeviceAffinity {
+		if i, ok := rt.devIndex[c.name]; ok {
+			hint = i
+		}
+	}
+	rd, err := rt.resolved.Select(rloc, s.retry, t.pick(), hint)
+	if err != nil {
+		return nil, "", fmt.Errorf("peer %q: %w: %w", rt.name, ErrNoPath, err)
+	}
+	b := rt.bufs[s.rbuf]
+	if rd >= len(b.RKey) || c.id >= len(s.lchunk.lkeys) {
+		return nil, "", fmt.Errorf("peer %q device %d has no key: %w", rt.name, rd, ErrNoPath)
+	}
+	s.lkey = s.lchunk.lkeys[c.id]
+	s.rkey = b.RKey[rd]
+	s.localNIC = nicPath(t.name, c.name)
+	s.peerNIC = rt.desc.Devices[rd].Name
+	return c, nicPath(rt.name, s.peerNIC), nil
+}
+
+// retry gives failed slices another try on a rotated path, or fails them
+// when their retries are used up or the transport is closed.
+func (t *Transport) retry(ss []*slice, cause error) {
+	var again []*slice
+	for _, s := range ss {
+		switch {
+		case t.isDown.Load():
+			s.finish(ErrClosed)
+		case s.sub.ctx.Err() != nil:
+			s.finish(s.sub.ctx.Err())
+		case s.retry >= t.cfg.RetryCnt:
+			t.setHealthy(s.route.name, false)
+			s.finish(s.error(cause, true))
+		default:
+			s.retry++
+			again = append(again, s)
+		}
+	}
+	t.requeue(again)
+}
+
+// requeue places slices again without charging a retry (their endpoint was
+// evicted or left service before they were posted).
+func (t *Transport) requeue(ss []*slice) {
+	if len(ss) == 0 {
+		return
+	}
+	if t.isDown.Load() {
+		finishAll(ss, ErrClosed)
+		return
+	}
+	for ep, group := range t.place(ss) {
+		ep.enqueue(group)
+	}
+}

@@ -1,0 +1,365 @@
+package rdma
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/pymooncake/pymooncake/core/handshake"
+	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
+)
+
+// Protocol is the descriptor protocol this transport publishes.
+const Protocol = metadata.ProtocolRDMA
+
+// Deps are what the transport needs from the engine.
+type Deps struct {
+	// Provider opens the HCAs: the dlopen'd libibverbs (verbs/ibv) or a
+	// fake fabric. The transport closes it.
+	Provider verbs.Provider
+	// LocalName is this engine's segment name; NIC paths are
+	// "<LocalName>@<hca>".
+	LocalName string
+	// Topology lists the HCAs to use, in device-id order, and the priority
+	// matrix to publish.
+	Topology *topology.Topology
+	// Handshake sends a Connection message to the named peer's RPC endpoint
+	// and returns its reply.
+	Handshake func(ctx context.Context, peerName string, req handshake.HandShakeDesc) (handshake.HandShakeDesc, error)
+	// PeerDesc returns the named peer's descriptor (cached or refreshed).
+	// The passive side uses it when a Connection request carries no GID.
+	PeerDesc func(ctx context.Context, peerName string) (*metadata.SegmentDesc, error)
+	// DmaBuf, when set, exports GPU memory as a dma-buf for registration on
+	// hosts without nvidia-peermem: it returns the dma-buf fd, the offset of
+	// addr inside it, and a function that closes the fd.
+	DmaBuf func(addr, length uint64) (fd int, offset uint64, closeFD func(), err error)
+	// Logger receives the transport's logs; nil discards them.
+	Logger *zap.Logger
+}
+
+// Transport is the RDMA transport. Its methods are safe for concurrent use.
+type Transport struct {
+	cfg   Config
+	deps  Deps
+	log   *zap.Logger
+	dlog  *zap.Logger // sampled: data-path failures
+	name  string
+	topo  *topology.Topology
+	local *topology.Resolved
+	ctxs  []*hcaContext
+	mem   memTable
+
+	peersMu sync.Mutex
+	peers   map[string]*peerState // +checklocks:peersMu
+
+	rr       atomic.Uint64
+	inflight atomic.Int64
+	drained  chan struct{}
+
+	// life ends when Close starts: connection setups stop. pollCtx ends
+	// when Close has drained: pollers and async loops stop.
+	life, pollCtx       context.Context
+	cancelLife, stopPol context.CancelFunc
+
+	spawnMu sync.Mutex
+	closed  bool // +checklocks:spawnMu
+	isDown  atomic.Bool
+	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New opens every HCA of deps.Topology and starts the transport. It fails
+// with an error matching ErrUnavailable when libibverbs is absent, and
+// ErrNoDevices when no HCA can be used; HCAs that fail to open are left out
+// (logged) before any device id is published.
+func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("rdma: %w", err)
+	}
+	log := deps.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	switch {
+	case deps.Provider == nil:
+		return nil, fmt.Errorf("rdma: %w: no verbs provider", ErrInvalidConfig)
+	case deps.LocalName == "" || strings.Contains(deps.LocalName, "@"):
+		return nil, fmt.Errorf("rdma: %w: local name %q", ErrInvalidConfig, deps.LocalName)
+	case deps.Topology == nil:
+		return nil, fmt.Errorf("rdma: %w: no topology", ErrInvalidConfig)
+	}
+	t := &Transport{
+		cfg: cfg, deps: deps, name: deps.LocalName,
+		log:     log.Named("rdma"),
+		peers:   map[string]*peerState{},
+		drained: make(chan struct{}, 1),
+	}
+	t.dlog = t.log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
+	}))
+	t.life, t.cancelLife = context.WithCancel(context.Background())
+	t.pollCtx, t.stopPol = context.WithCancel(context.Background())
+	if err := t.open(ctx); err != nil {
+		t.cancelLife()
+		t.stopPol()
+		return nil, err
+	}
+	for _, c := range t.ctxs {
+		c.start()
+	}
+	t.log.Info("rdma transport started", zap.String("name", t.name), zap.Strings("hcas", t.topo.HCANames()),
+		zap.Int("qp_per_ep", cfg.NumQPPerEP), zap.Int("slice_size", cfg.SliceSize), zap.Int("retry_cnt", cfg.RetryCnt))
+	return t, nil
+}
+
+// open opens the provider's devices that the topology names.
+func (t *Transport) open(ctx context.Context) error {
+	p := t.deps.Provider
+	topo := t.deps.Topology
+	if len(topo.HCAs) == 0 {
+		p.Close()
+		return fmt.Errorf("rdma: topology lists no HCA: %w", ErrNoDevices)
+	}
+	present, err := p.Devices()
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("rdma: list devices: %w", err)
+	}
+	var (
+		failed []string
+		errs   []error
+		ctxs   []*hcaContext
+	)
+	for _, h := range topo.HCAs {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if !contains(present, h.Name) {
+			failed = append(failed, h.Name)
+			errs = append(errs, fmt.Errorf("hca %s: %w", h.Name, verbs.ErrNoSuchDevice))
+			continue
+		}
+		c, err := openContext(t, len(ctxs), h.Name)
+		if err != nil {
+			t.log.Warn("rdma device left out", zap.String("hca", h.Name), zap.Error(err))
+			failed = append(failed, h.Name)
+			errs = append(errs, err)
+			continue
+		}
+		ctxs = append(ctxs, c)
+	}
+	if ctx.Err() != nil || len(ctxs) == 0 {
+		for _, c := range ctxs {
+			c.destroy()
+		}
+		p.Close()
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("rdma: open devices: %w", err)
+		}
+		return fmt.Errorf("rdma: no usable HCA: %w: %w", ErrNoDevices, errors.Join(errs...))
+	}
+	t.ctxs = ctxs
+	t.topo = topo.Without(failed...)
+	t.local = t.topo.Resolved()
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Protocol is "rdma".
+func (t *Transport) Protocol() string { return Protocol }
+
+// Topology is the topology in use: deps.Topology less the HCAs that failed
+// to open.
+func (t *Transport) Topology() *topology.Topology { return t.topo }
+
+// Describe fills d as Mooncake's RDMA transport publishes its segment:
+// protocol "rdma", tcp_data_port 0, tcp_proto_version 1, devices[] in
+// device-id order with lid and gid, each buffer's per-device rkey/lkey
+// (buffers are matched to registrations by Addr; a registration larger than
+// the device MR limit becomes one buffer per chunk; the name is the memory
+// location), and the priority matrix.
+func (t *Transport) Describe(d *metadata.SegmentDesc) {
+	d.Protocol = Protocol
+	d.TCPDataPort = 0
+	d.TCPProtoVersion = 1
+	d.Devices = make([]metadata.DeviceDesc, len(t.ctxs))
+	for i, c := range t.ctxs {
+		lid, gid := c.address()
+		d.Devices[i] = metadata.DeviceDesc{Name: c.name, LID: lid, GID: gid.String()}
+	}
+	regs := t.mem.regions()
+	var out []metadata.BufferDesc
+	for _, b := range d.Buffers {
+		r, ok := regs[b.Addr]
+		if !ok {
+			t.log.Debug("describe: buffer not registered with rdma", zap.Uint64("addr", b.Addr))
+			continue
+		}
+		for _, ch := range r.chunks {
+			out = append(out, metadata.BufferDesc{Name: r.location, Addr: ch.addr, Length: ch.length,
+				RKey: append([]uint32(nil), ch.rkeys...), LKey: append([]uint32(nil), ch.lkeys...)})
+		}
+	}
+	d.Buffers = out
+	d.PriorityMatrix = t.topo.Matrix
+}
+
+// PeerHealthy reports whether the last connection attempt to the peer
+// succeeded and its slices have not been failing for good.
+func (t *Transport) PeerHealthy(name string) bool {
+	t.peersMu.Lock()
+	p, ok := t.peers[name]
+	t.peersMu.Unlock()
+	return !ok || p.healthy.Load()
+}
+
+// ClosePeer tears down every endpoint to the named peer: queued and
+// in-flight work for it fails with ErrClosed, and the next transfer
+// reconnects.
+func (t *Transport) ClosePeer(name string) {
+	cause := fmt.Errorf("peer %q closed: %w", name, ErrClosed)
+	for _, c := range t.ctxs {
+		for _, ep := range c.store.removeIf(func(ep *endpoint) bool { return ep.peerName == name }) {
+			ep.retire(modeClosed, cause)
+		}
+	}
+	t.peersMu.Lock()
+	delete(t.peers, name)
+	t.peersMu.Unlock()
+}
+
+// Close stops the transport (see the package doc). It is idempotent and
+// returns the first error.
+func (t *Transport) Close() error {
+	t.closeOnce.Do(func() {
+		t.spawnMu.Lock()
+		t.closed = true
+		t.spawnMu.Unlock()
+		t.isDown.Store(true)
+		t.cancelLife()
+		for _, c := range t.ctxs {
+			for _, ep := range c.store.closeAll() {
+				ep.retire(modeClosed, ErrClosed)
+			}
+		}
+		// Connection setups end promptly: their ctx is cancelled.
+		t.wg.Wait()
+		t.waitDrained()
+		t.stopPol()
+		for _, c := range t.ctxs {
+			c.wg.Wait()
+		}
+		var errs []error
+		for _, c := range t.ctxs {
+			for _, s := range c.slab.drain() {
+				t.inflight.Add(-1)
+				s.finish(ErrClosed)
+			}
+			errs = append(errs, c.destroyEndpoints())
+		}
+		errs = append(errs, t.mem.closeAll())
+		for _, c := range t.ctxs {
+			errs = append(errs, c.destroy())
+		}
+		errs = append(errs, t.deps.Provider.Close())
+		t.closeErr = errors.Join(errs...)
+	})
+	return t.closeErr
+}
+
+// waitDrained waits until no work request is in flight, or DrainTimeout.
+func (t *Transport) waitDrained() {
+	if t.inflight.Load() <= 0 {
+		return
+	}
+	timer := time.NewTimer(t.cfg.DrainTimeout)
+	defer timer.Stop()
+	for t.inflight.Load() > 0 {
+		select {
+		case <-t.drained:
+		case <-timer.C:
+			t.log.Warn("close: work requests still in flight after the drain timeout", zap.Int64("inflight", t.inflight.Load()))
+			return
+		}
+	}
+}
+
+// completed accounts for one finished work request.
+func (t *Transport) completed(n int64) {
+	if t.inflight.Add(-n) <= 0 && t.isDown.Load() {
+		select {
+		case t.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// spawn runs f in a goroutine owned by the transport, unless it is closed.
+func (t *Transport) spawn(f func()) bool {
+	t.spawnMu.Lock()
+	defer t.spawnMu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// pick is the number a slice's first try selects a NIC with.
+func (t *Transport) pick() uint64 {
+	if t.cfg.PathRoundRobin {
+		return t.rr.Add(1) - 1
+	}
+	return rand.Uint64()
+}
+
+// peerState is what the transport remembers of one peer.
+type peerState struct {
+	healthy atomic.Bool
+	route   atomic.Pointer[route]
+}
+
+func (t *Transport) peer(name string) *peerState {
+	t.peersMu.Lock()
+	defer t.peersMu.Unlock()
+	p, ok := t.peers[name]
+	if !ok {
+		p = &peerState{}
+		p.healthy.Store(true)
+		t.peers[name] = p
+	}
+	return p
+}
+
+func (t *Transport) setHealthy(name string, ok bool) {
+	p := t.peer(name)
+	if p.healthy.Load() != ok {
+		p.healthy.Store(ok)
+	}
+}
