@@ -503,4 +503,3 @@ func (c *hcaContext) destroy() error {
 	}
 	return errors.Join(errs...)
 }
-
