@@ -271,3 +271,12 @@ def test_local_topology(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert TransferEngine().get_local_topology("mlx5_0") == ""
     monkeypatch.setenv("MC_CUSTOM_TOPO_JSON", str(tmp_path / "missing.json"))
     assert TransferEngine().get_local_topology() == ""
+
+
+def test_unclosed_engine_warns_without_entering_go() -> None:
+    e = TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    with pytest.warns(ResourceWarning, match="not closed"):
+        e.__del__()
+    assert e.get_rpc_port() > 0  # __del__ stopped nothing
+    assert e.close() == 0
