@@ -17,8 +17,7 @@
 //
 // The package holds no engine logic; what it adds to core is what Mooncake's
 // Python binding adds to its engine: the MC_TRANSFER_TIMEOUT deadline of
-// synchronous calls (plus 1 ns per byte), the deadline of asynchronous
-// batches, and dropping a segment handle whose peer no longer answers.
+// synchronous calls (plus 1 ns per byte) and of asynchronous batches.
 //
 // Ownership: NewEngine starts a core.Engine; Close stops it and every
 // goroutine this package started for it. A closed Engine stays usable as a

@@ -102,17 +102,3 @@ func fail(op string, err error) error {
 func invalid(op, format string, args ...any) error {
 	return fail(op, fmt.Errorf(format+": %w", append(args, core.ErrInvalidArgument)...))
 }
-
-// callerError reports whether err blames the request rather than the peer,
-// so that a failed transfer need not check the segment.
-func callerError(err error) bool {
-	for _, e := range []error{
-		core.ErrInvalidArgument, core.ErrTooManyRequests, core.ErrAddressNotRegistered,
-		core.ErrAddressOverlapped, core.ErrClosed, core.ErrUnknownBatch, tcp.ErrRejected,
-	} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}

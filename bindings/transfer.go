@@ -10,12 +10,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core"
-	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
-
-// probeTimeout bounds the reachability check after a failed transfer.
-const probeTimeout = 2 * time.Second
 
 // TransferSync moves length bytes between local and remote in the segment
 // target and waits (transfer_sync_read, transfer_sync_write, transfer_sync).
@@ -204,28 +200,22 @@ func (e *Engine) firstFailed(ids []core.BatchID) error {
 	return nil
 }
 
-// runSync opens target, runs reqs as one batch under the sync deadline and
-// checks the segment if the transfer failed for a reason the caller did
-// not cause.
+// runSync runs reqs as one batch against target under the sync deadline.
+// core caches the segment handle by name and, when the peer's connections
+// broke (it died or restarted), re-resolves it and retries once.
 func (e *Engine) runSync(op, target string, reqs []core.Request, n *core.Notify, total uint64) (int, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, e.syncTimeout(total))
 	defer cancel()
-	h, err := e.eng.OpenSegment(ctx, target)
-	if err != nil {
-		return 0, fail(op, err)
-	}
-	for i := range reqs {
-		reqs[i].Segment = h
-	}
-	if err := e.eng.Transfer(ctx, reqs, n); err != nil {
-		e.checkSegment(target, h, err)
+	if err := e.eng.TransferTo(ctx, target, reqs, n); err != nil {
 		return 0, fail(op, err)
 	}
 	return 0, nil
 }
 
 // startAsync opens target, submits reqs as a new batch and records the
-// batch's deadline.
+// batch's deadline. A failed submit checks the segment and drops it when
+// its connections have failed (Mooncake's CheckSegmentStatus), so the next
+// call re-resolves the peer.
 func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64) (int64, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
@@ -245,7 +235,7 @@ func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64
 		if ferr := e.eng.FreeBatch(id); ferr != nil {
 			e.log.Debug("free unsubmitted batch", zap.Error(ferr))
 		}
-		e.checkSegment(target, h, err)
+		e.eng.Recover(h)
 		return 0, fail(op, err)
 	}
 	if uint64(id) == 0 || uint64(id) > math.MaxInt64 {
@@ -254,35 +244,6 @@ func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64
 	}
 	e.async.Store(id, start.Add(e.syncTimeout(total)))
 	return int64(id), nil
-}
-
-// checkSegment is Mooncake's CheckSegmentStatus after a failed submit: if
-// the failure may be the peer's and the peer does not answer a probe, the
-// segment handle is dropped, so the next call fetches a fresh descriptor
-// and reconnects. A deadline is not a submit failure (Mooncake checks only
-// those): a slow peer keeps its handle and its connections.
-func (e *Engine) checkSegment(target string, h core.SegmentHandle, cause error) {
-	if callerError(cause) || errors.Is(cause, context.DeadlineExceeded) || e.closed.Load() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(e.ctx, min(probeTimeout, e.env.HandshakeConnectTimeout))
-	defer cancel()
-	perr := e.eng.Probe(ctx, target)
-	if perr == nil || answered(perr) {
-		return
-	}
-	if err := e.eng.CloseSegment(h); err != nil {
-		return // already dropped by another caller
-	}
-	e.log.Warn("dropped the segment of a peer that does not answer",
-		zap.String("segment", target), zap.NamedError("cause", cause), zap.NamedError("probe", perr))
-}
-
-// answered reports whether a probe error still proves the peer alive: it
-// replied, just not with a probe answer (Mooncake before 0.3.9 has none).
-func answered(err error) bool {
-	return errors.Is(err, handshake.ErrUnknownType) || errors.Is(err, handshake.ErrUnexpectedType) ||
-		errors.Is(err, handshake.ErrMalformed)
 }
 
 // release frees a finished batch and forgets its deadline.

@@ -97,3 +97,28 @@ def test_unreachable_etcd_fails_initialize() -> None:
     t0 = time.monotonic()
     assert TransferEngine().initialize("node-x", f"etcd://127.0.0.1:{free_port()}", "tcp", "") == -1
     assert time.monotonic() - t0 < 40
+
+
+def test_peer_restarted_under_the_same_name(etcd: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync call after the peer restarted (new ports, same name) succeeds:
+    the broken handle is re-resolved and the transfer retried once."""
+    monkeypatch.setenv("MC_TCP_BIND_ADDRESS", "127.0.0.1")
+    a, b = TransferEngine(), TransferEngine()
+    assert a.initialize("node-a", etcd, "tcp", "") == 0
+    assert b.initialize("node-b", etcd, "tcp", "") == 0
+    ma, mb = Mem(8192), Mem(8192)
+    try:
+        assert a.register_memory(ma.addr, ma.size) == 0
+        assert b.register_memory(mb.addr, mb.size) == 0
+        ma.write(0, b"first")
+        assert a.transfer_sync_write("node-b", ma.addr, mb.addr, 5) == 0
+        b.close()
+        b = TransferEngine()
+        assert b.initialize("node-b", etcd, "tcp", "") == 0
+        assert b.register_memory(mb.addr, mb.size) == 0
+        ma.write(0, b"again")
+        assert a.transfer_sync_write("node-b", ma.addr, mb.addr, 5) == 0
+        assert mb.read(0, 5) == b"again"
+    finally:
+        a.close()
+        b.close()
