@@ -85,13 +85,13 @@ func (q *cqState) reserve(n int) int {
 	}
 }
 
-func openContext(t *Transport, id int, name string) (c *hcaContext, err error) {
+func openContext(t *Transport, id int, name string) (_ *hcaContext, err error) {
 	cfg := t.cfg
 	dev, err := t.deps.Provider.Open(name)
 	if err != nil {
 		return nil, fmt.Errorf("open hca %s: %w", name, err)
 	}
-	c = &hcaContext{
+	c := &hcaContext{
 		t: t, id: id, name: name, dev: dev, port: uint8(cfg.Port),
 		byQPN:   map[uint32]*endpoint{},
 		retired: map[*endpoint]struct{}{},

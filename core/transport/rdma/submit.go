@@ -285,15 +285,10 @@ func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
 	}
 	var c *hcaContext
 	nLocal := t.local.Candidates(loc)
-	for try := 0; try < nLocal; try++ {
-		r := localRetry
-		if try > 0 {
-			r = localRetry + try
-			if localRetry == 0 {
-				r = try
-			}
-		}
-		d, err := t.local.Select(loc, r, t.pick(), -1)
+	// Try 0 is the pick; tries 1..n rotate through every candidate.
+	for try := 0; try <= nLocal; try++ {
+		r := localRetry + try
+		d, err := t.local.Select(loc, r, t.pick(&t.rrLocal), -1)
 		if err != nil {
 			return nil, "", fmt.Errorf("%w: %w", ErrNoPath, err)
 		}
@@ -311,7 +306,7 @@ func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
 			hint = i
 		}
 	}
-	rd, err := rt.resolved.Select(rloc, s.retry, t.pick(), hint)
+	rd, err := rt.resolved.Select(rloc, s.retry, t.pick(&t.rrRemote), hint)
 	if err != nil {
 		return nil, "", fmt.Errorf("peer %q: %w: %w", rt.name, ErrNoPath, err)
 	}

@@ -62,7 +62,8 @@ type Transport struct {
 	peersMu sync.Mutex
 	peers   map[string]*peerState // +checklocks:peersMu
 
-	rr       atomic.Uint64
+	rrLocal  atomic.Uint64
+	rrRemote atomic.Uint64
 	inflight atomic.Int64
 	drained  chan struct{}
 
@@ -331,10 +332,11 @@ func (t *Transport) spawn(f func()) bool {
 	return true
 }
 
-// pick is the number a slice's first try selects a NIC with.
-func (t *Transport) pick() uint64 {
+// pick is the number a slice's first try selects a NIC with: random, or
+// from the counter given when MC_PATH_ROUNDROBIN is set.
+func (t *Transport) pick(rr *atomic.Uint64) uint64 {
 	if t.cfg.PathRoundRobin {
-		return t.rr.Add(1) - 1
+		return rr.Add(1) - 1
 	}
 	return rand.Uint64()
 }
