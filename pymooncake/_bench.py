@@ -82,14 +82,16 @@ class BenchError(RuntimeError):
 
 
 class _Buffer:
-    """Page-aligned anonymous memory, pre-faulted, with its address."""
+    """Page-aligned anonymous memory with its address. The first ``touch``
+    bytes (the part the benchmark uses) are faulted in up front, so that the
+    first batches do not measure page faults."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, touch: int) -> None:
         self.size = size
         self._mm = mmap.mmap(-1, size)
         self._view = (ctypes.c_char * size).from_buffer(self._mm)
         self.addr = ctypes.addressof(self._view)
-        ctypes.memset(self.addr, 0, size)
+        ctypes.memset(self.addr, 0, min(size, touch))
 
     def close(self) -> None:
         del self._view
@@ -103,6 +105,11 @@ def _engine(cfg: Config, name: str) -> TransferEngine:
     return e
 
 
+def _span(cfg: Config) -> int:
+    """Bytes of each buffer the initiator's threads use."""
+    return cfg.block_size * cfg.batch_size * cfg.threads
+
+
 def _check(cfg: Config) -> None:
     if cfg.operation not in ("read", "write"):
         raise BenchError(f"--operation must be read or write, not {cfg.operation!r}")
@@ -111,7 +118,7 @@ def _check(cfg: Config) -> None:
             raise BenchError(f"--{flag} must be positive")
     if cfg.duration <= 0:
         raise BenchError("--duration must be positive")
-    need = cfg.block_size * cfg.batch_size * cfg.threads
+    need = _span(cfg)
     if cfg.mode != "target" and need > cfg.buffer_size:
         raise BenchError(f"--buffer_size {cfg.buffer_size} is smaller than block_size x batch_size x threads = {need}")
 
@@ -135,7 +142,7 @@ def _wait_for_signal() -> None:
 def run_target(cfg: Config, out: TextIO = sys.stdout) -> None:
     """Serve one registered buffer until SIGINT or SIGTERM."""
     _check(cfg)
-    buf = _Buffer(cfg.buffer_size)
+    buf = _Buffer(cfg.buffer_size, cfg.buffer_size)
     engine = _engine(cfg, cfg.local_server_name)
     try:
         if engine.register_memory(buf.addr, buf.size, "cpu:0") != 0:
@@ -161,7 +168,7 @@ def run_initiator(
         raise BenchError("--segment_id is required (the target prints it)")
     own = engine is None
     eng = _engine(cfg, cfg.local_server_name) if engine is None else engine
-    buf = _Buffer(cfg.buffer_size)
+    buf = _Buffer(cfg.buffer_size, _span(cfg))
     try:
         if eng.register_memory(buf.addr, buf.size, "cpu:0") != 0:
             raise BenchError("register_memory of the initiator buffer failed")
@@ -233,7 +240,7 @@ def _drive(
 def run_loopback(cfg: Config, progress: Callable[[float, int, int], None] | None = None) -> Result:
     """Run a target and an initiator in this process and return the result."""
     _check(cfg)
-    buf = _Buffer(cfg.buffer_size)
+    buf = _Buffer(cfg.buffer_size, _span(cfg))
     target = _engine(cfg, cfg.local_server_name)
     try:
         if target.register_memory(buf.addr, buf.size, "cpu:0") != 0:
