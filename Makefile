@@ -8,9 +8,14 @@ GO     ?= go
 # the checkout's pymooncake (with the extension `make build` put in it)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: all tools build test test-go lint-py test-py dev-deps bench golden clean
+.PHONY: all setup tools build test test-go lint-py test-py dev-deps bench golden clean
 
 all: build
+
+# everything `make test` needs on a fresh machine (apt etcd, gopy, pytest,
+# Mooncake's wheel in .venv-mooncake); idempotent
+setup:
+	scripts/setup.sh $(PYTHON)
 
 tools:
 	scripts/install-gopy.sh $(PYTHON)
@@ -18,7 +23,7 @@ tools:
 build:
 	scripts/build_ext.sh $(PYTHON)
 
-test: test-go build lint-py test-py
+test: setup test-go build lint-py test-py
 
 # pymooncake/_gopy holds generated package main code; Go's ./... skips it
 # because of the leading underscore.
