@@ -8,9 +8,14 @@ GO     ?= go
 # the checkout's pymooncake (with the extension `make build` put in it)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: all setup tools build test test-go lint-py test-py dev-deps bench golden clean
+.PHONY: all run setup tools build test test-go lint-py test-py dev-deps bench golden clean
 
 all: build
+
+# the main job: build the extension (fetching gopy on first use) and run
+# the loopback transfer benchmark, P2PHANDSHAKE over TCP
+run: build
+	$(PYTHON) -m pymooncake bench --mode loopback $(ARGS)
 
 # everything `make test` needs on a fresh machine (apt etcd, gopy, pytest,
 # Mooncake's wheel in .venv-mooncake); idempotent
