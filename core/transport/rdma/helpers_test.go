@@ -28,6 +28,7 @@ type cluster struct {
 	tb    testing.TB
 	fab   *fake.Fabric
 	rpc   bool
+	quiet bool // no test logger (fuzz functions may not log)
 	mu    sync.Mutex
 	hosts map[string]*host
 	// hook, when set, runs before a handshake is delivered.
@@ -122,13 +123,17 @@ func (c *cluster) addHost(name string, spec hostSpec) *host {
 			},
 		})
 	}
+	log := zaptest.NewLogger(tb)
+	if c.quiet {
+		log = nil
+	}
 	t, err := New(context.Background(), cfg, Deps{
 		Provider:  c.fab.Provider(name),
 		LocalName: name,
 		Topology:  topo,
 		Handshake: c.handshake(name),
 		PeerDesc:  c.peerDesc,
-		Logger:    zaptest.NewLogger(tb),
+		Logger:    log,
 	})
 	require.NoError(tb, err)
 	h.t = t
@@ -270,5 +275,24 @@ func requireEqualBytes(tb testing.TB, want, got []byte) {
 			i++
 		}
 		tb.Fatalf("data differs first at byte %d of %d", i, len(want))
+	}
+}
+
+// transportGroup submits requests and returns a function that waits for
+// them.
+func transportGroup(tb testing.TB, h, peer *host, reqs ...transport.Request) func() []*transport.Task {
+	g := transport.NewGroup()
+	tasks := make([]*transport.Task, len(reqs))
+	for i, r := range reqs {
+		tasks[i] = &transport.Task{}
+		tasks[i].Init(r, g)
+	}
+	g.Add(len(tasks))
+	h.t.Submit(context.Background(), transport.Peer{Name: peer.name}, peer.desc(tb), tasks)
+	return func() []*transport.Task {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		require.NoError(tb, g.Wait(ctx))
+		return tasks
 	}
 }

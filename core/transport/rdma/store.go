@@ -82,6 +82,7 @@ func (s *epStore) evictLocked() *endpoint {
 			}
 		}
 		victim = e
+		s.hand = e // removal moves the hand on to the next newer entry
 	}
 	ep := victim.Value.(*endpoint)
 	s.removeElementLocked(victim)

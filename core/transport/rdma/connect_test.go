@@ -1,0 +1,76 @@
+package rdma
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/handshake"
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
+)
+
+func TestOnConnection(t *testing.T) {
+	testutil.ResourceCheck(t)
+	c := newCluster(t)
+	a, b := c.addHost("a", hostSpec{}), c.addHost("b", hostSpec{})
+	// b's real QPs, so that a's QPs can reach RTR.
+	bEP, err := b.t.ctxs[0].store.getOrCreate("a@mlx5_0", func() (*endpoint, error) { return newEndpoint(b.t.ctxs[0], "a@mlx5_0") })
+	require.NoError(t, err)
+	qps := bEP.qpNums()
+	gid := b.nics[0].GID(3).String()
+	good := handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "a@mlx5_0", QPNum: qps, LocalGID: gid}
+	tests := []struct {
+		name      string
+		req       handshake.HandShakeDesc
+		wantRefus string
+	}{
+		{name: "wrong segment", req: handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "z@mlx5_0", QPNum: qps, LocalGID: gid}, wantRefus: "is not a nic of"},
+		{name: "unknown hca", req: handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "a@mlx5_9", QPNum: qps, LocalGID: gid}, wantRefus: "no usable hca"},
+		{name: "no segment in path", req: handshake.HandShakeDesc{LocalNICPath: "mlx5_0", PeerNICPath: "a@mlx5_0", QPNum: qps, LocalGID: gid}, wantRefus: "want <segment>@<hca>"},
+		{name: "qp count mismatch", req: handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "a@mlx5_0", QPNum: qps[:1], LocalGID: gid}, wantRefus: "MC_NUM_QP_PER_EP"},
+		{name: "bad gid", req: handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "a@mlx5_0", QPNum: qps, LocalGID: "zz"}, wantRefus: "bad local_gid"},
+		{name: "qps that do not exist", req: handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "a@mlx5_0", QPNum: []uint32{1, 2}, LocalGID: gid}, wantRefus: "connect b@mlx5_0"},
+		{name: "gid from the descriptor (PR peer)", req: handshake.HandShakeDesc{LocalNICPath: "b@mlx5_0", PeerNICPath: "a@mlx5_0", QPNum: qps}},
+		{name: "repeat is idempotent", req: good},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reply := a.t.OnConnection(context.Background(), tc.req)
+			require.Equal(t, tc.req.PeerNICPath, reply.LocalNICPath)
+			require.Equal(t, tc.req.LocalNICPath, reply.PeerNICPath)
+			if tc.wantRefus != "" {
+				require.Contains(t, reply.ReplyMsg, tc.wantRefus)
+				require.Empty(t, reply.QPNum)
+				return
+			}
+			require.Empty(t, reply.ReplyMsg)
+			require.Len(t, reply.QPNum, 2)
+			require.Equal(t, a.nics[0].GID(3).String(), reply.LocalGID)
+		})
+	}
+	require.Equal(t, []string{"b@mlx5_0"}, a.t.ctxs[0].store.paths())
+}
+
+// FuzzOnConnection feeds arbitrary Connection requests (peer input) to the
+// passive side: it must never panic, and a reply either refuses or names
+// the requested paths with one QP per configured QP.
+func FuzzOnConnection(f *testing.F) {
+	f.Add("b@mlx5_0", "a@mlx5_0", uint32(1001), uint32(1002), "00:00:00:00:00:00:00:00:00:00:ff:ff:0a:00:00:02", uint16(0))
+	f.Add("@", "a@", uint32(0), uint32(0), "", uint16(7))
+	f.Add("b@mlx5_0@x", "a@mlx5_0", uint32(5), uint32(6), "fe80:0000:0000:0000:0000:0000:0000:0001", uint16(1))
+	c := newCluster(f)
+	c.quiet = true
+	a := c.addHost("a", hostSpec{noReg: true})
+	c.addHost("b", hostSpec{noReg: true})
+	f.Fuzz(func(t *testing.T, local, peer string, q0, q1 uint32, gid string, lid uint16) {
+		req := handshake.HandShakeDesc{LocalNICPath: local, PeerNICPath: peer, QPNum: []uint32{q0, q1}, LocalGID: gid, LocalLID: lid}
+		reply := a.t.OnConnection(context.Background(), req)
+		if reply.ReplyMsg == "" && len(reply.QPNum) != 2 {
+			t.Fatalf("accepted with %d qps", len(reply.QPNum))
+		}
+		if reply.LocalNICPath != peer || reply.PeerNICPath != local {
+			t.Fatalf("reply paths %q %q", reply.LocalNICPath, reply.PeerNICPath)
+		}
+	})
+}
