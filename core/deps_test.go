@@ -55,7 +55,9 @@ func TestLayerBoundaries(t *testing.T) {
 			// tested and replaced alone.
 			if tr, ok := strings.CutPrefix(p.ImportPath, module+"/core/transport/"); ok {
 				if other, ok := strings.CutPrefix(d, module+"/core/transport/"); ok {
-					require.True(t, strings.HasPrefix(other, tr), "%s imports %s", p.ImportPath, d)
+					mine, _, _ := strings.Cut(tr, "/")
+					theirs, _, _ := strings.Cut(other, "/")
+					require.Equal(t, mine, theirs, "%s imports %s", p.ImportPath, d)
 				}
 			}
 		}
