@@ -173,9 +173,16 @@ func (t *Transport) OnConnection(ctx context.Context, req handshake.HandShakeDes
 			zap.String("to", req.PeerNICPath), zap.String("reason", reply.ReplyMsg))
 		return reply
 	}
+	t.callMu.RLock()
+	defer t.callMu.RUnlock()
 	if t.isDown.Load() {
 		return refuse("transport closed")
 	}
+	// The request's context, ended also by Close.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(t.life, cancel)
+	defer stop()
 	seg, hca, ok := splitNICPath(req.PeerNICPath)
 	if !ok || seg != t.name {
 		return refuse("peer_nic_path %q is not a nic of %q", req.PeerNICPath, t.name)

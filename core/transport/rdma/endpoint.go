@@ -321,22 +321,23 @@ func (ep *endpoint) retire(mode int32, cause error) {
 		return
 	}
 	c.store.remove(ep)
+	c.retiredMu.Lock()
+	c.retired[ep] = struct{}{}
+	c.retiredMu.Unlock()
 	ep.mu.Lock()
 	ep.cause = cause
 	q := ep.queue
 	ep.queue = nil
-	ep.mu.Unlock()
-	c.retiredMu.Lock()
-	c.retired[ep] = struct{}{}
-	c.retiredMu.Unlock()
-	if mode != modeEvicted {
-		// The NIC flushes every work request still on the QPs.
+	if mode != modeEvicted && !ep.destroyed {
+		// The NIC flushes every work request still on the QPs. Under mu:
+		// destroy cannot run meanwhile.
 		for _, qs := range ep.qps {
 			if err := qs.qp.Modify(&verbs.QPAttr{State: verbs.QPSErr}, verbs.MaskState); err != nil {
 				t.dlog.Warn("qp to ERR", zap.String("hca", c.name), zap.Uint32("qpn", qs.qp.Num()), zap.Error(err))
 			}
 		}
 	}
+	ep.mu.Unlock()
 	switch mode {
 	case modeEvicted:
 		t.requeue(q)

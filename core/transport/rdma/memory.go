@@ -126,6 +126,8 @@ func gpuLocation(loc string) bool {
 // memory is registered directly when nvidia-peermem is loaded and through
 // Deps.DmaBuf otherwise. On any failure nothing stays registered.
 func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
+	t.callMu.RLock()
+	defer t.callMu.RUnlock()
 	if t.isDown.Load() {
 		return fmt.Errorf("register memory: %w", ErrClosed)
 	}
@@ -214,6 +216,11 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 // UnregisterMemory deregisters the region that RegisterMemory registered at
 // addr. Work in flight on it fails.
 func (t *Transport) UnregisterMemory(addr uint64) error {
+	t.callMu.RLock()
+	defer t.callMu.RUnlock()
+	if t.isDown.Load() {
+		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrClosed)
+	}
 	m := &t.mem
 	m.mu.Lock()
 	r, ok := m.regs[addr]

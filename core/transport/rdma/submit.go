@@ -147,6 +147,8 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, desc *metad
 			task.Fail(err)
 		}
 	}
+	t.callMu.RLock()
+	defer t.callMu.RUnlock()
 	if t.isDown.Load() {
 		fail(fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
 		return

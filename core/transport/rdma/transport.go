@@ -76,6 +76,11 @@ type Transport struct {
 	closed  bool // +checklocks:spawnMu
 	isDown  atomic.Bool
 	wg      sync.WaitGroup
+	// callMu is held (shared) by every entry point that touches verbs
+	// objects (Submit, RegisterMemory, UnregisterMemory, OnConnection,
+	// ClosePeer); Close takes it exclusively once, after isDown is set, so
+	// that none is still running when objects are destroyed.
+	callMu sync.RWMutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -224,7 +229,10 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 		}
 	}
 	d.Buffers = out
-	d.PriorityMatrix = t.topo.Matrix
+	d.PriorityMatrix = make(map[string]metadata.PriorityEntry, len(t.topo.Matrix))
+	for loc, e := range t.topo.Matrix {
+		d.PriorityMatrix[loc] = metadata.PriorityEntry{Preferred: append([]string{}, e.Preferred...), Available: append([]string{}, e.Available...)}
+	}
 }
 
 // PeerHealthy reports whether the last connection attempt to the peer
@@ -240,6 +248,11 @@ func (t *Transport) PeerHealthy(name string) bool {
 // in-flight work for it fails with ErrClosed, and the next transfer
 // reconnects.
 func (t *Transport) ClosePeer(name string) {
+	t.callMu.RLock()
+	defer t.callMu.RUnlock()
+	if t.isDown.Load() {
+		return
+	}
 	cause := fmt.Errorf("peer %q closed: %w", name, ErrClosed)
 	for _, c := range t.ctxs {
 		for _, ep := range c.store.removeIf(func(ep *endpoint) bool { return ep.peerName == name }) {
@@ -260,6 +273,8 @@ func (t *Transport) Close() error {
 		t.spawnMu.Unlock()
 		t.isDown.Store(true)
 		t.cancelLife()
+		t.callMu.Lock()
+		t.callMu.Unlock() // a barrier: calls that started before isDown have returned
 		for _, c := range t.ctxs {
 			for _, ep := range c.store.closeAll() {
 				ep.retire(modeClosed, ErrClosed)
