@@ -93,6 +93,7 @@ func (p *peer) enqueue(w part) {
 	case l.wake <- struct{}{}:
 	default:
 	}
+	l.poke()
 }
 
 func (p *peer) healthy() {
@@ -125,6 +126,7 @@ type lane struct {
 	closed  bool   // guarded by mu: nothing may be queued any more
 
 	// Owned by the lane goroutine.
+	idleBuf [1]byte
 	batch   []part
 	s       stream
 	hdr     [HeaderSize]byte
@@ -138,7 +140,12 @@ type lane struct {
 	cmu     sync.Mutex
 	conn    net.Conn
 	watched <-chan struct{}
+	idle    bool // guarded by cmu: the goroutine is reading the idle conn
 }
+
+// errUnsolicited is what an idle connection is dropped for when the peer
+// sends bytes nobody asked for.
+var errUnsolicited = errors.New("tcp: peer sent data on an idle connection")
 
 // aLongTimeAgo is a deadline that makes pending I/O fail at once.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -147,13 +154,7 @@ func (l *lane) run() {
 	defer l.p.t.wg.Done()
 	stop := context.AfterFunc(l.p.ctx, l.interrupt)
 	defer stop()
-	for {
-		select {
-		case <-l.wake:
-		case <-l.p.ctx.Done():
-			l.shutdown()
-			return
-		}
+	for l.await() {
 		l.mu.Lock()
 		l.batch, l.queue = l.queue, l.batch[:0]
 		l.mu.Unlock()
@@ -175,6 +176,94 @@ func (l *lane) run() {
 		clear(l.batch)
 		l.batch = l.batch[:0]
 	}
+}
+
+// await waits until work may be queued (true) or the goroutine must end
+// (false): the peer was closed, or the lane is idle and has no connection
+// to keep, so that a peer nobody uses any more (it died, or restarted under
+// a new name) holds neither a goroutine nor a descriptor; the next enqueue
+// starts the goroutine again. An idle lane with a pooled connection watches
+// it and drops it as soon as the peer closes it.
+func (l *lane) await() bool {
+	for {
+		select {
+		case <-l.p.ctx.Done():
+			l.shutdown()
+			return false
+		case <-l.wake:
+			return true
+		default:
+		}
+		if l.conn == nil {
+			return !l.retire()
+		}
+		l.watchIdle()
+	}
+}
+
+// retire marks the goroutine stopped unless work is queued; it reports
+// whether it did. Everything the goroutine owns is released first, since a
+// new goroutine may start as soon as running is false.
+func (l *lane) retire() bool {
+	l.stopWatching()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.queue) > 0 {
+		return false
+	}
+	l.running = false
+	return true
+}
+
+// stopWatching stops interrupting the connection for the ctx of the last
+// part served.
+func (l *lane) stopWatching() {
+	if l.unwatch != nil {
+		l.unwatch()
+		l.unwatch = nil
+	}
+	l.cmu.Lock()
+	l.watched = nil
+	l.cmu.Unlock()
+}
+
+// watchIdle blocks in a read on the idle lane's connection until poke (new
+// work) or interrupt (the peer is closing) cuts it short, or the connection
+// ends: EOF, a reset, or bytes that a v2 server never sends unasked. A
+// connection that ended is dropped.
+func (l *lane) watchIdle() {
+	l.stopWatching()
+	l.cmu.Lock()
+	l.idle = true
+	err := l.conn.SetReadDeadline(time.Time{})
+	l.cmu.Unlock()
+	// poke and interrupt act under cmu once idle is set, so work or a close
+	// that came before that is seen here, and one that comes after cuts
+	// the read.
+	if err == nil && len(l.wake) == 0 && l.p.ctx.Err() == nil {
+		if _, err = l.conn.Read(l.idleBuf[:]); err == nil {
+			err = errUnsolicited
+		}
+	}
+	l.cmu.Lock()
+	l.idle = false
+	l.cmu.Unlock()
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return
+	}
+	l.p.t.hot.Debug("tcp: idle connection to peer ended", zap.String("peer", l.p.key.name),
+		zap.String("addr", l.p.addr), zap.Error(err))
+	l.drop()
+}
+
+// poke cuts short the read of an idle lane, after work was queued.
+func (l *lane) poke() {
+	l.cmu.Lock()
+	if l.idle && l.conn != nil {
+		_ = l.conn.SetReadDeadline(aLongTimeAgo)
+	}
+	l.cmu.Unlock()
 }
 
 // shutdown fails what is still queued and closes the connection.

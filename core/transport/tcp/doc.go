@@ -19,9 +19,12 @@
 // dialed connection, fails every queued or in-flight task with ErrClosed and
 // waits for all goroutines. A peer's lanes (goroutine and connection) start
 // on first use and live until ClosePeer, which fails that peer's work the
-// same way, or Close. The server drops a connection idle for 10 minutes; a
-// client lane whose pooled connection was dropped so retries once on a new
-// one.
+// same way, or Close, or until the lane is idle without a connection: an
+// idle lane watches its pooled connection, drops it as soon as the peer
+// closes it (the peer died, restarted, or dropped it after 10 idle minutes
+// as the server does), and then ends its goroutine, so peers nobody uses
+// any more cost nothing; the next request dials afresh. A request that meets
+// a pooled connection closed an instant earlier retries once on a new one.
 //
 // Errors reported through Task.PartDone: ErrRejected (the target refused the
 // address range; only that task fails), ErrLegacyPeer and ErrUnknownStatus
