@@ -2,12 +2,15 @@ package rdma
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 func TestOnConnection(t *testing.T) {
@@ -71,6 +74,47 @@ func FuzzOnConnection(f *testing.F) {
 		}
 		if reply.LocalNICPath != peer || reply.PeerNICPath != local {
 			t.Fatalf("reply paths %q %q", reply.LocalNICPath, reply.PeerNICPath)
+		}
+	})
+}
+
+// FuzzPeerDescriptor routes requests through arbitrary peer descriptors
+// (peer input, decoded by Mooncake's rules): slicing and NIC choice must
+// never panic, and every slice must stay inside one published buffer and
+// carry a key of it.
+func FuzzPeerDescriptor(f *testing.F) {
+	f.Add([]byte(`{"name":"p","protocol":"rdma","buffers":[{"name":"cpu:0","addr":4096,"length":100000,"rkey":[1,2],"lkey":[1,2]}],`+
+		`"devices":[{"name":"mlx5_0","lid":0,"gid":"00:00:00:00:00:00:00:00:00:00:ff:ff:0a:00:00:01"},{"name":"mlx5_1","lid":1,"gid":"x"}],`+
+		`"priority_matrix":{"cpu:0":[["mlx5_1","nope"],["mlx5_0"]]}}`), uint64(4096), uint64(70000), uint8(0))
+	f.Add([]byte(`{"name":"p","protocol":"rdma","buffers":[{"name":"*","addr":1,"length":18446744073709551614,"rkey":[7],"lkey":[7]}],`+
+		`"devices":[{"name":"a","lid":0,"gid":"g"},{"name":"a","lid":0,"gid":"g"}],"priority_matrix":{}}`), uint64(1), uint64(1<<20), uint8(3))
+	c := newCluster(f)
+	c.quiet = true
+	h := c.addHost("h", hostSpec{mem: 1 << 20})
+	f.Fuzz(func(t *testing.T, js []byte, remote, length uint64, retry uint8) {
+		desc, err := metadata.DecodeSegmentDesc(js)
+		if err != nil || desc.Protocol != Protocol || desc.Name == "" {
+			return
+		}
+		rt, err := h.t.routeFor(desc.Name, desc)
+		if err != nil {
+			return
+		}
+		task := &transport.Task{}
+		task.Init(transport.Request{Opcode: transport.Read, Local: uintptr(h.addr(0)), Remote: remote, Length: length % (1 << 20)}, nil)
+		ss, err := h.t.cut(task, rt, &submission{ctx: context.Background()})
+		if err != nil {
+			return
+		}
+		for _, s := range ss {
+			b := rt.bufs[s.rbuf]
+			if s.remote < b.Addr || s.remote+uint64(s.length) > b.Addr+b.Length {
+				t.Fatalf("slice [%#x, +%d) outside buffer [%#x, +%d)", s.remote, s.length, b.Addr, b.Length)
+			}
+			s.retry = int(retry % 16)
+			if _, _, err := h.t.choose(s); err == nil && !slices.Contains(b.RKey, s.rkey) {
+				t.Fatalf("rkey %d is not one of the buffer's %v", s.rkey, b.RKey)
+			}
 		}
 	})
 }
