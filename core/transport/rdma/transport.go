@@ -86,26 +86,31 @@ type Transport struct {
 	closeErr  error
 }
 
-// New opens every HCA of deps.Topology and starts the transport. It fails
+// New opens every HCA of deps.Topology and starts the transport. It owns
+// deps.Provider from the call on, and closes it when it fails. It fails
 // with an error matching ErrUnavailable when libibverbs is absent, and
 // ErrNoDevices when no HCA can be used; HCAs that fail to open are left out
 // (logged) before any device id is published.
 func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
+	if deps.Provider == nil {
+		return nil, fmt.Errorf("rdma: %w: no verbs provider", ErrInvalidConfig)
+	}
 	cfg, err := cfg.withDefaults()
+	if err == nil {
+		switch {
+		case deps.LocalName == "" || strings.Contains(deps.LocalName, "@"):
+			err = fmt.Errorf("%w: local name %q", ErrInvalidConfig, deps.LocalName)
+		case deps.Topology == nil:
+			err = fmt.Errorf("%w: no topology", ErrInvalidConfig)
+		}
+	}
 	if err != nil {
+		deps.Provider.Close()
 		return nil, fmt.Errorf("rdma: %w", err)
 	}
 	log := deps.Logger
 	if log == nil {
 		log = zap.NewNop()
-	}
-	switch {
-	case deps.Provider == nil:
-		return nil, fmt.Errorf("rdma: %w: no verbs provider", ErrInvalidConfig)
-	case deps.LocalName == "" || strings.Contains(deps.LocalName, "@"):
-		return nil, fmt.Errorf("rdma: %w: local name %q", ErrInvalidConfig, deps.LocalName)
-	case deps.Topology == nil:
-		return nil, fmt.Errorf("rdma: %w: no topology", ErrInvalidConfig)
 	}
 	t := &Transport{
 		cfg: cfg, deps: deps, name: deps.LocalName,
