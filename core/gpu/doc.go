@@ -1,0 +1,22 @@
+// Package gpu is the engine's seam to a GPU driver: the few operations the
+// engine needs to move bytes to and from GPU memory, behind the Driver
+// interface, and the staging pool built on them.
+//
+// A Driver says which device holds an address (Locate), copies between
+// device memory and page-locked host memory on queues of its own (Copier),
+// allocates that host memory (AllocHost), and holds a CUDA stream at a
+// point until the engine lets it go (Gate). The real driver is
+// core/gpu/cuda, which loads libcuda at run time; core/gpu/fake is a fake
+// that simulates device memory with host memory the process cannot touch
+// directly, so that the logic above it is tested where there is no GPU. A
+// fake never proves that hardware works.
+//
+// Staging lends Stages: a copier plus a few page-locked buffers of one
+// device, through which the TCP transport pipelines GPU memory with its
+// socket I/O. Whoever creates a Staging closes it, after every Stage it
+// lent has been released; a Stage is released exactly once.
+//
+// This package is pure Go: the transports and the engine depend on it
+// without needing cgo. Errors: ErrInvalidRange for a range that is not
+// wholly in one kind of memory; ErrClosed for a closed Staging.
+package gpu
