@@ -42,7 +42,8 @@ type Driver struct {
 	copiers   atomic.Int64
 	gates     atomic.Int64
 	copied    atomic.Int64
-	failAfter atomic.Int64 // copies that still succeed before one fails; <0: none
+	inject    atomic.Bool  // FailCopiesAfter is in force
+	failAfter atomic.Int64 // copies that still succeed before the failures
 }
 
 var _ gpu.Driver = (*Driver)(nil)
@@ -56,9 +57,7 @@ type devAlloc struct {
 
 // New returns a fake driver with the given number of devices.
 func New(devices int) *Driver {
-	d := &Driver{devices: devices, hosts: map[uintptr][]byte{}, streams: map[uintptr]*stream{}, nextStr: 0x1000}
-	d.failAfter.Store(-1)
-	return d
+	return &Driver{devices: devices, hosts: map[uintptr][]byte{}, streams: map[uintptr]*stream{}, nextStr: 0x1000}
 }
 
 func ptr(p uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&p)) }
@@ -168,9 +167,16 @@ func (d *Driver) Read(src uintptr, b []byte) error {
 	return nil
 }
 
-// FailCopiesAfter makes the copy after the next n fail with ErrInjected; a
-// negative n stops injecting.
-func (d *Driver) FailCopiesAfter(n int) { d.failAfter.Store(int64(n)) }
+// FailCopiesAfter makes every copy after the next n fail with ErrInjected
+// (and the copier that ran it, as a CUDA error would); a negative n stops
+// injecting.
+func (d *Driver) FailCopiesAfter(n int) {
+	d.inject.Store(false)
+	if n >= 0 {
+		d.failAfter.Store(int64(n))
+		d.inject.Store(true)
+	}
+}
 
 // Copied is the number of bytes the copiers have copied.
 func (d *Driver) Copied() int64 { return d.copied.Load() }
@@ -328,7 +334,7 @@ func (c *copier) run(upto int) {
 		if c.failed != nil {
 			continue
 		}
-		if c.d.failAfter.Load() >= 0 && c.d.failAfter.Add(-1) < 0 {
+		if c.d.inject.Load() && c.d.failAfter.Add(-1) < 0 {
 			c.failed = ErrInjected
 			continue
 		}

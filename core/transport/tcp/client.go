@@ -418,7 +418,8 @@ func (l *lane) classify(w *part, err error) (conn bool, cause error) {
 		return false, context.Cause(l.p.ctx)
 	case w.ctx.Err() != nil:
 		return false, w.ctx.Err()
-	case errors.Is(err, ErrRejected), errors.Is(err, ErrLegacyPeer), errors.Is(err, ErrUnknownStatus):
+	case errors.Is(err, ErrRejected), errors.Is(err, ErrLegacyPeer), errors.Is(err, ErrUnknownStatus),
+		errors.Is(err, ErrStaging):
 		return false, err
 	}
 	return true, err
@@ -483,10 +484,22 @@ func (l *lane) exchange(w *part) (replied bool, err error) {
 		op |= FlagV2
 	}
 	Header{Size: w.n, Addr: w.remote, Opcode: op}.Encode(&l.hdr)
-	mem := memory(w.local, w.n)
+	// GPU memory goes through a stage's page-locked buffers.
+	st, err := l.p.t.stage(uint64(w.local), w.n)
+	if err != nil {
+		return false, err
+	}
+	if st != nil {
+		defer st.Release()
+	}
 	if w.write {
-		if err := l.s.write(l.hdr[:], mem, cfg.IOTimeout); err != nil {
-			if !w.v1 && l.rejectedEarly(err) {
+		if st != nil {
+			err = l.s.sendStaged(l.hdr[:], st, w.local, w.n, cfg.IOTimeout)
+		} else {
+			err = l.s.write(l.hdr[:], memory(w.local, w.n), cfg.IOTimeout)
+		}
+		if err != nil {
+			if !w.v1 && !errors.Is(err, ErrStaging) && l.rejectedEarly(err) {
 				return true, ErrRejected
 			}
 			return false, err
@@ -504,7 +517,12 @@ func (l *lane) exchange(w *part) (replied bool, err error) {
 			return replied, err
 		}
 	}
-	n, err := l.s.readFull(mem, cfg.IOTimeout)
+	var n int
+	if st != nil {
+		n, err = l.s.recvStaged(st, w.local, w.n, cfg.IOTimeout)
+	} else {
+		n, err = l.s.readFull(memory(w.local, w.n), cfg.IOTimeout)
+	}
 	return !w.v1 || n > 0, err
 }
 

@@ -26,9 +26,16 @@
 // any more cost nothing; the next request dials afresh. A request that meets
 // a pooled connection closed an instant earlier retries once on a new one.
 //
+// GPU memory (Config.GPU) is never touched in place: the client and the
+// server copy it through the page-locked buffers of a gpu stage, chunk by
+// chunk, with the device copies of the next chunks overlapping the socket
+// I/O of this one, in both directions. Host and GPU memory mix freely in a
+// batch; the wire format is the same.
+//
 // Errors reported through Task.PartDone: ErrRejected (the target refused the
 // address range; only that task fails), ErrLegacyPeer and ErrUnknownStatus
-// (a status frame that v2 does not define), ErrPeer (the connection failed:
+// (a status frame that v2 does not define), ErrStaging (a local GPU copy
+// failed; the peer stays healthy), ErrPeer (the connection failed:
 // refused, reset, closed or timed out; every task queued on that lane fails
 // and PeerHealthy turns false), ErrClosed, and the ctx's own error when the
 // Submit context ends first. All of them come wrapped in a *PeerError naming

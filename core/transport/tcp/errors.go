@@ -23,6 +23,10 @@ var (
 	ErrPeer = errors.New("tcp: peer connection failed")
 	// ErrInvalidConfig means New was given a bad Config.
 	ErrInvalidConfig = errors.New("tcp: invalid config")
+	// ErrStaging means GPU memory could not be copied through host memory
+	// (no staging buffers, or a device copy failed). Only that task fails;
+	// the peer is not blamed.
+	ErrStaging = errors.New("tcp: staging GPU memory through host memory failed")
 )
 
 // PeerError is how every failed task reports its cause: which peer, which

@@ -23,6 +23,7 @@ var (
 type server struct {
 	ln       net.Listener
 	validate Validator
+	gpu      GPU         // nil: all registered memory is host memory
 	log      *zap.Logger // sampled: peers choose how often it is called
 	io, idle time.Duration
 	wg       *sync.WaitGroup
@@ -136,10 +137,19 @@ func (s *server) serveConn(c net.Conn) {
 			}
 			return
 		}
-		mem := memory(uintptr(h.Addr), h.Size)
-		var err error
+		// GPU memory goes through a stage's page-locked buffers.
+		stage, err := stageFor(s.gpu, h.Addr, h.Size)
+		if err != nil {
+			s.log.Warn("tcp server: cannot serve GPU memory, connection dropped", zap.Stringer("peer", c.RemoteAddr()),
+				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Error(err))
+			return
+		}
 		if h.isWrite() {
-			_, err = st.readFull(mem, s.io)
+			if stage != nil {
+				_, err = st.recvStaged(stage, uintptr(h.Addr), h.Size, s.io)
+			} else {
+				_, err = st.readFull(memory(uintptr(h.Addr), h.Size), s.io)
+			}
 			if err == nil && h.isV2() {
 				err = st.write(okFrame[:], nil, s.io)
 			}
@@ -148,7 +158,14 @@ func (s *server) serveConn(c net.Conn) {
 			if h.isV2() {
 				prefix = okFrame[:]
 			}
-			err = st.write(prefix, mem, s.io)
+			if stage != nil {
+				err = st.sendStaged(prefix, stage, uintptr(h.Addr), h.Size, s.io)
+			} else {
+				err = st.write(prefix, memory(uintptr(h.Addr), h.Size), s.io)
+			}
+		}
+		if stage != nil {
+			stage.Release()
 		}
 		if err != nil {
 			s.log.Debug("tcp server: transfer failed", zap.Stringer("peer", c.RemoteAddr()),

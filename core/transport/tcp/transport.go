@@ -53,6 +53,9 @@ type Config struct {
 	ForceV1 bool
 	// Logger receives the transport's logs; nil means none.
 	Logger *zap.Logger
+	// GPU gives access to registered GPU memory; nil means all registered
+	// memory is host memory.
+	GPU GPU
 }
 
 // withDefaults fills zero fields and rejects impossible values.
@@ -139,6 +142,7 @@ func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
 	t.srv = &server{
 		ln:       ln,
 		validate: validate,
+		gpu:      cfg.GPU,
 		log:      hot,
 		io:       cfg.IOTimeout,
 		idle:     max(serverIdle, cfg.IOTimeout),
@@ -153,7 +157,7 @@ func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
 	log.Info("tcp transport started", zap.Int("data_port", t.Port()), zap.Int("lanes", cfg.Lanes),
 		zap.Uint64("split_threshold", cfg.SplitThreshold), zap.Duration("status_timeout", cfg.StatusTimeout),
 		zap.Duration("io_timeout", cfg.IOTimeout), zap.Duration("dial_timeout", cfg.DialTimeout),
-		zap.Bool("force_v1", cfg.ForceV1), zap.Int("proto_version", t.ProtoVersion()))
+		zap.Bool("force_v1", cfg.ForceV1), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil))
 	return t, nil
 }
 
