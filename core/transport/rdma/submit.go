@@ -2,12 +2,14 @@ package rdma
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"sort"
 	"sync/atomic"
 
+	"github.com/pymooncake/pymooncake/core/internal/slicing"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
@@ -129,6 +131,15 @@ func (r *route) findBuf(addr uint64) int {
 	return i
 }
 
+// findSpan is findBuf as a slicing.Finder: the buffer's index and end.
+func (r *route) findSpan(addr uint64) (int, uint64, bool) {
+	i := r.findBuf(addr)
+	if i < 0 {
+		return -1, 0, false
+	}
+	return i, r.bufs[i].Addr + r.bufs[i].Length, true
+}
+
 // Submit starts tasks against the peer whose descriptor is desc (the
 // target segment's). Every task ends through Task.PartDone: a task is cut
 // into slices of at most SliceSize bytes (the last may take up to
@@ -199,38 +210,38 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, desc *metad
 	}
 }
 
-// cut slices a task (see Submit).
+// cut slices a task (see Submit) with the shared slicer: a slice ends at
+// SliceSize (the rest stays whole up to FragmentLimit more), at the end of
+// the local chunk and at the end of the remote buffer that hold its start.
 func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*slice, error) {
 	if task.Opcode != opRead && task.Opcode != opWrite {
 		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
 	}
 	local, remote, length := uint64(task.Local), task.Remote, task.Length
-	if local+length < local || remote+length < remote {
-		return nil, fmt.Errorf("range wraps the address space: %w", ErrAddressNotRegistered)
-	}
 	slice64 := uint64(t.cfg.SliceSize)
-	frag := uint64(t.cfg.FragmentLimit)
 	if n := length/slice64 + 1; n > math.MaxInt32 {
 		return nil, fmt.Errorf("%d bytes make too many slices: %w", length, ErrInvalidConfig)
 	}
-	var out []*slice
-	for off := uint64(0); off < length; {
-		lc := t.mem.find(local + off)
-		if lc == nil {
-			return nil, fmt.Errorf("local [%#x, +%d): %w", local+off, length-off, ErrAddressNotRegistered)
+	findLocal := func(addr uint64) (*chunk, uint64, bool) {
+		c := t.mem.find(addr)
+		if c == nil {
+			return nil, 0, false
 		}
-		rb := rt.findBuf(remote + off)
-		if rb < 0 {
-			return nil, fmt.Errorf("remote [%#x, +%d) is not in a buffer peer %q published: %w", remote+off, length-off, rt.name, ErrAddressNotRegistered)
+		return c, c.end(), true
+	}
+	pieces, err := slicing.Cut(findLocal, rt.findSpan, local, remote, length,
+		slicing.Limits{Max: slice64, Fragment: uint64(t.cfg.FragmentLimit)})
+	if err != nil {
+		var re *slicing.RangeError
+		if errors.As(err, &re) && re.Side == slicing.Remote && !re.Wraps {
+			return nil, fmt.Errorf("remote [%#x, +%d) is not in a buffer peer %q published: %w", re.Addr, re.Length, rt.name, ErrAddressNotRegistered)
 		}
-		n := length - off
-		if n > slice64+frag {
-			n = slice64
-		}
-		n = min(n, lc.end()-(local+off), rt.bufs[rb].Addr+rt.bufs[rb].Length-(remote+off))
-		out = append(out, &slice{sub: sub, task: task, route: rt, op: task.Opcode,
-			local: local + off, remote: remote + off, length: uint32(n), lchunk: lc, rbuf: rb})
-		off += n
+		return nil, fmt.Errorf("%w: %w", err, ErrAddressNotRegistered)
+	}
+	out := make([]*slice, len(pieces))
+	for i, p := range pieces {
+		out[i] = &slice{sub: sub, task: task, route: rt, op: task.Opcode,
+			local: local + p.Offset, remote: remote + p.Offset, length: uint32(p.Length), lchunk: p.Local, rbuf: p.Remote}
 	}
 	return out, nil
 }
