@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/internal/listen"
 	"github.com/pymooncake/pymooncake/core/metadata"
@@ -35,6 +36,14 @@ type Config struct {
 	// OpenStore opens the shared metadata store for a non-P2P connection
 	// string; nil means etcd or HTTP as the string says. Tests inject here.
 	OpenStore func(ctx context.Context, cs metadata.ConnString, env config.Env, log *zap.Logger, republish func(context.Context) error) (metadata.Store, error)
+	// GPU is the GPU driver (core/gpu/cuda, or a fake in tests); nil means
+	// no GPU: all registered memory is host memory and the stream-ordered
+	// transfers are not supported. It stays the caller's and must outlive
+	// the engine.
+	GPU gpu.Driver
+	// Staging sizes the page-locked buffers GPU memory is copied through
+	// (zero: gpu's defaults). Used only with GPU.
+	Staging gpu.StagingConfig
 }
 
 // Engine is a running transfer engine. All methods are safe for concurrent
@@ -77,6 +86,8 @@ type Engine struct {
 	batches  batchTable
 	notifies notifyQueue
 	managed  *managedPool
+	staging  *gpu.Staging // nil without a GPU driver
+	tickets  ticketTable  // transfers ordered on CUDA streams
 
 	publishMu sync.Mutex // serialises descriptor publication
 }
@@ -124,6 +135,13 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		rpcLn.Close()
 		return nil, fmt.Errorf("initialize: tcp data listener: %w", err)
 	}
+	if cfg.GPU != nil {
+		if e.staging, err = gpu.NewStaging(cfg.GPU, cfg.Staging); err != nil {
+			rpcLn.Close()
+			dataLn.Close()
+			return nil, fmt.Errorf("initialize: %w: %w", ErrInvalidArgument, err)
+		}
+	}
 	e.tcp, err = tcp.New(tcp.Config{
 		Lanes:         cfg.Env.TCPLanes,
 		StatusTimeout: cfg.Env.TCPStatusTimeout,
@@ -131,6 +149,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		DialTimeout:   cfg.Env.HandshakeConnectTimeout,
 		ForceV1:       cfg.Env.TCPForceV1,
 		Logger:        log.Named("tcp"),
+		GPU:           e.tcpGPU(),
 	}, dataLn, e.mem.Contains)
 	if err != nil {
 		rpcLn.Close()
@@ -183,6 +202,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		zap.Int("rpc_port", e.rpcPort),
 		zap.Int("tcp_data_port", e.tcp.Port()),
 		zap.String("metadata", cfg.Metadata),
+		zap.String("gpu", gpuName(cfg.GPU)),
 		zap.Strings("env", cfg.Env.SortedSet()))
 	return e, nil
 }
@@ -214,6 +234,7 @@ func (e *Engine) Close() error {
 			cancel()
 		}
 		e.cancel()
+		e.tickets.close()
 		if e.rpc != nil {
 			errs = append(errs, e.rpc.Close())
 		}
@@ -226,6 +247,9 @@ func (e *Engine) Close() error {
 		}
 		if e.managed != nil {
 			errs = append(errs, e.managed.close())
+		}
+		if e.staging != nil {
+			errs = append(errs, e.staging.Close())
 		}
 		e.closeErr = errors.Join(errs...)
 	})
@@ -252,8 +276,15 @@ func (e *Engine) localDesc() *metadata.SegmentDesc {
 		TCPDataHost:     e.dataHost,
 		Extra:           map[string]json.RawMessage{InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
 	}
+	var locs []string
+	gpuBuffers := false
 	for _, r := range e.mem.regions() {
 		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: e.name, Addr: r.addr, Length: r.length})
+		locs = append(locs, r.location)
+		gpuBuffers = gpuBuffers || r.device != gpu.Host
+	}
+	if gpuBuffers {
+		d.Extra[LocationsKey] = locationsJSON(locs)
 	}
 	return d
 }
@@ -379,7 +410,9 @@ func (e *Engine) rpcAddrOf(ctx context.Context, name string) (string, error) {
 }
 
 // RegisterMemory registers [addr, addr+length) so that peers may read and
-// write it. location is "*", "cpu:N" or "cuda:N".
+// write it. location is "*", "cpu:N" or "cuda:N". With a GPU driver, where
+// the memory lives is detected: GPU memory is recorded as "cuda:<ordinal>"
+// whatever location was given, and moved through staging buffers.
 func (e *Engine) RegisterMemory(addr uintptr, length uint64, location string) error {
 	return e.RegisterMemoryBatch([]uintptr{addr}, []uint64{length}, location)
 }
@@ -395,7 +428,10 @@ func (e *Engine) RegisterMemoryBatch(addrs []uintptr, lengths []uint64, location
 	}
 	rs := make([]region, len(addrs))
 	for i := range addrs {
-		rs[i] = region{addr: uint64(addrs[i]), length: lengths[i], location: location}
+		rs[i] = region{addr: uint64(addrs[i]), length: lengths[i], location: location, device: gpu.Host}
+	}
+	if err := e.locate(rs); err != nil {
+		return err
 	}
 	if err := e.mem.add(rs); err != nil {
 		return err

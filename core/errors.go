@@ -18,6 +18,9 @@ var (
 	ErrAddressOverlapped = errors.New("address overlapped")
 	// ErrUnknownBatch is a batch id that was never allocated or is freed.
 	ErrUnknownBatch = errors.New("unknown batch id")
+	// ErrUnknownTicket is a stream transfer ticket that was never issued or
+	// whose outcome is no longer kept.
+	ErrUnknownTicket = errors.New("unknown stream transfer ticket")
 	// ErrUnknownSegment is a segment handle that is not open.
 	ErrUnknownSegment = errors.New("unknown segment handle")
 	// ErrMetadata is a failure to find or decode a peer's metadata (-200).

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/pymooncake/pymooncake/core/gpu"
 )
 
 // region is one registered range of local memory.
@@ -14,6 +16,8 @@ type region struct {
 	addr     uint64
 	length   uint64
 	location string
+	// device is the ordinal of the GPU holding the region, or gpu.Host.
+	device int
 }
 
 func (r region) end() uint64 { return r.addr + r.length }
@@ -41,8 +45,14 @@ func newMemoryTable() *memoryTable {
 
 // contains reports whether [addr, addr+size) lies inside one region.
 func (s *memorySnapshot) contains(addr, size uint64) bool {
+	_, ok := s.find(addr, size)
+	return ok
+}
+
+// find returns the region that holds [addr, addr+size).
+func (s *memorySnapshot) find(addr, size uint64) (region, bool) {
 	if size == 0 || addr+size < addr {
-		return false
+		return region{}, false
 	}
 	// the last region starting at or below addr
 	i, found := slices.BinarySearchFunc(s.byAddr, addr, func(r region, a uint64) int {
@@ -58,14 +68,24 @@ func (s *memorySnapshot) contains(addr, size uint64) bool {
 		i--
 	}
 	if i < 0 {
-		return false
+		return region{}, false
 	}
 	r := s.byAddr[i]
-	return addr >= r.addr && addr+size <= r.end()
+	return r, addr >= r.addr && addr+size <= r.end()
 }
 
 // Contains is the lock-free validator handed to transports.
 func (t *memoryTable) Contains(addr, size uint64) bool { return t.snap.Load().contains(addr, size) }
+
+// device returns the GPU ordinal of the region holding [addr, addr+size),
+// or gpu.Host (also for unregistered ranges, which the caller has
+// validated away). Lock-free, like Contains.
+func (t *memoryTable) device(addr, size uint64) int {
+	if r, ok := t.snap.Load().find(addr, size); ok {
+		return r.device
+	}
+	return gpu.Host
+}
 
 // regions returns the regions in registration order.
 func (t *memoryTable) regions() []region { return t.snap.Load().order }
