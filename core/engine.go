@@ -16,7 +16,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/internal/listen"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
 
 // Config says how to start an Engine.
@@ -73,7 +72,7 @@ type Engine struct {
 	rpc     *handshake.Server
 	rpcPort int
 	client  *handshake.Client
-	tcp     *tcp.Transport
+	xp      dataTransport // the installed data transport
 	dir     directory
 	store   metadata.Store // nil in P2P mode
 	prefix  string
@@ -100,6 +99,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	cfg.Logger = log
 	if cfg.Env.MaxPort == 0 {
 		cfg.Env = config.Defaults()
 	}
@@ -129,33 +129,12 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("initialize: rpc listener: %w", err)
 	}
-	e.rpcPort = listen.Port(rpcLn)
-	dataLn, err := listen.RandomPort(cfg.Env.MinPort, cfg.Env.MaxPort, cfg.Env.IPv6)
-	if err != nil {
-		rpcLn.Close()
-		return nil, fmt.Errorf("initialize: tcp data listener: %w", err)
-	}
-	if cfg.GPU != nil {
-		if e.staging, err = gpu.NewStaging(cfg.GPU, cfg.Staging); err != nil {
-			rpcLn.Close()
-			dataLn.Close()
-			return nil, fmt.Errorf("initialize: %w: %w", ErrInvalidArgument, err)
+	defer func() {
+		if e.rpc == nil {
+			rpcLn.Close() // the server did not take it over
 		}
-	}
-	e.tcp, err = tcp.New(tcp.Config{
-		Lanes:         cfg.Env.TCPLanes,
-		StatusTimeout: cfg.Env.TCPStatusTimeout,
-		IOTimeout:     cfg.Env.TCPStatusTimeout,
-		DialTimeout:   cfg.Env.HandshakeConnectTimeout,
-		ForceV1:       cfg.Env.TCPForceV1,
-		Logger:        log.Named("tcp"),
-		GPU:           e.tcpGPU(),
-	}, dataLn, e.mem.Contains)
-	if err != nil {
-		rpcLn.Close()
-		dataLn.Close()
-		return nil, fmt.Errorf("initialize: tcp transport: %w", err)
-	}
+	}()
+	e.rpcPort = listen.Port(rpcLn)
 
 	if cs.Kind == metadata.P2P {
 		e.dataHost = host
@@ -169,15 +148,23 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		}
 		e.prefix = metadata.KeyPrefix(cfg.Env.ClusterID)
 		e.newline = cs.Kind == metadata.Etcd
-		e.store, err = open(ctx, cs, cfg.Env, log.Named("metadata"), e.republish)
-		if err != nil {
-			rpcLn.Close()
-			return nil, fmt.Errorf("initialize: metadata store %q: %w: %w", cfg.Metadata, ErrMetadata, err)
-		}
-		e.dir = &storeDirectory{store: e.store, prefix: e.prefix}
 		if e.dataHost, err = advertisedHost(cfg.Env.TCPBindAddress, cfg.Env.IPv6, host); err != nil {
 			return nil, fmt.Errorf("initialize: %w", err)
 		}
+		e.store, err = open(ctx, cs, cfg.Env, log.Named("metadata"), e.republish)
+		if err != nil {
+			return nil, fmt.Errorf("initialize: metadata store %q: %w: %w", cfg.Metadata, ErrMetadata, err)
+		}
+		e.dir = &storeDirectory{store: e.store, prefix: e.prefix}
+	}
+
+	if cfg.GPU != nil {
+		if e.staging, err = gpu.NewStaging(cfg.GPU, cfg.Staging); err != nil {
+			return nil, fmt.Errorf("initialize: %w: %w", ErrInvalidArgument, err)
+		}
+	}
+	if e.xp, err = e.installTransport(ctx); err != nil {
+		return nil, fmt.Errorf("initialize: %w", err)
 	}
 
 	e.rpc = handshake.NewServer(rpcLn, handshake.ServerConfig{
@@ -200,7 +187,8 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	e.log.Info("engine started",
 		zap.String("name", e.name),
 		zap.Int("rpc_port", e.rpcPort),
-		zap.Int("tcp_data_port", e.tcp.Port()),
+		zap.String("transport", e.xp.Protocol()),
+		zap.Int("tcp_data_port", e.DataPort()),
 		zap.String("metadata", cfg.Metadata),
 		zap.String("gpu", gpuName(cfg.GPU)),
 		zap.Strings("env", cfg.Env.SortedSet()))
@@ -213,8 +201,17 @@ func (e *Engine) Name() string { return e.name }
 // RPCPort is the port of the handshake listener.
 func (e *Engine) RPCPort() int { return e.rpcPort }
 
-// DataPort is the port of the TCP data listener.
-func (e *Engine) DataPort() int { return e.tcp.Port() }
+// DataPort is the port of the TCP data listener, or 0 when another
+// transport is installed.
+func (e *Engine) DataPort() int {
+	if t, ok := e.xp.(tcpTransport); ok {
+		return t.Port()
+	}
+	return 0
+}
+
+// Protocol is the installed transport's descriptor protocol ("tcp", "rdma").
+func (e *Engine) Protocol() string { return e.xp.Protocol() }
 
 // Close stops the engine: listeners, connections, goroutines. Unfinished
 // tasks fail. In store modes the engine's own keys are deleted. Managed
@@ -238,8 +235,8 @@ func (e *Engine) Close() error {
 		if e.rpc != nil {
 			errs = append(errs, e.rpc.Close())
 		}
-		if e.tcp != nil {
-			errs = append(errs, e.tcp.Close())
+		if e.xp != nil {
+			errs = append(errs, e.xp.Close())
 		}
 		e.wg.Wait()
 		if e.store != nil {
@@ -270,21 +267,29 @@ func (e *Engine) ownDescriptor() []byte {
 func (e *Engine) localDesc() *metadata.SegmentDesc {
 	d := &metadata.SegmentDesc{
 		Name:            e.name,
-		Protocol:        "tcp",
-		TCPDataPort:     e.tcp.Port(),
-		TCPProtoVersion: e.tcp.ProtoVersion(),
+		Protocol:        e.xp.Protocol(),
+		TCPProtoVersion: 1,
 		TCPDataHost:     e.dataHost,
 		Extra:           map[string]json.RawMessage{InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
 	}
 	var locs []string
 	gpuBuffers := false
 	for _, r := range e.mem.regions() {
-		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: e.name, Addr: r.addr, Length: r.length})
+		// A TCP buffer is named after the segment; RDMA and barex name it
+		// by memory location, and Describe adds the keys.
+		name := e.name
+		if d.Protocol != metadata.ProtocolTCP {
+			name = r.location
+		}
+		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: name, Addr: r.addr, Length: r.length})
 		locs = append(locs, r.location)
 		gpuBuffers = gpuBuffers || r.device != gpu.Host
 	}
 	if gpuBuffers {
 		d.Extra[LocationsKey] = locationsJSON(locs)
+	}
+	if ds, ok := e.xp.(describer); ok {
+		ds.Describe(d)
 	}
 	return d
 }
@@ -334,10 +339,23 @@ func (e *Engine) publishDescLocked(ctx context.Context) error {
 
 // Handshake handlers. Each returns the reply JSON; the server always replies.
 
-func (e *Engine) onConnection(context.Context, handshake.MsgType, []byte) []byte {
+func (e *Engine) onConnection(ctx context.Context, _ handshake.MsgType, payload []byte) []byte {
+	reply := handshake.HandShakeDesc{}
 	// A TCP engine needs no connection setup: it answers an empty
-	// HandShakeDesc, as Mooncake's TCP transport does.
-	b, _ := handshake.HandShakeDesc{}.Marshal()
+	// HandShakeDesc, as Mooncake's TCP transport does. RDMA and barex set
+	// up their side of the connection here.
+	if c, ok := e.xp.(connector); ok {
+		req, err := handshake.DecodeHandShakeDesc(payload)
+		if err != nil {
+			reply.ReplyMsg = "malformed handshake: " + err.Error()
+		} else {
+			reply = c.OnConnection(ctx, req)
+		}
+	}
+	b, err := reply.Marshal()
+	if err != nil {
+		b, _ = handshake.HandShakeDesc{ReplyMsg: "encode handshake reply"}.Marshal()
+	}
 	return b
 }
 

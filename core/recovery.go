@@ -46,7 +46,7 @@ func (e *Engine) CheckSegmentStatus(h SegmentHandle) error {
 	if err != nil {
 		return err
 	}
-	if !e.tcp.PeerHealthy(s.peer.Name) {
+	if !e.xp.PeerHealthy(s.peer.Name) {
 		return fmt.Errorf("segment %q: connections to %s failed: %w", s.name, s.peer.Name, tcp.ErrPeer)
 	}
 	return nil

@@ -167,7 +167,7 @@ func (e *Engine) CloseSegment(h SegmentHandle) error {
 		return fmt.Errorf("close segment %d: %w", h, ErrUnknownSegment)
 	}
 	if _, still := e.segs.lookupPeer(s.peer.Name); !still {
-		e.tcp.ClosePeer(s.peer.Name)
+		e.xp.ClosePeer(s.peer.Name)
 	}
 	e.dir.forget(s.peer.Name)
 	return nil

@@ -98,7 +98,7 @@ func (e *Engine) submit(ctx context.Context, id BatchID, reqs []Request, n *Noti
 	for i := 1; i <= len(reqs); i++ {
 		if i == len(reqs) || segs[i].peer != segs[start].peer {
 			ptrs := all[len(old)+start : len(old)+i]
-			e.tcp.Submit(ctx, segs[start].peer, ptrs)
+			e.xp.Submit(ctx, segs[start].peer, segs[start].desc, ptrs)
 			start = i
 		}
 	}

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +55,22 @@ type Env struct {
 	TCPLanes int
 	// ForceTCP selects TCP even where RDMA devices exist (MC_FORCE_TCP).
 	ForceTCP bool
+	// ForceHCA installs RDMA even where no HCA was discovered, so that a
+	// missing device is an init error rather than a TCP fallback
+	// (MC_FORCE_HCA).
+	ForceHCA bool
+	// CustomTopoJSON is a topology file used instead of discovery
+	// (MC_CUSTOM_TOPO_JSON).
+	CustomTopoJSON string
+	// CUDAVisibleDevices and CUDADeviceOrder number GPUs in the topology
+	// as CUDA does (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER);
+	// CUDAVisibleDevicesSet tells "set and empty" (no GPU) from unset.
+	CUDAVisibleDevices    string
+	CUDAVisibleDevicesSet bool
+	CUDADeviceOrder       string
+	// RDMA holds the RDMA transport's knobs; zero fields mean Mooncake's
+	// defaults (docs/rdma.md has the table).
+	RDMA RDMAEnv
 	// TransferTimeout is the base deadline of synchronous Python calls
 	// (MC_TRANSFER_TIMEOUT, seconds, default 30, at least 5); each byte adds 1 ns.
 	TransferTimeout time.Duration
@@ -62,6 +79,36 @@ type Env struct {
 	// Set lists the variables that were present, for logging the effective
 	// configuration once at init.
 	Set map[string]string
+}
+
+// RDMAEnv is what the environment says about the RDMA transport. Each
+// field is 0 (or false) when its variable is unset; the transport applies
+// Mooncake's defaults then.
+type RDMAEnv struct {
+	Port                  int    // MC_IB_PORT, 1..255
+	GIDIndex              int    // MC_GID_INDEX, else NCCL_IB_GID_INDEX, 0..255
+	GIDIndexSet           bool   // GIDIndex was given (so 0 means index 0)
+	NumCQPerCtx           int    // MC_NUM_CQ_PER_CTX
+	NumCompChannelsPerCtx int    // MC_NUM_COMP_CHANNELS_PER_CTX
+	MaxCQE                int    // MC_MAX_CQE_PER_CTX
+	MaxEPPerCtx           int    // MC_MAX_EP_PER_CTX
+	NumQPPerEP            int    // MC_NUM_QP_PER_EP
+	MaxSGE                int    // MC_MAX_SGE
+	MaxWR                 int    // MC_MAX_WR
+	MaxInline             int    // MC_MAX_INLINE
+	MTU                   int    // MC_MTU: 512, 1024, 2048 or 4096
+	SliceSize             int    // MC_SLICE_SIZE, bytes
+	FragmentRatio         int    // MC_FRAGMENT_RATIO
+	RetryCnt              int    // MC_RETRY_CNT
+	PKeyIndex             int    // MC_PKEY_INDEX
+	TrafficClass          int    // MC_IB_TC
+	TrafficClassSet       bool   // TrafficClass was given
+	ServiceLevel          int    // MC_IB_SL, 0..15
+	MaxMRSize             uint64 // MC_MAX_MR_SIZE, bytes
+	RelaxedOrdering       bool   // MC_IB_PCI_RELAXED_ORDERING
+	EndpointStore         string // MC_ENDPOINT_STORE_TYPE: SIEVE or FIFO
+	PathRoundRobin        bool   // MC_PATH_ROUNDROBIN
+	DestDeviceAffinity    bool   // MC_ENABLE_DEST_DEVICE_AFFINITY
 }
 
 // Defaults returns the configuration with no variable set.
@@ -129,6 +176,15 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 	}
 	p.intVar(&e.TCPLanes, lanesKey, 1, 16)
 	p.presenceVar(&e.ForceTCP, "MC_FORCE_TCP")
+	p.presenceVar(&e.ForceHCA, "MC_FORCE_HCA")
+	if v, ok := p.get("MC_CUSTOM_TOPO_JSON"); ok {
+		e.CustomTopoJSON = strings.TrimSpace(v)
+	}
+	p.rdma(&e.RDMA)
+	e.CUDAVisibleDevices, e.CUDAVisibleDevicesSet = p.get("CUDA_VISIBLE_DEVICES")
+	if v, ok := p.get("CUDA_DEVICE_ORDER"); ok {
+		e.CUDADeviceOrder = strings.TrimSpace(v)
+	}
 	p.secondsVar(&e.TransferTimeout, "MC_TRANSFER_TIMEOUT", 5, 86400)
 	if v, ok := p.get("MC_LOG_LEVEL"); ok {
 		lvl, err := ParseLogLevel(v)
@@ -188,6 +244,52 @@ func (e Env) SortedSet() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// rdma parses the RDMA transport's variables.
+func (p *parser) rdma(r *RDMAEnv) {
+	p.intVar(&r.Port, "MC_IB_PORT", 1, 255)
+	gidKey := "MC_GID_INDEX"
+	if _, ok := p.get(gidKey); !ok {
+		gidKey = "NCCL_IB_GID_INDEX"
+	}
+	r.GIDIndexSet = p.intVar(&r.GIDIndex, gidKey, 0, 255)
+	p.intVar(&r.NumCQPerCtx, "MC_NUM_CQ_PER_CTX", 1, 255)
+	p.intVar(&r.NumCompChannelsPerCtx, "MC_NUM_COMP_CHANNELS_PER_CTX", 1, 255)
+	p.intVar(&r.MaxCQE, "MC_MAX_CQE_PER_CTX", 1, 1<<20)
+	p.intVar(&r.MaxEPPerCtx, "MC_MAX_EP_PER_CTX", 1, 1<<24)
+	p.intVar(&r.NumQPPerEP, "MC_NUM_QP_PER_EP", 1, 255)
+	p.intVar(&r.MaxSGE, "MC_MAX_SGE", 1, 1<<10)
+	p.intVar(&r.MaxWR, "MC_MAX_WR", 1, 1<<16)
+	p.intVar(&r.MaxInline, "MC_MAX_INLINE", 0, 65535)
+	if p.intVar(&r.MTU, "MC_MTU", 512, 4096) {
+		switch r.MTU {
+		case 512, 1024, 2048, 4096:
+		default:
+			p.fail("MC_MTU", strconv.Itoa(r.MTU), "want 512, 1024, 2048 or 4096")
+		}
+	}
+	p.intVar(&r.SliceSize, "MC_SLICE_SIZE", 1, 1<<30)
+	p.intVar(&r.FragmentRatio, "MC_FRAGMENT_RATIO", 1, 1<<20)
+	p.intVar(&r.RetryCnt, "MC_RETRY_CNT", 1, 127)
+	p.intVar(&r.PKeyIndex, "MC_PKEY_INDEX", 0, 65535)
+	r.TrafficClassSet = p.intVar(&r.TrafficClass, "MC_IB_TC", 0, 255)
+	p.intVar(&r.ServiceLevel, "MC_IB_SL", 0, 15)
+	var mr int
+	if p.intVar(&mr, "MC_MAX_MR_SIZE", 1, math.MaxInt) {
+		r.MaxMRSize = uint64(mr)
+	}
+	p.presenceVar(&r.RelaxedOrdering, "MC_IB_PCI_RELAXED_ORDERING")
+	if v, ok := p.get("MC_ENDPOINT_STORE_TYPE"); ok {
+		switch s := strings.ToUpper(strings.TrimSpace(v)); s {
+		case "SIEVE", "FIFO":
+			r.EndpointStore = s
+		default:
+			p.fail("MC_ENDPOINT_STORE_TYPE", v, "want SIEVE or FIFO")
+		}
+	}
+	p.presenceVar(&r.PathRoundRobin, "MC_PATH_ROUNDROBIN")
+	p.presenceVar(&r.DestDeviceAffinity, "MC_ENABLE_DEST_DEVICE_AFFINITY")
 }
 
 type parser struct {
