@@ -1,0 +1,479 @@
+package barex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/pymooncake/pymooncake/core/internal/slicing"
+	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/transport"
+)
+
+// pollBatch is how many completions one mcbx_poll asks for.
+const pollBatch = 64
+
+// maxPieces bounds the pieces of one task (a task counts its parts in 32
+// bits).
+const maxPieces = 1 << 30
+
+// remoteBuf is one buffer of the peer's descriptor: a chunk it registered.
+type remoteBuf struct {
+	addr, end uint64
+	rkeys     []uint32 // by the peer's barex NIC id
+}
+
+// route is a peer descriptor prepared for slicing: its buffers sorted by
+// address.
+type route struct {
+	desc *metadata.SegmentDesc
+	bufs []remoteBuf
+}
+
+// find is a slicing.Finder over the peer's buffers.
+func (r *route) find(addr uint64) (*remoteBuf, uint64, bool) {
+	i := sort.Search(len(r.bufs), func(i int) bool { return r.bufs[i].addr > addr }) - 1
+	if i < 0 || addr >= r.bufs[i].end {
+		return nil, 0, false
+	}
+	return &r.bufs[i], r.bufs[i].end, true
+}
+
+// routeFor returns the prepared form of desc, reusing the last one made
+// for the peer when the descriptor is the same object.
+func (p *peer) routeFor(desc *metadata.SegmentDesc) (*route, error) {
+	if r := p.route.Load(); r != nil && r.desc == desc {
+		return r, nil
+	}
+	if desc.Protocol != Protocol {
+		return nil, fmt.Errorf("peer %q publishes protocol %q, not %q: %w", p.name, desc.Protocol, Protocol, ErrAddressNotRegistered)
+	}
+	r := &route{desc: desc}
+	for _, b := range desc.Buffers {
+		// A buffer without keys, empty, or wrapping cannot be addressed.
+		if len(b.RKey) > 0 && b.Length > 0 && b.Addr+b.Length > b.Addr {
+			r.bufs = append(r.bufs, remoteBuf{addr: b.Addr, end: b.Addr + b.Length, rkeys: slices.Clone(b.RKey)})
+		}
+	}
+	slices.SortFunc(r.bufs, func(a, b remoteBuf) int {
+		switch {
+		case a.addr < b.addr:
+			return -1
+		case a.addr > b.addr:
+			return 1
+		}
+		return 0
+	})
+	// Overlapping buffers (a malformed descriptor) would let a piece run
+	// past the buffer a key belongs to: keep the first of each overlap.
+	kept := r.bufs[:0]
+	for _, b := range r.bufs {
+		if n := len(kept); n > 0 && b.addr < kept[n-1].end {
+			continue
+		}
+		kept = append(kept, b)
+	}
+	r.bufs = kept
+	p.route.Store(r)
+	return r, nil
+}
+
+// submission is one Submit call: its context, and its pieces not yet
+// finished (when they all are, the context watch is released).
+type submission struct {
+	ctx       context.Context
+	remaining atomic.Int64
+	stop      func() bool
+}
+
+// piece is one barex element of a task: inside one local chunk and one
+// remote buffer.
+type piece struct {
+	sub           *submission
+	task          *transport.Task
+	peer          string
+	op            transport.Opcode
+	local, remote uint64
+	length        uint32
+	lchunk        *chunk
+	rbuf          *remoteBuf
+	dev           device
+}
+
+// finish reports the piece's outcome to its task, exactly once; ch is the
+// channel it was posted on (nil if none).
+func (p *piece) finish(ch *channel, err error) {
+	if err != nil {
+		var se *SliceError
+		if !errors.As(err, &se) {
+			nic := -1
+			if ch != nil {
+				nic = ch.peerNIC
+			}
+			err = &SliceError{Peer: p.peer, Op: p.op.String(), Remote: p.remote, Length: uint64(p.length),
+				Device: p.dev.name, PeerNIC: nic, Err: err}
+		}
+		p.task.PartDone(0, err)
+	} else {
+		p.task.PartDone(uint64(p.length), nil)
+	}
+	if p.sub.remaining.Add(-1) == 0 && p.sub.stop != nil {
+		p.sub.stop()
+	}
+}
+
+func finishAll(ps []*piece, err error) {
+	for _, p := range ps {
+		p.finish(nil, err)
+	}
+}
+
+// Submit starts tasks against the peer whose descriptor is desc (the
+// target segment's). Every task ends through Task.PartDone. A task is cut
+// by the shared slicer at RegChunkSize and at every local and remote chunk
+// boundary, and started with that count before any piece is posted; each
+// piece gets a local device from the priority matrix of its memory's
+// location (or at random, BAREX_USE_RANDOM_DEV); the pieces of one device
+// go round robin over its channels to the peer, which are set up on first
+// use. Submit never blocks on the network. When ctx ends, pieces not yet
+// posted fail with its error; posted ones complete as barex reports them,
+// so a task never finishes while barex may still write its memory.
+func (t *Transport) Submit(ctx context.Context, peer transport.Peer, desc *metadata.SegmentDesc, tasks []*transport.Task) {
+	name := peer.Name
+	if desc != nil && desc.Name != "" {
+		name = desc.Name
+	}
+	fail := func(err error) {
+		for _, task := range tasks {
+			task.Fail(err)
+		}
+	}
+	t.callMu.RLock()
+	defer t.callMu.RUnlock()
+	if t.isDown.Load() {
+		fail(fmt.Errorf("barex submit to %q: %w", name, ErrClosed))
+		return
+	}
+	if desc == nil {
+		fail(fmt.Errorf("barex submit to %q: no descriptor: %w", name, ErrAddressNotRegistered))
+		return
+	}
+	p := t.peerFor(name, peer.Host)
+	rt, err := p.routeFor(desc)
+	if err != nil {
+		fail(fmt.Errorf("barex submit: %w", err))
+		return
+	}
+	sub := &submission{ctx: ctx}
+	byDev := map[int][]*piece{}
+	total := 0
+	for _, task := range tasks {
+		if task.Length == 0 {
+			task.Start(1)
+			task.PartDone(0, nil)
+			continue
+		}
+		ps, err := t.cut(task, rt, sub, name)
+		if err != nil {
+			task.Fail(fmt.Errorf("barex %s of %d bytes at %#x on peer %q: %w", task.Opcode, task.Length, task.Remote, name, err))
+			continue
+		}
+		task.Start(len(ps))
+		for _, pc := range ps {
+			byDev[pc.dev.index] = append(byDev[pc.dev.index], pc)
+		}
+		total += len(ps)
+	}
+	if total == 0 {
+		return
+	}
+	sub.remaining.Store(int64(total))
+	sets := make(map[*chanSet][]*piece, len(byDev))
+	var orphans []*piece
+	var setErr error
+	for idx, ps := range byDev {
+		s, err := p.set(t.devs[idx])
+		if err != nil {
+			orphans, setErr = append(orphans, ps...), err
+			continue
+		}
+		sets[s] = ps
+	}
+	if ctx.Done() != nil && len(sets) > 0 {
+		watched := make([]*chanSet, 0, len(sets))
+		for s := range sets {
+			watched = append(watched, s)
+		}
+		sub.stop = context.AfterFunc(ctx, func() {
+			for _, s := range watched {
+				s.purgeCanceled()
+			}
+		})
+	}
+	finishAll(orphans, setErr)
+	for s, ps := range sets {
+		s.submit(ps)
+	}
+}
+
+// cut slices a task and picks each piece's local device.
+func (t *Transport) cut(task *transport.Task, rt *route, sub *submission, name string) ([]*piece, error) {
+	if task.Opcode != transport.Read && task.Opcode != transport.Write {
+		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
+	}
+	if task.Length/t.cfg.RegChunkSize >= maxPieces/2 {
+		return nil, fmt.Errorf("%d bytes make too many pieces of %d: %w", task.Length, t.cfg.RegChunkSize, ErrInvalidConfig)
+	}
+	pieces, err := slicing.Cut(t.mem.find, rt.find, uint64(task.Local), task.Remote, task.Length,
+		slicing.Limits{Max: t.cfg.RegChunkSize})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, ErrAddressNotRegistered)
+	}
+	if len(pieces) > maxPieces {
+		return nil, fmt.Errorf("%d pieces: %w", len(pieces), ErrInvalidConfig)
+	}
+	out := make([]*piece, len(pieces))
+	for i, pc := range pieces {
+		dev, err := t.chooseDevice(pc.Local)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = &piece{sub: sub, task: task, peer: name, op: task.Opcode,
+			local: uint64(task.Local) + pc.Offset, remote: task.Remote + pc.Offset, length: uint32(pc.Length),
+			lchunk: pc.Local, rbuf: pc.Remote, dev: dev}
+	}
+	return out, nil
+}
+
+// chooseDevice picks the local device for memory in ch: by the priority
+// matrix of its location, at random among the preferred devices (barex
+// stripes pieces over NICs), or uniformly at random with
+// BAREX_USE_RANDOM_DEV.
+func (t *Transport) chooseDevice(ch *chunk) (device, error) {
+	if t.cfg.RandomDevice {
+		return t.devs[rand.IntN(len(t.devs))], nil
+	}
+	i, err := t.local.Select(ch.location, 0, rand.Uint64(), -1)
+	if err != nil || i < 0 || i >= len(t.devs) {
+		return device{}, fmt.Errorf("no local device for %q memory: %w", ch.location, errors.Join(err, ErrChannel))
+	}
+	return t.devs[i], nil
+}
+
+// batch is one mcbx_post: the pieces whose completion it carries.
+type batch struct {
+	ch     *channel
+	pieces []*piece
+}
+
+func (b *batch) finish(err error) {
+	for _, p := range b.pieces {
+		p.finish(b.ch, err)
+	}
+}
+
+// post posts a channel's share, writes and reads as one batch each. A
+// piece the channel cannot address (no key for its peer NIC) and a piece
+// whose context ended fail alone; a post the shim refuses fails exactly
+// its batch's pieces (Mooncake B6 left them unmarked).
+func (t *Transport) post(ch *channel, ps []*piece) {
+	var writes, reads []*piece
+	for _, p := range ps {
+		if p.op == transport.Read {
+			reads = append(reads, p)
+		} else {
+			writes = append(writes, p)
+		}
+	}
+	t.postBatch(ch, transport.Write, writes)
+	t.postBatch(ch, transport.Read, reads)
+}
+
+func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
+	if len(ps) == 0 {
+		return
+	}
+	v := make([]sge, 0, len(ps))
+	good := make([]*piece, 0, len(ps))
+	for _, p := range ps {
+		if err := p.sub.ctx.Err(); err != nil {
+			p.finish(ch, err)
+			continue
+		}
+		if ch.peerNIC < 0 || ch.peerNIC >= len(p.rbuf.rkeys) || ch.localNIC < 0 || ch.localNIC >= len(p.lchunk.lkeys) {
+			p.finish(ch, fmt.Errorf("%w: peer nic %d, local nic %d", ErrNoKey, ch.peerNIC, ch.localNIC))
+			continue
+		}
+		e := sge{laddr: p.local, raddr: p.remote, length: p.length,
+			lkey: p.lchunk.lkeys[ch.localNIC], rkey: p.rbuf.rkeys[ch.peerNIC], memType: memCPU}
+		if p.lchunk.gpu {
+			e.memType, e.deviceID = memGPU, int16(p.lchunk.gpuID)
+		}
+		v = append(v, e)
+		good = append(good, p)
+	}
+	if len(good) == 0 {
+		return
+	}
+	b := &batch{ch: ch, pieces: good}
+	cookie := t.batches.put(b)
+	t.inflight.Add(1)
+	if err := t.nat.Post(ch.handle, op, v, cookie); err != nil {
+		if t.batches.take(cookie) == nil {
+			return // cannot happen: a refused post has no completion
+		}
+		t.completed(1)
+		t.dlog.Warn("barex post failed", zap.String("peer", good[0].peer), zap.String("device", good[0].dev.name), zap.Error(err))
+		b.finish(fmt.Errorf("post on channel %#x: %w", ch.handle, err))
+	}
+}
+
+// completed accounts for finished batches.
+func (t *Transport) completed(n int64) {
+	if t.inflight.Add(-n) <= 0 && t.isDown.Load() {
+		select {
+		case t.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pollLoop waits in the netpoller for the shim's eventfd and drains its
+// completion queue; Close ends it by closing the fd.
+func (t *Transport) pollLoop() {
+	defer t.pollWG.Done()
+	var buf [8]byte
+	dones := make([]done, pollBatch)
+	for {
+		t.drainCompletions(dones)
+		if _, err := t.events.Read(buf[:]); err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				t.log.Error("barex completion fd failed; completions now arrive only at close", zap.Error(err))
+			}
+			return
+		}
+	}
+}
+
+// drainCompletions finishes every queued completion.
+func (t *Transport) drainCompletions(dones []done) {
+	for {
+		n := t.nat.Poll(dones)
+		for _, d := range dones[:n] {
+			t.complete(d)
+		}
+		if n < len(dones) {
+			return
+		}
+	}
+}
+
+// complete finishes the batch of one completion. A cookie that names no
+// batch in flight (stale, or corrupted) is never acted on.
+func (t *Transport) complete(d done) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error("barex completion handler panicked", zap.Uint64("cookie", d.cookie), zap.Any("panic", r), zap.Stack("stack"))
+		}
+	}()
+	b := t.batches.take(d.cookie)
+	if b == nil {
+		t.dlog.Warn("completion for an unknown barex batch", zap.Uint64("cookie", d.cookie))
+		return
+	}
+	t.completed(1)
+	if d.status == 0 {
+		b.finish(nil)
+		return
+	}
+	b.finish(fmt.Errorf("batch on channel %#x: %w", b.ch.handle, Code(d.status)))
+}
+
+// slab maps cookies to batches in flight. A cookie is generation<<32 |
+// slot: the shim only ever sees the integer, and a completion whose
+// generation does not match its slot is ignored instead of touching a
+// reused record (STYLE (b).5).
+type slab struct {
+	mu      sync.Mutex
+	entries []slabEntry // +checklocks:mu
+	free    []uint32    // +checklocks:mu
+}
+
+type slabEntry struct {
+	gen uint32
+	b   *batch
+}
+
+func (s *slab) put(b *batch) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var idx uint32
+	if n := len(s.free); n > 0 {
+		idx = s.free[n-1]
+		s.free = s.free[:n-1]
+	} else {
+		idx = uint32(len(s.entries))
+		s.entries = append(s.entries, slabEntry{})
+	}
+	e := &s.entries[idx]
+	e.gen++
+	if e.gen == 0 {
+		e.gen = 1
+	}
+	e.b = b
+	return uint64(e.gen)<<32 | uint64(idx)
+}
+
+// take removes and returns the batch of cookie, or nil when it is not live.
+func (s *slab) take(cookie uint64) *batch {
+	idx, gen := uint32(cookie), uint32(cookie>>32)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int(idx) >= len(s.entries) {
+		return nil
+	}
+	e := &s.entries[idx]
+	if e.gen != gen || e.b == nil {
+		return nil
+	}
+	b := e.b
+	e.b = nil
+	s.free = append(s.free, idx)
+	return b
+}
+
+// drain removes and returns every live batch.
+func (s *slab) drain() []*batch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*batch
+	for i := range s.entries {
+		if b := s.entries[i].b; b != nil {
+			out = append(out, b)
+			s.entries[i].b = nil
+			s.free = append(s.free, uint32(i))
+		}
+	}
+	return out
+}
+
+// live counts the batches in flight (tests).
+func (s *slab) live() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.entries {
+		if e.b != nil {
+			n++
+		}
+	}
+	return n
+}
