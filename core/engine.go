@@ -16,6 +16,8 @@ import (
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/internal/listen"
 	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
 // Config says how to start an Engine.
@@ -32,6 +34,11 @@ type Config struct {
 	Env config.Env
 	// Logger receives the engine's logs; nil discards them.
 	Logger *zap.Logger
+	// Verbs and Topology stand in for libibverbs and host discovery; tests
+	// pass the fake fabric (core/transport/rdma/verbs/fake) and a matrix.
+	// nil means the real library and this host's sysfs and NVML.
+	Verbs    verbs.Provider
+	Topology *topology.Topology
 	// OpenStore opens the shared metadata store for a non-P2P connection
 	// string; nil means etcd or HTTP as the string says. Tests inject here.
 	OpenStore func(ctx context.Context, cs metadata.ConnString, env config.Env, log *zap.Logger, republish func(context.Context) error) (metadata.Store, error)
@@ -454,12 +461,34 @@ func (e *Engine) RegisterMemoryBatch(addrs []uintptr, lengths []uint64, location
 	if err := e.mem.add(rs); err != nil {
 		return err
 	}
-	if err := e.publishDesc(e.ctx); err != nil {
-		starts := make([]uint64, len(rs))
-		for i, r := range rs {
-			starts[i] = r.addr
+	starts := make([]uint64, len(rs))
+	for i, r := range rs {
+		starts[i] = r.addr
+	}
+	// RDMA registers with every HCA; a failure undoes the whole batch.
+	reg, _ := e.xp.(memoryRegistrar)
+	undo := func(n int) {
+		for _, r := range rs[:n] {
+			if err := reg.UnregisterMemory(r.addr); err != nil {
+				e.log.Warn("undo registration", zap.Uint64("addr", r.addr), zap.Error(err))
+			}
 		}
 		e.mem.remove(starts) // the registration did not take effect anywhere
+	}
+	if reg != nil {
+		for i, r := range rs {
+			if err := reg.RegisterMemory(r.addr, r.length, r.location); err != nil {
+				undo(i)
+				return fmt.Errorf("register memory [%#x, +%d) with %s: %w", r.addr, r.length, e.xp.Protocol(), err)
+			}
+		}
+	}
+	if err := e.publishDesc(e.ctx); err != nil {
+		if reg != nil {
+			undo(len(rs))
+		} else {
+			e.mem.remove(starts)
+		}
 		return fmt.Errorf("register memory: %w", err)
 	}
 	return nil
@@ -486,6 +515,15 @@ func (e *Engine) UnregisterMemoryBatch(addrs []uintptr) error {
 	if err := e.publishDesc(e.ctx); err != nil {
 		e.mem.add(removed) // put them back: they are still registered everywhere
 		return fmt.Errorf("unregister memory: %w", err)
+	}
+	if reg, ok := e.xp.(memoryRegistrar); ok {
+		var errs []error
+		for _, r := range removed {
+			if err := reg.UnregisterMemory(r.addr); err != nil {
+				errs = append(errs, fmt.Errorf("unregister [%#x, +%d) from %s: %w", r.addr, r.length, e.xp.Protocol(), err))
+			}
+		}
+		return errors.Join(errs...)
 	}
 	return nil
 }

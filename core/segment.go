@@ -1,9 +1,11 @@
 package core
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,20 +25,47 @@ type segment struct {
 	name   string // the name it was opened with
 	desc   *metadata.SegmentDesc
 	peer   transport.Peer
+	spans  []span // desc's buffers as merged, sorted ranges
 }
 
-// remoteContains reports whether [addr, addr+size) lies inside one buffer
-// of the descriptor.
+// remoteContains reports whether [addr, addr+size) lies inside the
+// descriptor's buffers. Buffers that touch are one range: RDMA and barex
+// publish a large registration as several chunk buffers, and a request may
+// span chunks (the target, which knows its registrations, has the last
+// word).
 func (s *segment) remoteContains(addr, size uint64) bool {
 	if addr+size < addr {
 		return false
 	}
-	for _, b := range s.desc.Buffers {
-		if addr >= b.Addr && addr+size <= b.Addr+b.Length && b.Addr+b.Length >= b.Addr {
+	for _, sp := range s.spans {
+		if addr >= sp.start && addr+size <= sp.end {
 			return true
 		}
 	}
 	return false
+}
+
+type span struct{ start, end uint64 }
+
+// mergeSpans turns buffers into sorted ranges, joining buffers that touch.
+func mergeSpans(bufs []metadata.BufferDesc) []span {
+	out := make([]span, 0, len(bufs))
+	for _, b := range bufs {
+		if b.Addr+b.Length < b.Addr {
+			continue // the decoder refuses these; never trust it twice
+		}
+		out = append(out, span{b.Addr, b.Addr + b.Length})
+	}
+	slices.SortFunc(out, func(a, b span) int { return cmp.Compare(a.start, b.start) })
+	merged := out[:0]
+	for _, sp := range out {
+		if n := len(merged); n > 0 && sp.start <= merged[n-1].end {
+			merged[n-1].end = max(merged[n-1].end, sp.end)
+			continue
+		}
+		merged = append(merged, sp)
+	}
+	return merged
 }
 
 // segmentTable maps names and handles to open segments. Lookups load an
@@ -77,7 +106,7 @@ func (t *segmentTable) put(name string, desc *metadata.SegmentDesc, peer transpo
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.load()
-	s := &segment{name: name, desc: desc, peer: peer}
+	s := &segment{name: name, desc: desc, peer: peer, spans: mergeSpans(desc.Buffers)}
 	if prev, ok := old.byName[name]; ok {
 		s.handle = prev.handle
 	} else {
@@ -141,18 +170,24 @@ func (e *Engine) resolve(ctx context.Context, name string) (*segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open segment %q: %w: %w", name, ErrMetadata, err)
 	}
-	if desc.Protocol != "tcp" {
-		return nil, fmt.Errorf("open segment %q: protocol %q has no transport installed here: %w", name, desc.Protocol, ErrNotSupported)
+	// Mooncake routes a request to the transport named by the target's
+	// protocol; an engine has one, so other targets are unreachable.
+	if desc.Protocol != e.xp.Protocol() {
+		return nil, fmt.Errorf("open segment %q: its protocol is %q but this engine runs %q: %w", name, desc.Protocol, e.xp.Protocol(), ErrNotSupported)
 	}
-	if desc.TCPDataPort <= 0 || desc.TCPDataPort > 65535 {
-		return nil, fmt.Errorf("open segment %q: tcp_data_port %d: %w", name, desc.TCPDataPort, ErrMetadata)
-	}
-	// Mooncake 0.3.13+ publishes tcp_data_host and connects there; older
-	// peers are reached at the host of their name (or their rpc_meta).
-	host := desc.TCPDataHost
-	if host == "" {
-		if host, err = e.dir.host(ctx, desc.Name); err != nil {
-			return nil, fmt.Errorf("open segment %q: locate %q: %w", name, desc.Name, err)
+	var host string
+	if desc.Protocol == metadata.ProtocolTCP {
+		if desc.TCPDataPort <= 0 || desc.TCPDataPort > 65535 {
+			return nil, fmt.Errorf("open segment %q: tcp_data_port %d: %w", name, desc.TCPDataPort, ErrMetadata)
+		}
+		// Mooncake 0.3.13+ publishes tcp_data_host and connects there;
+		// older peers are reached at the host of their name (or their
+		// rpc_meta).
+		host = desc.TCPDataHost
+		if host == "" {
+			if host, err = e.dir.host(ctx, desc.Name); err != nil {
+				return nil, fmt.Errorf("open segment %q: locate %q: %w", name, desc.Name, err)
+			}
 		}
 	}
 	peer := transport.Peer{Name: desc.Name, Host: host, DataPort: desc.TCPDataPort, ProtoVersion: desc.TCPProtoVersion}

@@ -86,10 +86,13 @@ func LocalTopology(env config.Env, devices []string, withGPUs bool, log *zap.Log
 // other RDMA failure, or an absence under MC_FORCE_HCA, fails init.
 func (e *Engine) installTransport(ctx context.Context) (dataTransport, error) {
 	env := e.cfg.Env
-	topo, err := LocalTopology(env, e.cfg.Devices, false, e.log)
-	if err != nil {
-		e.log.Warn("topology discovery failed; assuming no RDMA devices", zap.Error(err))
-		topo = nil
+	topo := e.cfg.Topology
+	if topo == nil {
+		var err error
+		if topo, err = LocalTopology(env, e.cfg.Devices, false, e.log); err != nil {
+			e.log.Warn("topology discovery failed; assuming no RDMA devices", zap.Error(err))
+			topo = nil
+		}
 	}
 	if rdma.Wanted(env.ForceTCP, env.ForceHCA, topo) {
 		tr, err := e.newRDMA(ctx)
@@ -128,13 +131,19 @@ func (e *Engine) newTCP() (dataTransport, error) {
 
 func (e *Engine) newRDMA(ctx context.Context) (dataTransport, error) {
 	env := e.cfg.Env
-	topo, err := LocalTopology(env, e.cfg.Devices, true, e.log)
-	if err != nil {
-		return nil, fmt.Errorf("topology: %w", err)
+	topo := e.cfg.Topology
+	if topo == nil {
+		var err error
+		if topo, err = LocalTopology(env, e.cfg.Devices, true, e.log); err != nil {
+			return nil, fmt.Errorf("topology: %w", err)
+		}
 	}
-	p, err := ibv.Open()
-	if err != nil {
-		return nil, err
+	p := e.cfg.Verbs
+	if p == nil {
+		var err error
+		if p, err = ibv.Open(); err != nil {
+			return nil, err
+		}
 	}
 	t, err := rdma.New(ctx, rdmaConfig(env.RDMA), rdma.Deps{
 		Provider:  p,

@@ -1,0 +1,79 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs/fake"
+)
+
+// Two engines whose HCAs are the FAKE in-process fabric: this proves the
+// engine's RDMA wiring (selection, registration, descriptor, Connection
+// handshake over the real RPC socket, routing), never RDMA hardware.
+func TestEngineOverFakeRDMA(t *testing.T) {
+	testutil.ResourceCheck(t)
+	fab := fake.NewFabric()
+	t.Cleanup(func() {
+		fab.Close()
+		require.Empty(t, fab.Leaks(), "fake verbs objects leaked")
+	})
+	start := func(host string, env config.Env) *Engine {
+		fab.AddNIC(host, fake.NICSpec{Name: "mlx5_0"})
+		fab.AddNIC(host, fake.NICSpec{Name: "mlx5_1"})
+		topo, err := topology.Parse([]byte(`{"cpu:0":[["mlx5_0","mlx5_1"],[]]}`))
+		require.NoError(t, err)
+		e, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: env,
+			Verbs: fab.Provider(host), Topology: topo, Logger: testLogger(t)})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, e.Close()) })
+		return e
+	}
+	env := config.Defaults()
+	env.RDMA.SliceSize = 64 << 10
+	tgt, ini := start("hostA", env), start("hostB", env)
+	require.Equal(t, "rdma", tgt.Protocol())
+	require.Zero(t, tgt.DataPort())
+
+	const size = 8<<20 + 123
+	remote, local := mmapBuf(t, size), mmapBuf(t, size)
+	require.NoError(t, tgt.RegisterMemory(addr(remote), size, "cpu:0"))
+	require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))
+
+	var d struct {
+		Protocol string
+		Devices  []struct{ Name, GID string }
+		Buffers  []struct {
+			Name       string
+			RKey, LKey []uint32
+		}
+	}
+	require.NoError(t, json.Unmarshal(tgt.ownDescriptor(), &d))
+	require.Equal(t, "rdma", d.Protocol)
+	require.Len(t, d.Devices, 2)
+	require.Equal(t, "cpu:0", d.Buffers[0].Name, "rdma buffers are named by location")
+	require.Len(t, d.Buffers[0].RKey, 2, "one rkey per device")
+
+	seg, err := ini.OpenSegment(ctxT(t), tgt.Name())
+	require.NoError(t, err)
+	fill(local, 41)
+	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
+	requireSame(t, local, remote)
+	fill(remote, 42)
+	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Read, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
+	requireSame(t, remote, local)
+
+	// A TCP engine cannot open an RDMA segment (Mooncake routes by protocol).
+	tcpEngine := newEngine(t, nil)
+	_, err = tcpEngine.OpenSegment(ctxT(t), tgt.Name())
+	require.ErrorIs(t, err, ErrNotSupported)
+
+	require.NoError(t, ini.UnregisterMemory(addr(local)))
+	require.NoError(t, tgt.UnregisterMemory(addr(remote)))
+}
