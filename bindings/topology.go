@@ -1,11 +1,11 @@
 package bindings
 
 import (
-	"os"
+	"fmt"
 	"strings"
 
-	"github.com/pymooncake/pymooncake/core/topology"
-	"github.com/pymooncake/pymooncake/core/topology/nvmlgpu"
+	"github.com/pymooncake/pymooncake/core"
+	"github.com/pymooncake/pymooncake/core/config"
 )
 
 // LocalTopology returns this host's NIC priority matrix as Mooncake's JSON
@@ -21,15 +21,11 @@ func LocalTopology(devices, environ string) (topo string, err error) {
 	if err != nil {
 		return "", fail(op, err)
 	}
-	var t *topology.Topology
-	if path, ok := lookup("MC_CUSTOM_TOPO_JSON"); ok && strings.TrimSpace(path) != "" {
-		t, err = topology.LoadCustom(path)
-	} else {
-		visible, visibleSet := lookup("CUDA_VISIBLE_DEVICES")
-		order, _ := lookup("CUDA_DEVICE_ORDER")
-		gpus := nvmlgpu.New(nvmlgpu.Options{VisibleDevices: visible, VisibleDevicesSet: visibleSet, DeviceOrder: order})
-		t, err = topology.Discover(os.DirFS("/"), gpus, splitList(devices))
+	env, err := config.FromEnv(lookup)
+	if err != nil {
+		return "", fail(op, fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err))
 	}
+	t, err := core.LocalTopology(env, splitList(devices), true, nil)
 	if err != nil {
 		return "", fail(op, err)
 	}
