@@ -170,7 +170,7 @@ func (p *peer) close(cause error, deadline time.Time) {
 		s.mu.Unlock()
 		finishAll(q, cause)
 		for _, ch := range chans {
-			p.t.closeChannel(ch, time.Until(deadline))
+			p.t.closeChannel(ch, cause, time.Until(deadline))
 		}
 	}
 }
@@ -178,6 +178,9 @@ func (p *peer) close(cause error, deadline time.Time) {
 // channel is one barex channel of a set.
 type channel struct {
 	nativeChannel
+	// closed is why the transport closed the channel: batches that then
+	// fail carry it, so that work flushed by a close says so.
+	closed atomic.Pointer[error]
 }
 
 // chanSet is the channels between one local device and one peer: exactly
@@ -232,7 +235,7 @@ func (s *chanSet) submit(ps []*piece) {
 	if len(dead) > 0 {
 		t.dlog.Warn("barex channels inactive; closed and replaced", zap.String("peer", s.p.name),
 			zap.String("device", s.dev.name), zap.Int("channels", len(dead)))
-		t.closeChannelsAsync(dead)
+		t.closeChannelsAsync(dead, fmt.Errorf("%w: channel inactive", ErrChannel))
 	}
 	for i, ch := range targets {
 		t.post(ch, shares[i])
@@ -310,7 +313,7 @@ func (s *chanSet) fill() {
 		s.failed = err
 	}
 	s.mu.Unlock()
-	t.closeChannels(spare)
+	t.closeChannels(spare, fmt.Errorf("%w: setup abandoned", ErrChannel))
 	if err != nil && t.life.Err() == nil {
 		t.dlog.Warn("barex channel setup failed", zap.String("peer", s.p.name), zap.String("device", s.dev.name), zap.Error(err))
 	}
@@ -435,24 +438,26 @@ func (s *chanSet) purgeCanceled() {
 }
 
 // closeChannel closes one channel, waiting up to timeout for the callbacks
-// of its batches (their completions still arrive).
-func (t *Transport) closeChannel(ch *channel, timeout time.Duration) {
+// of its batches (their completions still arrive, and a failed one carries
+// cause).
+func (t *Transport) closeChannel(ch *channel, cause error, timeout time.Duration) {
+	ch.closed.Store(&cause)
 	if err := t.nat.CloseChannel(ch.handle, timeout); err != nil {
 		t.dlog.Warn("close barex channel", zap.Uint64("channel", ch.handle), zap.Error(err))
 	}
 }
 
-func (t *Transport) closeChannels(chs []*channel) {
+func (t *Transport) closeChannels(chs []*channel, cause error) {
 	for _, ch := range chs {
-		t.closeChannel(ch, t.cfg.DrainTimeout)
+		t.closeChannel(ch, cause, t.cfg.DrainTimeout)
 	}
 }
 
 // closeChannelsAsync closes channels in a goroutine of the transport (or
 // at once when it is closing: Close waits for the goroutines it owns, and
 // the engine is still up until then).
-func (t *Transport) closeChannelsAsync(chs []*channel) {
-	if !t.spawn(func() { t.closeChannels(chs) }) {
-		t.closeChannels(chs)
+func (t *Transport) closeChannelsAsync(chs []*channel, cause error) {
+	if !t.spawn(func() { t.closeChannels(chs, cause) }) {
+		t.closeChannels(chs, cause)
 	}
 }

@@ -394,7 +394,11 @@ func (t *Transport) complete(d done) {
 		b.finish(nil)
 		return
 	}
-	b.finish(fmt.Errorf("batch on channel %#x: %w", b.ch.handle, Code(d.status)))
+	err := fmt.Errorf("batch on channel %#x: %w", b.ch.handle, Code(d.status))
+	if cause := b.ch.closed.Load(); cause != nil {
+		err = fmt.Errorf("%w (the channel was closed: %w)", err, *cause)
+	}
+	b.finish(err)
 }
 
 // slab maps cookies to batches in flight. A cookie is generation<<32 |

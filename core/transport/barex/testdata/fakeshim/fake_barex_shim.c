@@ -19,7 +19,8 @@
  *
  * mcbx_test_control sets fault knobs and reads counters; the keys are
  * listed above it. fail_connect fails that many connects, after
- * fail_connect_skip more have succeeded.
+ * fail_connect_skip more have succeeded; fail_reg and fail_reg_skip do the
+ * same for registrations.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -85,7 +86,8 @@ struct mcbx_engine {
 	uint32_t next_key;
 	uint32_t rr_peer;
 	/* knobs */
-	int64_t fail_connect, fail_connect_skip, connect_delay_ms, misplace, fail_post, fail_batch, hold, fail_reg, fail_close;
+	int64_t fail_connect, fail_connect_skip, connect_delay_ms, misplace, fail_post, fail_batch, hold, fail_reg, fail_reg_skip,
+	    fail_close;
 	int64_t connects, closes;
 	struct mcbx_engine *next;
 };
@@ -442,8 +444,12 @@ int mcbx_reg_mr(mcbx_engine *e, uint64_t addr, uint64_t len, int32_t mem_type, i
 	pthread_mutex_lock(&g_mu);
 	int rc = MCBX_OK;
 	if (e->fail_reg > 0) {
-		e->fail_reg--;
-		rc = fail(MCBX_EIO, "fake: injected registration failure");
+		if (e->fail_reg_skip > 0) {
+			e->fail_reg_skip--;
+		} else {
+			e->fail_reg--;
+			rc = fail(MCBX_EIO, "fake: injected registration failure");
+		}
 	}
 	struct mrlist *l = mrl_of(e);
 	for (struct mr *m = l->head; rc == MCBX_OK && m; m = m->next)
@@ -608,6 +614,8 @@ int mcbx_connect(mcbx_engine *e, const char *host, int32_t port, int32_t local_n
 	return MCBX_OK;
 }
 
+/* A channel is active while nobody deactivated it and its peer engine is
+ * alive: a real channel drops when its peer dies. */
 int mcbx_chan_active(mcbx_engine *e, mcbx_chan ch)
 {
 	if (!e)
@@ -615,7 +623,14 @@ int mcbx_chan_active(mcbx_engine *e, mcbx_chan ch)
 	pthread_mutex_lock(&e->mu);
 	struct chan *c = chan_of(e, ch);
 	int rc = c ? c->active : fail(MCBX_EBADCHAN, "fake: bad channel %#llx", (unsigned long long)ch);
+	int port = c ? c->peer_port : 0;
 	pthread_mutex_unlock(&e->mu);
+	if (rc == 1) {
+		pthread_mutex_lock(&g_mu);
+		if (!engine_by_port(port))
+			rc = 0;
+		pthread_mutex_unlock(&g_mu);
+	}
 	return rc;
 }
 
@@ -779,6 +794,7 @@ static int64_t *knob(struct mcbx_engine *e, const char *key)
 	    {"fail_batch", offsetof(struct mcbx_engine, fail_batch)},
 	    {"hold", offsetof(struct mcbx_engine, hold)},
 	    {"fail_reg", offsetof(struct mcbx_engine, fail_reg)},
+	    {"fail_reg_skip", offsetof(struct mcbx_engine, fail_reg_skip)},
 	    {"fail_close", offsetof(struct mcbx_engine, fail_close)},
 	};
 	for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
