@@ -137,6 +137,7 @@ typedef struct {
 	X(1, cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", (CUdevice dev))                 \
 	X(1, cuCtxGetCurrent, "cuCtxGetCurrent", (CUcontext *pctx))                                     \
 	X(1, cuCtxSetCurrent, "cuCtxSetCurrent", (CUcontext ctx))                                       \
+	X(1, cuCtxSynchronize, "cuCtxSynchronize", (void))                                              \
 	X(1, cuPointerGetAttributes, "cuPointerGetAttributes",                                         \
 	  (unsigned int n, int *attributes, void **data, CUdeviceptr ptr))                              \
 	X(1, cuMemGetInfo, "cuMemGetInfo_v2", (size_t *free, size_t *total))                            \
