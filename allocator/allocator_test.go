@@ -45,7 +45,7 @@ func TestUnboundAllocatorFailsCleanly(t *testing.T) {
 	}
 	require.Zero(t, allocator.StreamAlloc(4096, 0, 0))
 	require.Contains(t, allocator.LastError(), "before the allocator was bound")
-	allocator.StreamFree(0, 0, 0, 0)   // nothing to free
+	allocator.StreamFree(0, 0, 0, 0)    // nothing to free
 	allocator.StreamFree(1234, 1, 0, 0) // unbound: ignored, never touched
 	require.Zero(t, allocator.NVLinkAlloc(4096, 0, 0))
 	require.Equal(t, -1, allocator.Probe(0))
