@@ -146,3 +146,12 @@ func TestCodes(t *testing.T) {
 	require.Equal(t, "mcbx_connect: timed out: barex: timer expired", e.Error())
 	require.ErrorIs(t, ErrNoDevices, ErrUnavailable)
 }
+
+// TestOpenNativeMissing holds in every build (with cgo the real loader,
+// without it the stub): a missing shim is unavailability naming the library.
+func TestOpenNativeMissing(t *testing.T) {
+	n, err := openNative("/nonexistent/"+ShimName, nativeConfig{minPort: 17000, maxPort: 35000})
+	require.Nil(t, n)
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.Contains(t, err.Error(), ShimName)
+}
