@@ -13,6 +13,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core"
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/gpu/cuda"
 	"github.com/pymooncake/pymooncake/core/metadata"
 )
 
@@ -26,6 +27,7 @@ type Engine struct {
 	log     *zap.Logger
 	env     config.Env
 	timeout time.Duration // MC_TRANSFER_TIMEOUT
+	gpu     *cuda.Driver  // nil without a CUDA driver; closed by Close
 
 	// ctx is cancelled by Close; it bounds this package's own goroutines.
 	ctx    context.Context
@@ -79,14 +81,17 @@ func NewEngine(localName, server, metadataType, protocol, devices, environ strin
 	log := newLogger(env.LogLevel)
 	ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
 	defer cancel()
+	drv := openGPU(log)
 	eng, err := core.New(ctx, core.Config{
 		LocalName: localName,
 		Metadata:  conn,
 		Devices:   devs,
 		Env:       env,
 		Logger:    log,
+		GPU:       gpuDriver(drv),
 	})
 	if err != nil {
+		closeGPU(drv, log)
 		log.Sync() //nolint:errcheck // best effort on stderr
 		return nil, fail("initialize", err)
 	}
@@ -98,6 +103,7 @@ func NewEngine(localName, server, metadataType, protocol, devices, environ strin
 		log:     log,
 		env:     env,
 		timeout: env.TransferTimeout,
+		gpu:     drv,
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	return e, nil
@@ -116,6 +122,7 @@ func (e *Engine) Close() (rc int, err error) {
 	cerr := e.eng.Close() // fails unfinished tasks, so the reapers return
 	e.cancel()
 	e.wg.Wait()
+	closeGPU(e.gpu, e.log)
 	e.log.Sync() //nolint:errcheck // best effort on stderr
 	if cerr != nil {
 		return 0, fail("close", cerr)

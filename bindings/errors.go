@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/pymooncake/pymooncake/core"
+	"github.com/pymooncake/pymooncake/core/gpu/cuda"
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
@@ -61,8 +62,10 @@ var classes = []struct {
 	{core.ErrBatchBusy, codeBatchBusy, kindBusy},
 	{core.ErrAddressOverlapped, codeAddressOverlapped, kindOverlapped},
 	{core.ErrUnknownBatch, codeInvalidArgument, kindUnknownBatch},
+	{core.ErrUnknownTicket, codeInvalidArgument, kindUnknownBatch},
 	{core.ErrUnknownSegment, codeInvalidArgument, kindUnknownSegment},
 	{core.ErrNotSupported, codeNotImplemented, kindNotSupported},
+	{cuda.ErrUnavailable, codeNotImplemented, kindNotSupported},
 	{metadata.ErrUnsupportedBackend, codeNotImplemented, kindNotSupported},
 	{core.ErrInvalidArgument, codeInvalidArgument, kindInvalid},
 	{context.DeadlineExceeded, codeInvalidArgument, kindTimeout},
