@@ -37,7 +37,7 @@ func openStore(ctx context.Context, cs metadata.ConnString, env config.Env, log 
 		if err != nil {
 			return nil, err
 		}
-		return s, nil
+		return newStaleNameStore(s, env, log), nil
 	}
 	return nil, fmt.Errorf("metadata backend %v: %w", cs.Kind, ErrNotSupported)
 }
