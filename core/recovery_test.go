@@ -49,7 +49,7 @@ func TestCheckSegmentStatus(t *testing.T) {
 	err := p.ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(p.local), Segment: p.seg, Remote: uint64(addr(p.remote)), Length: 64}}, nil)
 	require.ErrorIs(t, err, tcp.ErrPeer)
 	require.ErrorIs(t, p.ini.CheckSegmentStatus(p.seg), tcp.ErrPeer)
-	p.ini.Recover(p.seg)
+	require.True(t, p.ini.Recover(ctxT(t), p.seg, err))
 	require.ErrorIs(t, p.ini.CheckSegmentStatus(p.seg), ErrUnknownSegment, "recovery drops the handle")
 	_, err = p.ini.OpenSegment(context.Background(), p.tgt.Name())
 	require.Error(t, err, "the dead peer cannot be re-opened")
