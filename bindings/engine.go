@@ -41,9 +41,9 @@ type Engine struct {
 	closed atomic.Bool
 
 	// async maps every batch started by BatchTransferAsync or TransferAsync
-	// to its deadline (a time.Time: Mooncake's start_timestamp plus
-	// MC_TRANSFER_TIMEOUT plus 1 ns per byte) until Python frees it. A
-	// sync.Map keeps transfer_check_status polling free of locks.
+	// to an asyncBatch (its deadline: Mooncake's start_timestamp plus
+	// MC_TRANSFER_TIMEOUT plus 1 ns per byte; and its segment) until Python
+	// frees it. A sync.Map keeps transfer_check_status polling free of locks.
 	async sync.Map
 }
 

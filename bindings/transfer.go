@@ -133,6 +133,7 @@ func (e *Engine) CheckStatus(id int64) (rc int, err error) {
 		if cause == nil {
 			_, cause = e.eng.Wait(e.ctx, bid) // finished: returns the first task error at once
 		}
+		e.recoverBatch(bid, cause)
 		e.release(bid)
 		return 0, fail(op, fmt.Errorf("batch %d failed: %w", id, orFailed(cause)))
 	}
@@ -179,6 +180,9 @@ func (e *Engine) WaitBatches(ids uintptr, n int) (rc int, err error) {
 			e.release(id)
 			continue
 		}
+		if st == transport.Failed {
+			e.recoverBatch(id, werr)
+		}
 		e.abandon(list[i:])
 		return 0, fail(op, fmt.Errorf("batch %d: %s: %w", uint64(id), st, orFailed(werr)))
 	}
@@ -186,7 +190,7 @@ func (e *Engine) WaitBatches(ids uintptr, n int) (rc int, err error) {
 }
 
 // firstFailed returns the failure of the first batch in ids that has
-// already failed, polling without blocking.
+// already failed, polling without blocking, after recovering its segment.
 func (e *Engine) firstFailed(ids []core.BatchID) error {
 	for _, id := range ids {
 		st, err := e.eng.BatchStatus(id)
@@ -194,10 +198,25 @@ func (e *Engine) firstFailed(ids []core.BatchID) error {
 			if err == nil {
 				_, err = e.eng.Wait(e.ctx, id)
 			}
+			e.recoverBatch(id, err)
 			return fmt.Errorf("batch %d failed: %w", uint64(id), orFailed(err))
 		}
 	}
 	return nil
+}
+
+// recoverBatch runs core's recovery (Mooncake's CheckSegmentStatus, then
+// closeSegment and forgetting the handle when it is bad) on the segment of
+// a batch from startAsync that ended FAILED with cause, so that the next
+// call re-resolves a peer that died or restarted.
+func (e *Engine) recoverBatch(id core.BatchID, cause error) {
+	v, ok := e.async.Load(id)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.env.HandshakeConnectTimeout+5*time.Second)
+	defer cancel()
+	e.eng.Recover(ctx, v.(asyncBatch).segment, cause)
 }
 
 // runSync runs reqs as one batch against target under the sync deadline.
@@ -213,9 +232,9 @@ func (e *Engine) runSync(op, target string, reqs []core.Request, n *core.Notify,
 }
 
 // startAsync opens target, submits reqs as a new batch and records the
-// batch's deadline. A failed submit checks the segment and drops it when
-// its connections have failed (Mooncake's CheckSegmentStatus), so the next
-// call re-resolves the peer.
+// batch's deadline and segment. A failed submit checks the segment and
+// drops it when it is bad (Mooncake's CheckSegmentStatus), so the next call
+// re-resolves the peer; so does a batch that ends FAILED (recoverBatch).
 func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64) (int64, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
@@ -235,15 +254,26 @@ func (e *Engine) startAsync(op, target string, reqs []core.Request, total uint64
 		if ferr := e.eng.FreeBatch(id); ferr != nil {
 			e.log.Debug("free unsubmitted batch", zap.Error(ferr))
 		}
-		e.eng.Recover(h)
+		rctx, rcancel := context.WithTimeout(e.ctx, e.env.HandshakeConnectTimeout+5*time.Second)
+		e.eng.Recover(rctx, h, err)
+		rcancel()
 		return 0, fail(op, err)
 	}
 	if uint64(id) == 0 || uint64(id) > math.MaxInt64 {
 		// core promises ids in [1, 2^63); Python's 0 means failure.
 		return 0, fail(op, fmt.Errorf("%w: batch id %d out of range", errInternal, uint64(id)))
 	}
-	e.async.Store(id, start.Add(e.syncTimeout(total)))
+	e.async.Store(id, asyncBatch{deadline: start.Add(e.syncTimeout(total)), segment: h})
 	return int64(id), nil
+}
+
+// asyncBatch is what e.async records for a batch from startAsync.
+type asyncBatch struct {
+	// deadline is Mooncake's start_timestamp plus MC_TRANSFER_TIMEOUT plus
+	// 1 ns per byte.
+	deadline time.Time
+	// segment is the batch's target, recovered if the batch fails.
+	segment core.SegmentHandle
 }
 
 // release frees a finished batch and forgets its deadline.
@@ -282,8 +312,8 @@ func (e *Engine) abandon(ids []core.BatchID) {
 // deadline is the time after which a batch from startAsync counts as timed
 // out. A batch this package did not start gets MC_TRANSFER_TIMEOUT from now.
 func (e *Engine) deadline(id core.BatchID) time.Time {
-	if d, ok := e.async.Load(id); ok {
-		return d.(time.Time)
+	if v, ok := e.async.Load(id); ok {
+		return v.(asyncBatch).deadline
 	}
 	return time.Now().Add(e.timeout)
 }
