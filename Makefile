@@ -52,6 +52,24 @@ bench: build
 	$(PYTHON) python/bench/bench_loopback.py
 	$(PYTHON) -m pymooncake bench --mode loopback --duration 5
 
+# barex-shim: the barex transport's shim over Alibaba's accl-barex, built
+# only where its SDK is installed (headers in $(ACCL_ROOT)/include/accl/barex,
+# libaccl_barex.so in $(ACCL_ROOT)/lib or lib64), with the compiler that built
+# libaccl_barex. Install the result next to the extension (pymooncake/) or
+# name it in MC_BAREX_SHIM. BAREX_SHIM_FLAGS=-DMCBX_REGMR_WITH_DEVICE for a
+# barex whose RegUserMr takes a GPU ordinal. docs/barex.md says more.
+ACCL_ROOT ?= /usr
+BAREX_SHIM_OUT ?= build/libmooncake_barex_shim.so
+.PHONY: barex-shim
+barex-shim:
+	@test -f "$(ACCL_ROOT)/include/accl/barex/barex.h" || { \
+	  echo "barex-shim: no accl-barex SDK under ACCL_ROOT=$(ACCL_ROOT) (want include/accl/barex/barex.h)"; exit 2; }
+	mkdir -p $(dir $(BAREX_SHIM_OUT))
+	$(CXX) -std=c++17 -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -DCMAKE_INCLUDE $(BAREX_SHIM_FLAGS) \
+	  -I$(ACCL_ROOT)/include -Icore/transport/barex/shim core/transport/barex/shim/mc_barex_shim.cpp \
+	  -L$(ACCL_ROOT)/lib -L$(ACCL_ROOT)/lib64 -Wl,--no-undefined -laccl_barex -lpthread \
+	  -o $(BAREX_SHIM_OUT)
+
 golden:
 	$(PYTHON) python/interop/capture.py
 

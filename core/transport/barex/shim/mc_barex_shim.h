@@ -36,6 +36,13 @@ extern "C" {
 
 #define MCBX_ABI_VERSION 1
 
+/* The shim is built with -fvisibility=hidden; only these are exported. */
+#if defined(__GNUC__)
+#define MCBX_API __attribute__((visibility("default")))
+#else
+#define MCBX_API
+#endif
+
 /* Return and completion codes. */
 enum {
 	MCBX_OK = 0,
@@ -110,62 +117,62 @@ typedef struct mcbx_done {
 } mcbx_done;
 
 /* MCBX_ABI_VERSION of the shim. The caller refuses any other. */
-int mcbx_abi_version(void);
+MCBX_API int mcbx_abi_version(void);
 /* Static text for a code; never NULL. */
-const char *mcbx_strerror(int rc);
+MCBX_API const char *mcbx_strerror(int rc);
 /* Copies the detail of the calling thread's last failure (NUL-terminated,
  * truncated to cap) and returns its length; "" when there is none. */
-int mcbx_last_error(char *buf, size_t cap);
+MCBX_API int mcbx_last_error(char *buf, size_t cap);
 
 /* Starts an engine: devices, mempool, thread pools, one server and one
  * client context per device, the listener and one connector per client
  * context. *bound_port is the port the listener holds. A device whose
  * contexts fail is reported with ctx_ok = 0. MCBX_ENODEV when barex finds
  * no device. */
-int mcbx_open(const mcbx_config *cfg, mcbx_engine **out, int32_t *bound_port);
+MCBX_API int mcbx_open(const mcbx_config *cfg, mcbx_engine **out, int32_t *bound_port);
 /* Writes up to cap devices and returns how many there are. */
-int mcbx_devices(mcbx_engine *e, mcbx_device *out, int32_t cap);
+MCBX_API int mcbx_devices(mcbx_engine *e, mcbx_device *out, int32_t cap);
 
 /* Registers [addr, addr+len) on every NIC of the mempool and writes one key
  * per NIC, in NIC id order; *n is the number written. */
-int mcbx_reg_mr(mcbx_engine *e, uint64_t addr, uint64_t len, int32_t mem_type, int32_t gpu_id,
+MCBX_API int mcbx_reg_mr(mcbx_engine *e, uint64_t addr, uint64_t len, int32_t mem_type, int32_t gpu_id,
 		mcbx_key *keys, int32_t cap, int32_t *n);
 /* Deregisters the registration that starts at addr. MCBX_ENOTREG when none
  * does. */
-int mcbx_dereg_mr(mcbx_engine *e, uint64_t addr, int32_t mem_type);
+MCBX_API int mcbx_dereg_mr(mcbx_engine *e, uint64_t addr, int32_t mem_type);
 
 /* Opens one channel to host:port from the client context of NIC local_nic
  * (-1: barex chooses) and waits for it, at most timeout_ms. Reports the NIC
  * ids the channel actually joins. */
-int mcbx_connect(mcbx_engine *e, const char *host, int32_t port, int32_t local_nic, int32_t timeout_ms,
+MCBX_API int mcbx_connect(mcbx_engine *e, const char *host, int32_t port, int32_t local_nic, int32_t timeout_ms,
 		 mcbx_chan *ch, int32_t *local_nic_out, int32_t *peer_nic_out);
 /* 1 when the channel is active, 0 when not, < 0 for a bad handle. */
-int mcbx_chan_active(mcbx_engine *e, mcbx_chan ch);
+MCBX_API int mcbx_chan_active(mcbx_engine *e, mcbx_chan ch);
 /* Closes and destroys the channel. Returns once every batch posted on it
  * has its completion queued and barex's close callback ran, or after
  * timeout_ms (MCBX_ETIMEDOUT: the handle is released all the same, and the
  * late completions still arrive). */
-int mcbx_chan_close(mcbx_engine *e, mcbx_chan ch, int32_t timeout_ms);
+MCBX_API int mcbx_chan_close(mcbx_engine *e, mcbx_chan ch, int32_t timeout_ms);
 
 /* Posts n elements as one barex batch of op on ch. 0: exactly one
  * completion with cookie will be queued. < 0: nothing was posted and no
  * completion will come. */
-int mcbx_post(mcbx_engine *e, mcbx_chan ch, int32_t op, const mcbx_sge *v, int32_t n, uint64_t cookie);
+MCBX_API int mcbx_post(mcbx_engine *e, mcbx_chan ch, int32_t op, const mcbx_sge *v, int32_t n, uint64_t cookie);
 /* Moves up to cap queued completions to out; returns how many. Never
  * blocks. */
-int mcbx_poll(mcbx_engine *e, mcbx_done *out, int32_t cap);
+MCBX_API int mcbx_poll(mcbx_engine *e, mcbx_done *out, int32_t cap);
 /* The engine's eventfd (non-blocking, owned and closed by the engine): it
  * is readable while completions may be queued. */
-int mcbx_event_fd(mcbx_engine *e);
+MCBX_API int mcbx_event_fd(mcbx_engine *e);
 
 /* Stops and frees the engine (teardown order above), waiting at most
  * timeout_ms for callbacks. e is invalid afterwards, even on error. */
-int mcbx_close_engine(mcbx_engine *e, int32_t timeout_ms);
+MCBX_API int mcbx_close_engine(mcbx_engine *e, int32_t timeout_ms);
 
 /* Exported only by test fakes; never needed by the caller, which looks it
  * up by name. Sets a fault knob or reads a counter (e may be NULL for
  * process-wide counters); returns the value read, or < 0 for an unknown key. */
-int64_t mcbx_test_control(mcbx_engine *e, const char *key, int64_t arg);
+MCBX_API int64_t mcbx_test_control(mcbx_engine *e, const char *key, int64_t arg);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,3 @@
+// STAND-IN (see standin.h): not the barex SDK.
+#pragma once
+#include "standin.h"
