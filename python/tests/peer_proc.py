@@ -1,9 +1,10 @@
 """A pymooncake engine in its own process, for the multi-process tests.
 
-Started as ``python peer_proc.py [SIZE]``: it initializes an engine on
-127.0.0.1 in P2P mode, allocates one managed buffer of SIZE bytes, prints
-one JSON line ``{"rc", "segment", "addr", "size", "pid"}`` and then answers
-one JSON command per stdin line with one JSON line:
+Started as ``python peer_proc.py [SIZE [NAME METADATA]]``: it initializes
+an engine on 127.0.0.1 in P2P mode (or as NAME with the metadata connection
+string METADATA), allocates one managed buffer of SIZE bytes, prints one
+JSON line ``{"rc", "segment", "addr", "size", "pid"}`` and then answers one
+JSON command per stdin line with one JSON line:
 
   {"op": "read", "off": O, "n": N}          -> {"hex": ...}
   {"op": "write", "off": O, "hex": H}       -> {"rc": ...}
@@ -24,8 +25,9 @@ from pymooncake.engine import TransferEngine
 
 def main() -> int:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 1 << 20
+    name, metadata = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("127.0.0.1", "P2PHANDSHAKE")
     e = TransferEngine()
-    rc = e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+    rc = e.initialize(name, metadata, "tcp", "")
     addr = e.allocate_managed_buffer(size) if rc == 0 else 0
     print(json.dumps({"rc": rc, "segment": e.get_segment_name(), "addr": addr, "size": size, "pid": os.getpid()}), flush=True)
     for line in sys.stdin:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing.queues
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,14 @@ class Mem:
         return ctypes.string_at(self.addr + offset, n)
 
 
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def new_engine() -> TransferEngine:
     e = TransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
@@ -49,16 +58,18 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
 
 
 class Peer:
-    """An engine in a child process (peer_proc.py), driven over pipes."""
+    """An engine in a child process (peer_proc.py), driven over pipes: in
+    P2P mode, or called ``name`` in the metadata service ``metadata``."""
 
-    def __init__(self, size: int = 1 << 20, env: dict[str, str] | None = None) -> None:
+    def __init__(self, size: int = 1 << 20, env: dict[str, str] | None = None, name: str | None = None, metadata: str = "P2PHANDSHAKE") -> None:
         import json
 
         full = dict(os.environ)
         full["PYTHONPATH"] = str(ROOT) + os.pathsep + full.get("PYTHONPATH", "")
         full.update(env or {})
+        args = [str(size)] if name is None else [str(size), name, metadata]
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "peer_proc.py"), str(size)],
+            [sys.executable, str(HERE / "peer_proc.py"), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -86,12 +97,18 @@ class Peer:
         return out
 
     def close(self) -> int:
+        """Ask the peer to quit and reap it; idempotent. Returns its exit code."""
         assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write('{"op": "quit"}\n')
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        if not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # the peer is gone (killed)
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
         try:
             return self.proc.wait(timeout=30)
         finally:

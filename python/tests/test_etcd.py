@@ -1,66 +1,16 @@
 """Engines that find each other through etcd (initialize with
 "etcd://host:port", a bare "host:port", and initialize_ext(..., "etcd")).
-Skipped when no etcd binary is installed, unless CI is set."""
+Skipped when no etcd binary is installed, unless CI is set (the etcd
+fixture is in conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from pmtest import Mem
+from pmtest import Mem, free_port
 
 from pymooncake.engine import TransferEngine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("etcd")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("etcd is not installed (Debian: apt-get install etcd-server)")
-        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
-    client, peer = free_port(), free_port()
-    log = (tmp_path / "etcd.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary, "--name", "t", "--data-dir", str(tmp_path / "data"),
-            "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"t=http://127.0.0.1:{peer}",
-        ],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{client}/health", timeout=1) as r:
-                    if b"true" in r.read():
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("etcd did not start: " + (tmp_path / "etcd.log").read_text()[-2000:])
-            time.sleep(0.05)
-        yield f"127.0.0.1:{client}"
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
 
 
 def test_engines_over_etcd(etcd: str, monkeypatch: pytest.MonkeyPatch) -> None:
