@@ -611,3 +611,20 @@ func TestStartStopUnderLoad(t *testing.T) {
 	wait(t, g)
 	require.Contains(t, []transport.Status{transport.Completed, transport.Failed}, tasks[0].Status())
 }
+
+// TestLargeShare: a channel's share longer than maxBatch elements is
+// posted as several batches, and every byte arrives.
+func TestLargeShare(t *testing.T) {
+	testutil.ResourceCheck(t)
+	fakeLeakCheck(t)
+	c := newCluster(t)
+	a := c.addHost("a", hostSpec{devices: "fake_0", mem: 4 << 20, cfg: Config{NumQPPerEP: 1, RegChunkSize: 4096}})
+	b := c.addHost("b", hostSpec{mem: 4 << 20, cfg: Config{RegChunkSize: 4096}})
+	fill(a.mem, 12)
+	requireDone(t, a.transfer(t, context.Background(), b, write(a.addr(0), b.addr(0), 2*maxBatch*4096+100)))
+	requireEqualBytes(t, a.mem[:2*maxBatch*4096+100], b.mem[:2*maxBatch*4096+100])
+	hs := a.channels(t, "b", 0)
+	require.Len(t, hs, 1)
+	require.EqualValues(t, 3, knob(t, a.t, "chan_posts", int64(hs[0])), "513 pieces: 256 + 256 + 1")
+	require.EqualValues(t, 2*maxBatch+1, knob(t, a.t, "chan_elems", int64(hs[0])))
+}

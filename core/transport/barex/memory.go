@@ -110,14 +110,18 @@ func memoryKind(location string) (gpu bool, ordinal int, err error) {
 	return false, 0, fmt.Errorf("%w: location %q (barex registers \"cpu:N\" or \"cuda:N\" memory, or \"*\")", ErrInvalidConfig, location)
 }
 
-// locate resolves the location of a chunk registered as "*".
+// locate resolves the location of a chunk registered as "*": Deps.Locate's
+// answer, or, when there is none or it answers "" or "*", host memory on the
+// NUMA node of the chunk's first page.
 func (t *Transport) locate(addr, length uint64) (string, error) {
 	if t.deps.Locate != nil {
 		loc, err := t.deps.Locate(addr, length)
 		if err != nil {
 			return "", fmt.Errorf("locate memory [%#x, +%d): %w", addr, length, err)
 		}
-		return loc, nil
+		if loc != "" && loc != topology.Wildcard {
+			return loc, nil
+		}
 	}
 	return hostLocation(addr), nil
 }

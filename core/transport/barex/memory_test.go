@@ -70,6 +70,13 @@ func TestRegistration(t *testing.T) {
 		names = append(names, b.Name)
 	}
 	require.Equal(t, []string{"cpu:1", "cuda:0", "cuda:0"}, names)
+	// A locator that says "host memory" ("") leaves the node to the page.
+	locate = func(uint64, uint64) (string, error) { return "", nil }
+	require.NoError(t, h.t.RegisterMemory(h.addr(768*k), 4*k, "*"))
+	host := describe(h.addr(768 * k))
+	require.Len(t, host, 1)
+	require.True(t, strings.HasPrefix(host[0].Name, "cpu:"), host[0].Name)
+	require.NoError(t, h.t.UnregisterMemory(h.addr(768*k)))
 	r, ok := h.t.mem.region(h.addr(512 * k))
 	require.True(t, ok)
 	require.Equal(t, []bool{false, true, true}, []bool{r.chunks[0].gpu, r.chunks[1].gpu, r.chunks[2].gpu})

@@ -284,36 +284,48 @@ func (s *chanSet) distributeLocked(live []*channel, ps []*piece) ([]*channel, []
 	return targets, shares
 }
 
-// fill is a setup goroutine: it opens the channels the set lacks. It is
-// all or nothing: when one connect fails, the channels this attempt opened
-// are closed again. Queued pieces then go to the channels the set still
-// has, or fail when it has none.
+// fill is a setup goroutine: it opens the channels the set lacks, again
+// while channels die meanwhile, until the set is full or HandshakeTimeout.
+// Each round is all or nothing: when one connect fails, the channels that
+// round opened are closed again. Queued pieces then go to the channels the
+// set still has, or fail when it has none.
 func (s *chanSet) fill() {
 	t := s.p.t
 	ctx, cancel := context.WithTimeout(t.life, t.cfg.HandshakeTimeout)
 	defer cancel()
-	opened, err := s.open(ctx)
-	s.mu.Lock()
-	if err == nil && s.closed {
-		err = fmt.Errorf("peer %q: %w", s.p.name, ErrClosed)
-	}
-	var spare []*channel
-	if err == nil {
-		j := 0
-		for i := range s.chans {
-			if s.chans[i] == nil && j < len(opened) {
-				s.chans[i] = opened[j]
-				j++
-			}
+	var err error
+	for {
+		var opened []*channel
+		opened, err = s.open(ctx)
+		s.mu.Lock()
+		if err == nil && s.closed {
+			err = fmt.Errorf("peer %q: %w", s.p.name, ErrClosed)
 		}
-		spare = opened[j:]
-		s.failed = nil
-	} else {
-		spare = opened
-		s.failed = err
+		var spare []*channel
+		missing := 0
+		if err == nil {
+			j := 0
+			for i := range s.chans {
+				if s.chans[i] == nil && j < len(opened) {
+					s.chans[i] = opened[j]
+					j++
+				}
+				if s.chans[i] == nil {
+					missing++
+				}
+			}
+			spare = opened[j:]
+			s.failed = nil
+		} else {
+			spare = opened
+			s.failed = err
+		}
+		s.mu.Unlock()
+		t.closeChannels(spare, fmt.Errorf("%w: setup abandoned", ErrChannel))
+		if err != nil || missing == 0 {
+			break
+		}
 	}
-	s.mu.Unlock()
-	t.closeChannels(spare, fmt.Errorf("%w: setup abandoned", ErrChannel))
 	if err != nil && t.life.Err() == nil {
 		t.dlog.Warn("barex channel setup failed", zap.String("peer", s.p.name), zap.String("device", s.dev.name), zap.Error(err))
 	}

@@ -25,6 +25,10 @@ const pollBatch = 64
 // bits).
 const maxPieces = 1 << 30
 
+// maxBatch bounds the elements of one barex batch; a longer share of a
+// channel is posted as several batches.
+const maxBatch = 256
+
 // remoteBuf is one buffer of the peer's descriptor: a chunk it registered.
 type remoteBuf struct {
 	addr, end uint64
@@ -280,7 +284,8 @@ func (b *batch) finish(err error) {
 	}
 }
 
-// post posts a channel's share, writes and reads as one batch each. A
+// post posts a channel's share, writes and reads as batches of at most
+// maxBatch elements each. A
 // piece the channel cannot address (no key for its peer NIC) and a piece
 // whose context ended fail alone; a post the shim refuses fails exactly
 // its batch's pieces (Mooncake B6 left them unmarked).
@@ -293,8 +298,16 @@ func (t *Transport) post(ch *channel, ps []*piece) {
 			writes = append(writes, p)
 		}
 	}
-	t.postBatch(ch, transport.Write, writes)
-	t.postBatch(ch, transport.Read, reads)
+	for _, g := range []struct {
+		op transport.Opcode
+		ps []*piece
+	}{{transport.Write, writes}, {transport.Read, reads}} {
+		for len(g.ps) > 0 {
+			n := min(len(g.ps), maxBatch)
+			t.postBatch(ch, g.op, g.ps[:n])
+			g.ps = g.ps[n:]
+		}
+	}
 }
 
 func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {

@@ -34,7 +34,8 @@ type Deps struct {
 	// and returns its reply: how the barex ports are exchanged.
 	Handshake func(ctx context.Context, peerName string, req handshake.HandShakeDesc) (handshake.HandShakeDesc, error)
 	// Locate resolves memory registered as "*" to its location, "cpu:N" or
-	// "cuda:N". Nil means host memory, on the NUMA node of its first page.
+	// "cuda:N". Nil, or an answer of "" (or "*"), means host memory, named
+	// by the NUMA node of its first page.
 	Locate func(addr, length uint64) (string, error)
 	// Logger receives the transport's logs; nil discards them.
 	Logger *zap.Logger
