@@ -54,8 +54,11 @@ Differences from Mooncake
   in Mooncake 0.3.9 and later.
 - Only the TCP transport exists in this build; ``protocol`` selects nothing
   (as in Mooncake, where it selects the memory allocator at most).
-- The ``*_on_cuda`` methods raise :class:`pymooncake.NotSupportedError`
-  (``SUPPORT_CUDA`` is False).
+- GPU memory is detected at registration (``cuda:<n>``) when the NVIDIA
+  driver is present, and moved over TCP through page-locked buffers. The
+  ``*_on_cuda`` methods return a ticket for :meth:`TransferEngine.cuda_transfer_status`
+  and report a failed transfer there instead of ending the process; without
+  a driver they raise :class:`pymooncake.NotSupportedError`.
 - Additions: :meth:`TransferEngine.close`, use as a context manager, and
   :meth:`TransferEngine.get_segment_name`.
 """
@@ -66,12 +69,13 @@ import enum
 import json
 import operator
 import os
+import sys
 import threading
 import warnings
 from array import array
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _errors, _loader
 
@@ -90,8 +94,9 @@ __all__ = [
     "SUPPORT_INTRA_NVLINK",
 ]
 
-#: This build has no CUDA transport and no ``*_on_cuda`` methods that work.
-SUPPORT_CUDA = False
+#: This build moves GPU memory and runs the ``*_on_cuda`` methods where the
+#: NVIDIA driver is present at run time (nothing CUDA is needed to install it).
+SUPPORT_CUDA = True
 #: This build has no EFA transport.
 SUPPORT_EFA = False
 #: This build has no HIP transport.
@@ -1281,15 +1286,43 @@ class TransferEngine:
         length: int,
         stream_ptr: int = 0,
         transport_hint: str = "",
-    ) -> None:
-        """Write once the CUDA stream reaches this point. Not in this build.
+    ) -> int:
+        """Write ``length`` bytes from ``buffer`` (GPU or host memory) to
+        ``peer_buffer_address`` in the order of a CUDA stream: the transfer
+        starts once the work queued on the stream so far has run, and the
+        work queued on it afterwards waits until the transfer is done. The
+        call returns at once.
+
+        Parameters
+        ----------
+        target_hostname, buffer, peer_buffer_address, length
+            As in :meth:`transfer_sync_write`.
+        stream_ptr : int
+            The stream (``torch.cuda.current_stream().cuda_stream``); 0 is
+            the legacy default stream of the current device (torch's, when
+            torch is initialized; else the device of ``buffer``).
+        transport_hint : str
+            Accepted and ignored.
+
+        Returns
+        -------
+        int
+            A ticket for :meth:`cuda_transfer_status` (Mooncake returns
+            None). A failure of the transfer itself is logged, reported by
+            the ticket and never ends the process (Mooncake's ``_exit(1)``);
+            the stream goes on either way.
 
         Raises
         ------
         NotSupportedError
-            Always: ``SUPPORT_CUDA`` is False.
+            This process has no CUDA driver or no GPU.
+        MooncakeError
+            The transfer could not be queued (unknown peer, unregistered
+            memory, a closed engine): the subclass for the reason. Mooncake
+            raises RuntimeError, of which MooncakeError is a subclass.
         """
-        _errors.raise_unsupported("transfer_write_on_cuda", "needs a CUDA build of pymooncake (SUPPORT_CUDA is False)")
+        op = "transfer_write_on_cuda"
+        return self._on_cuda(op, 1, target_hostname, *self._cuda_one(op, buffer, peer_buffer_address, length), stream_ptr, transport_hint)
 
     def transfer_read_on_cuda(
         self,
@@ -1299,15 +1332,23 @@ class TransferEngine:
         length: int,
         stream_ptr: int = 0,
         transport_hint: str = "",
-    ) -> None:
-        """Read once the CUDA stream reaches this point. Not in this build.
+    ) -> int:
+        """Read ``length`` bytes from ``peer_buffer_address`` into ``buffer``
+        in the order of a CUDA stream, as :meth:`transfer_write_on_cuda`
+        writes: work queued on the stream afterwards sees the bytes.
+
+        Returns
+        -------
+        int
+            A ticket for :meth:`cuda_transfer_status`.
 
         Raises
         ------
-        NotSupportedError
-            Always: ``SUPPORT_CUDA`` is False.
+        NotSupportedError, MooncakeError
+            As :meth:`transfer_write_on_cuda`.
         """
-        _errors.raise_unsupported("transfer_read_on_cuda", "needs a CUDA build of pymooncake (SUPPORT_CUDA is False)")
+        op = "transfer_read_on_cuda"
+        return self._on_cuda(op, 0, target_hostname, *self._cuda_one(op, buffer, peer_buffer_address, length), stream_ptr, transport_hint)
 
     def batch_transfer_write_on_cuda(
         self,
@@ -1317,15 +1358,24 @@ class TransferEngine:
         lengths: IntList,
         stream_ptr: int = 0,
         transport_hint: str = "",
-    ) -> None:
-        """Batch form of :meth:`transfer_write_on_cuda`. Not in this build.
+    ) -> int:
+        """Batch form of :meth:`transfer_write_on_cuda`: every block is
+        written once the stream reaches this point, and the stream waits for
+        all of them. Host and GPU buffers may be mixed.
+
+        Returns
+        -------
+        int
+            A ticket for :meth:`cuda_transfer_status`.
 
         Raises
         ------
-        NotSupportedError
-            Always: ``SUPPORT_CUDA`` is False.
+        NotSupportedError, MooncakeError
+            As :meth:`transfer_write_on_cuda`; also for lists of different
+            lengths.
         """
-        _errors.raise_unsupported("batch_transfer_write_on_cuda", "needs a CUDA build of pymooncake (SUPPORT_CUDA is False)")
+        op = "batch_transfer_write_on_cuda"
+        return self._on_cuda(op, 1, target_hostname, *self._cuda_lists(op, buffers, peer_buffer_addresses, lengths), stream_ptr, transport_hint)
 
     def batch_transfer_read_on_cuda(
         self,
@@ -1335,12 +1385,115 @@ class TransferEngine:
         lengths: IntList,
         stream_ptr: int = 0,
         transport_hint: str = "",
-    ) -> None:
-        """Batch form of :meth:`transfer_read_on_cuda`. Not in this build.
+    ) -> int:
+        """Batch form of :meth:`transfer_read_on_cuda`.
+
+        Returns
+        -------
+        int
+            A ticket for :meth:`cuda_transfer_status`.
 
         Raises
         ------
-        NotSupportedError
-            Always: ``SUPPORT_CUDA`` is False.
+        NotSupportedError, MooncakeError
+            As :meth:`batch_transfer_write_on_cuda`.
         """
-        _errors.raise_unsupported("batch_transfer_read_on_cuda", "needs a CUDA build of pymooncake (SUPPORT_CUDA is False)")
+        op = "batch_transfer_read_on_cuda"
+        return self._on_cuda(op, 0, target_hostname, *self._cuda_lists(op, buffers, peer_buffer_addresses, lengths), stream_ptr, transport_hint)
+
+    def cuda_transfer_status(self, ticket: int) -> int:
+        """Poll a transfer queued by a ``*_on_cuda`` method, without
+        blocking. A pymooncake addition.
+
+        Returns
+        -------
+        int
+            1 done; 0 not done yet (the stream has not reached it, or it is
+            running); -1 failed (the reason is logged), an unknown ticket
+            (outcomes of the last 4096 tickets are kept), or an engine that
+            is not initialized.
+        """
+        op = "cuda_transfer_status"
+        h = self._h
+        if h is None:
+            return self._unusable(op, -1)
+        try:
+            t = _uint(op, "ticket", ticket, _I64)
+        except _NoneArgument as e:
+            return _errors.refuse(op, "invalid", str(e), -1)
+        try:
+            rc: int = self._x.bindings_Engine_CudaTransferStatus(h, t)
+            return rc
+        except RuntimeError as e:
+            return _errors.failed(op, e, -1)
+
+    @staticmethod
+    def _cuda_one(op: str, buffer: Any, peer: Any, length: Any) -> tuple[array[int], array[int], array[int]]:
+        try:
+            a = _uint(op, "buffer", buffer, _U64)
+            p = _uint(op, "peer_buffer_address", peer, _U64)
+            n = _uint(op, "length", length, _I64)
+        except _NoneArgument as e:
+            _raise(op, "invalid", str(e))
+        return array("Q", [a]), array("Q", [p]), array("Q", [n])
+
+    @staticmethod
+    def _cuda_lists(op: str, buffers: Any, peers: Any, lengths: Any) -> tuple[array[int], array[int], array[int]]:
+        try:
+            b = _pack(op, "buffers", buffers, _U64)
+            p = _pack(op, "peer_buffer_addresses", peers, _U64)
+            n = _pack(op, "lengths", lengths, _I64)
+        except _NoneArgument as e:
+            _raise(op, "invalid", str(e))
+        if not len(b) == len(p) == len(n):
+            _raise(op, "invalid", f"{len(b)} buffers, {len(p)} peer_buffer_addresses and {len(n)} lengths")
+        if not b:
+            _raise(op, "invalid", "no buffers")
+        return b, p, n
+
+    def _on_cuda(self, op: str, opcode: int, target: Any, b: array[int], p: array[int], n: array[int], stream_ptr: Any, hint: Any) -> int:
+        h = self._h
+        if h is None:
+            self._unusable_raise(op)
+        try:
+            t = _text(op, "target_hostname", target)
+            _text(op, "transport_hint", hint)
+        except _NoneArgument as e:
+            _raise(op, "invalid", str(e))
+        stream = getattr(stream_ptr, "cuda_stream", stream_ptr)  # a torch.cuda.Stream is accepted too
+        s = _uint(op, "stream_ptr", stream, _U64, none=False)
+        device = _current_cuda_device() if s == 0 else -1
+        try:
+            ticket: int = self._x.bindings_Engine_TransferOnCuda(h, t, opcode, b.buffer_info()[0], p.buffer_info()[0], n.buffer_info()[0], len(b), s, device)
+        except RuntimeError as e:
+            code, kind, reason = _errors.parse(e)
+            _raise(op, kind, reason, code)
+        return ticket
+
+    def _unusable_raise(self, op: str) -> NoReturn:
+        if self._state == "forked" or _loader.forked():
+            reason = "used after fork; use spawn"
+        elif self._state == "closed":
+            reason = "engine is closed"
+        else:
+            reason = "engine is not initialized; call initialize() first"
+        _raise(op, "state", reason)
+
+
+def _current_cuda_device() -> int:
+    """torch's current device when torch has initialized CUDA, else -1 (the
+    engine then takes the device of the first GPU buffer)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            return int(torch.cuda.current_device())
+    except Exception:
+        pass
+    return -1
+
+
+def _raise(op: str, kind: str, reason: str, code: int = -1) -> NoReturn:
+    """Log and raise the MooncakeError subclass for ``kind``: the
+    ``*_on_cuda`` methods return no code (Mooncake raises)."""
+    _errors.logger.error("%s: %s", op, reason)
+    raise _errors._KINDS.get(kind, _errors.TransferFailedError)(op, code, kind, reason)

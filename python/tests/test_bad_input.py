@@ -194,15 +194,35 @@ def test_initialize_bad_arguments() -> None:
 
 
 def test_cuda_methods_fail_clearly(engine: TransferEngine) -> None:
-    from pymooncake import NotSupportedError
+    """The *_on_cuda methods return no code: they raise (as Mooncake's
+    do); without the NVIDIA driver, NotSupportedError (python/tests/gpu
+    covers them on a GPU)."""
+    import ctypes
 
+    from pymooncake import EngineStateError, InvalidArgumentError, MooncakeError, NotSupportedError
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        no_gpu = False
+    except OSError:
+        no_gpu = True
     for name, args in [
         ("transfer_write_on_cuda", (S, 1, 2, 3)),
         ("transfer_read_on_cuda", (S, 1, 2, 3, 0)),
         ("batch_transfer_write_on_cuda", (S, [1], [2], [3])),
         ("batch_transfer_read_on_cuda", (S, [1], [2], [3], 0, "")),
     ]:
-        with pytest.raises(NotSupportedError, match="SUPPORT_CUDA"):
+        with pytest.raises(NotSupportedError if no_gpu else MooncakeError, match="libcuda" if no_gpu else ""):
             call(engine, name, args)
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(EngineStateError):
             call(TransferEngine(), name, args)
+    with pytest.raises(InvalidArgumentError):
+        engine.batch_transfer_write_on_cuda(S, [1, 2], [2], [3])
+    with pytest.raises(InvalidArgumentError):
+        engine.batch_transfer_read_on_cuda(S, [], [], [])
+    with pytest.raises(TypeError):
+        engine.transfer_write_on_cuda(S, "1", 2, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stream_ptr"):
+        engine.transfer_write_on_cuda(S, 1, 2, 3, -1)
+    assert engine.cuda_transfer_status(12345) == -1
+    assert TransferEngine().cuda_transfer_status(1) == -1

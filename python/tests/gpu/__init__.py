@@ -1,0 +1,1 @@
+"""pymooncake's GPU suite (skipped where there is no GPU)."""
