@@ -406,6 +406,8 @@ func TestEICNICs(t *testing.T) {
 		{name: "eic present", devices: "mlx5_0,soe_0,solar_1", want: []string{"soe_0", "solar_1"}},
 		{name: "user's list kept", devices: "mlx5_0,soe_0,solar_1", cfg: Config{UseNICs: "solar_1", UseNICsSet: true},
 			want: []string{"solar_1"}},
+		{name: "user's list wins over eic", devices: "mlx5_0,soe_0", cfg: Config{UseNICs: "mlx5_0", UseNICsSet: true},
+			want: []string{"mlx5_0"}},
 		{name: "no eic", devices: "mlx5_0,mlx5_1", want: []string{"mlx5_0", "mlx5_1"}},
 		{name: "a device whose contexts failed is left out", devices: "mlx5_0:down,mlx5_1", want: []string{"mlx5_1"}},
 	}

@@ -98,12 +98,13 @@ func eicNIC(name string) bool {
 }
 
 // New loads the barex shim, starts a barex engine on the topology's HCAs
-// and starts the transport. When the topology has EIC NICs ("soe",
-// "solar"), only they are used, and they are what barex is told to use
-// (ACCL_USE_NICS) unless the user set that. HCAs barex does not run a
-// context on are left out before any device id is published. New fails with
-// an error matching ErrUnavailable when the shim cannot be loaded (the
-// error names it and keeps dlerror's text) or no device is usable.
+// and starts the transport. Unless the user set ACCL_USE_NICS (which is
+// then passed on as is), when the topology has EIC NICs ("soe", "solar"),
+// only they are used and they are what barex is told to use. HCAs barex
+// does not list or run a context on are left out before any device id is
+// published. New fails with an error matching ErrUnavailable when the shim
+// cannot be loaded (the error names it and keeps dlerror's text) or no
+// device is usable.
 func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
 	cfg, err := cfg.withDefaults()
 	if err == nil {
@@ -144,11 +145,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
 		}
 	}
 	useNICs := cfg.UseNICs
-	if len(eic) > 0 {
+	if len(eic) > 0 && !cfg.UseNICsSet {
 		topo = topo.Without(other...)
-		if !cfg.UseNICsSet {
-			useNICs = strings.Join(eic, ",")
-		}
+		useNICs = strings.Join(eic, ",")
 	}
 	if len(topo.HCAs) == 0 {
 		return nil, fmt.Errorf("barex: topology lists no HCA: %w", ErrNoDevices)
