@@ -36,9 +36,17 @@ var (
 	buildOnce sync.Once
 )
 
+// TestMain also checks the whole package: no fake engine left open, and no
+// channel ever left for an engine's close to clean up.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if ctl != nil {
+		engines, _ := ctl.testControl(nil, "live_engines", 0)
+		chans, _ := ctl.testControl(nil, "chans_at_close", 0)
+		if code == 0 && (engines != 0 || chans != 0) {
+			fmt.Fprintf(os.Stderr, "barex tests leaked %d fake engines and left %d channels to engine close\n", engines, chans)
+			code = 1
+		}
 		ctl.close()
 	}
 	if fakeDir != "" {
