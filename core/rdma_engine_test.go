@@ -3,6 +3,8 @@ package core
 import (
 	"context"
 	"encoding/json"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -76,4 +78,81 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 
 	require.NoError(t, ini.UnregisterMemory(addr(local)))
 	require.NoError(t, tgt.UnregisterMemory(addr(remote)))
+}
+
+// USE_BAREX=1 without a shim fails init with a message naming the library;
+// without USE_BAREX nothing about barex is loaded (the default engines of
+// every other test run with no shim on this machine).
+func TestBarexWithoutShimFailsInit(t *testing.T) {
+	testutil.ResourceCheck(t)
+	env, err := config.FromEnv(func(k string) (string, bool) {
+		switch k {
+		case "USE_BAREX":
+			return "1", true
+		case "MC_BAREX_SHIM":
+			return "/nonexistent/libmooncake_barex_shim.so", true
+		}
+		return "", false
+	})
+	require.NoError(t, err)
+	topo, err := topology.Parse([]byte(`{"cpu:0":[["mlx5_0"],[]]}`)) // a host with an HCA
+	require.NoError(t, err)
+	_, err = New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: env, Topology: topo})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "libmooncake_barex_shim.so")
+}
+
+// Two engines with USE_BAREX=1 over the FAKE barex shim (built here with
+// gcc, loaded through the real dlopen path): this proves the engine's
+// barex wiring, never the barex SDK.
+func TestEngineOverFakeBarex(t *testing.T) {
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skipf("gcc builds the fake barex shim: %v", err)
+	}
+	shim := filepath.Join(t.TempDir(), "libmooncake_barex_shim.so")
+	out, err := exec.Command(gcc, "-shared", "-fPIC", "-O1", "-pthread", "-Itransport/barex/shim", "-o", shim,
+		"transport/barex/testdata/fakeshim/fake_barex_shim.c").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	testutil.ResourceCheck(t)
+
+	env, err := config.FromEnv(func(k string) (string, bool) {
+		switch k {
+		case "USE_BAREX":
+			return "1", true
+		case "MC_BAREX_SHIM":
+			return shim, true
+		case "MC_MIN_REG_SIZE":
+			return "1048576", true // 1 MiB chunks, so transfers span chunks
+		}
+		return "", false
+	})
+	require.NoError(t, err)
+	t.Setenv("MCBX_FAKE_DEVICES", "fake_0,fake_1") // the fake shim's NICs
+	topo, err := topology.Parse([]byte(`{"cpu:0":[["fake_0","fake_1"],[]]}`))
+	require.NoError(t, err)
+	start := func() *Engine {
+		e, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: env, Topology: topo, Logger: testLogger(t)})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, e.Close()) })
+		return e
+	}
+	tgt, ini := start(), start()
+	require.Equal(t, "barex", tgt.Protocol())
+	const size = 3<<20 + 4096
+	remote, local := mmapBuf(t, size), mmapBuf(t, size)
+	require.NoError(t, tgt.RegisterMemory(addr(remote), size, "cpu:0"))
+	require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))
+	var d struct{ Buffers []struct{ Length uint64 } }
+	require.NoError(t, json.Unmarshal(tgt.ownDescriptor(), &d))
+	require.Len(t, d.Buffers, 4, "registration split into MC_MIN_REG_SIZE chunks")
+
+	seg, err := ini.OpenSegment(ctxT(t), tgt.Name())
+	require.NoError(t, err)
+	fill(local, 51)
+	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local) + 4096, Segment: seg, Remote: uint64(addr(remote)) + 12288, Length: size - 12288}}, nil))
+	requireSame(t, local[4096:size-8192], remote[12288:])
+	fill(remote, 52)
+	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Read, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
+	requireSame(t, remote, local)
 }

@@ -175,19 +175,16 @@ func (e *Engine) resolve(ctx context.Context, name string) (*segment, error) {
 	if desc.Protocol != e.xp.Protocol() {
 		return nil, fmt.Errorf("open segment %q: its protocol is %q but this engine runs %q: %w", name, desc.Protocol, e.xp.Protocol(), ErrNotSupported)
 	}
-	var host string
-	if desc.Protocol == metadata.ProtocolTCP {
-		if desc.TCPDataPort <= 0 || desc.TCPDataPort > 65535 {
-			return nil, fmt.Errorf("open segment %q: tcp_data_port %d: %w", name, desc.TCPDataPort, ErrMetadata)
-		}
-		// Mooncake 0.3.13+ publishes tcp_data_host and connects there;
-		// older peers are reached at the host of their name (or their
-		// rpc_meta).
-		host = desc.TCPDataHost
-		if host == "" {
-			if host, err = e.dir.host(ctx, desc.Name); err != nil {
-				return nil, fmt.Errorf("open segment %q: locate %q: %w", name, desc.Name, err)
-			}
+	if desc.Protocol == metadata.ProtocolTCP && (desc.TCPDataPort <= 0 || desc.TCPDataPort > 65535) {
+		return nil, fmt.Errorf("open segment %q: tcp_data_port %d: %w", name, desc.TCPDataPort, ErrMetadata)
+	}
+	// Mooncake 0.3.13+ publishes tcp_data_host and connects there; older
+	// peers are reached at the host of their name (or their rpc_meta).
+	// TCP data and barex channels go to this host; RDMA ignores it.
+	host := desc.TCPDataHost
+	if host == "" {
+		if host, err = e.dir.host(ctx, desc.Name); err != nil {
+			return nil, fmt.Errorf("open segment %q: locate %q: %w", name, desc.Name, err)
 		}
 	}
 	peer := transport.Peer{Name: desc.Name, Host: host, DataPort: desc.TCPDataPort, ProtoVersion: desc.TCPProtoVersion}

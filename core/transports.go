@@ -14,6 +14,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/topology/nvmlgpu"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/barex"
 	"github.com/pymooncake/pymooncake/core/transport/rdma"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs/ibv"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
@@ -86,6 +87,15 @@ func LocalTopology(env config.Env, devices []string, withGPUs bool, log *zap.Log
 // other RDMA failure, or an absence under MC_FORCE_HCA, fails init.
 func (e *Engine) installTransport(ctx context.Context) (dataTransport, error) {
 	env := e.cfg.Env
+	if env.UseBarex {
+		// USE_BAREX asks for barex alone: a missing shim is an init error
+		// naming the library, never a silent fallback.
+		tr, err := e.newBarex(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("barex transport (USE_BAREX=1): %w", err)
+		}
+		return tr, nil
+	}
 	topo := e.cfg.Topology
 	if topo == nil {
 		var err error
@@ -152,6 +162,33 @@ func (e *Engine) newRDMA(ctx context.Context) (dataTransport, error) {
 		Handshake: e.sendConnection,
 		PeerDesc:  e.peerDesc,
 		Logger:    e.cfg.Logger.Named("rdma"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// newBarex starts the accl-barex transport; only it loads the shim.
+func (e *Engine) newBarex(ctx context.Context) (dataTransport, error) {
+	env := e.cfg.Env
+	bcfg, err := barex.FromEnv(func(k string) (string, bool) { v, ok := env.Barex[k]; return v, ok })
+	if err != nil {
+		return nil, fmt.Errorf("environment: %w: %w", ErrInvalidArgument, err)
+	}
+	topo := e.cfg.Topology
+	if topo == nil {
+		if topo, err = LocalTopology(env, e.cfg.Devices, true, e.log); err != nil {
+			return nil, fmt.Errorf("topology: %w", err)
+		}
+	}
+	t, err := barex.New(ctx, bcfg, barex.Deps{
+		LocalName: e.name,
+		Topology:  topo,
+		Handshake: e.sendConnection,
+		// No Locate: RegisterMemory has already named GPU memory cuda:N
+		// (core/gpu.go); what stays "*" is host memory.
+		Logger: e.cfg.Logger.Named("barex"),
 	})
 	if err != nil {
 		return nil, err

@@ -68,6 +68,12 @@ type Env struct {
 	CUDAVisibleDevices    string
 	CUDAVisibleDevicesSet bool
 	CUDADeviceOrder       string
+	// UseBarex installs the accl-barex transport (USE_BAREX non-zero).
+	UseBarex bool
+	// Barex holds the barex variables as they were set (ACCL_*, BAREX_*,
+	// MC_MIN_REG_SIZE, MC_NUM_QP_PER_EP, MC_BAREX_SHIM); the barex package
+	// parses them, strictly, when the transport is installed.
+	Barex map[string]string
 	// RDMA holds the RDMA transport's knobs; zero fields mean Mooncake's
 	// defaults (docs/rdma.md has the table).
 	RDMA RDMAEnv
@@ -181,6 +187,19 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 		e.CustomTopoJSON = strings.TrimSpace(v)
 	}
 	p.rdma(&e.RDMA)
+	if v, ok := p.get("USE_BAREX"); ok {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err != nil {
+			p.fail("USE_BAREX", v, "not an integer")
+		} else {
+			e.UseBarex = n != 0
+		}
+	}
+	e.Barex = map[string]string{}
+	for _, k := range barexVars {
+		if v, ok := p.get(k); ok {
+			e.Barex[k] = v
+		}
+	}
 	e.CUDAVisibleDevices, e.CUDAVisibleDevicesSet = p.get("CUDA_VISIBLE_DEVICES")
 	if v, ok := p.get("CUDA_DEVICE_ORDER"); ok {
 		e.CUDADeviceOrder = strings.TrimSpace(v)
@@ -244,6 +263,12 @@ func (e Env) SortedSet() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// barexVars are read for the barex transport (core/transport/barex).
+var barexVars = []string{
+	"ACCL_MIN_PORT", "ACCL_MAX_PORT", "MC_MIN_REG_SIZE", "MC_NUM_QP_PER_EP",
+	"BAREX_USE_RANDOM_DEV", "ACCL_USE_CPU", "ACCL_LOCAL_DEVICE", "ACCL_USE_NICS", "MC_BAREX_SHIM",
 }
 
 // rdma parses the RDMA transport's variables.
