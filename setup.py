@@ -52,7 +52,7 @@ def check_toolchain() -> None:
         raise ToolchainError(
             "pymooncake builds its Go extension from source here and needs "
             + " and ".join(missing)
-            + ". Install them, or install a prebuilt wheel instead "
+            + ". Install what is missing, or install a prebuilt wheel instead "
             "(pip install --only-binary=pymooncake pymooncake)."
         )
     assert go is not None
