@@ -2,6 +2,8 @@
 #   make build   build the extension for $(PYTHON) into pymooncake/_gopy
 #   make test    go vet + go test, build, ruff + mypy, pytest
 #   make bench   per-call costs and loopback latency/throughput
+#   make wheel   the release wheel for $(PYTHON): manylinux, checked (dist/)
+#   make sdist   the source distribution (dist/)
 #   make golden  recapture the Mooncake wire goldens (python/interop)
 PYTHON ?= python3
 GO     ?= go
@@ -28,7 +30,7 @@ tools:
 build:
 	scripts/build_ext.sh $(PYTHON)
 
-test: setup test-go build lint-py test-py
+test: setup test-go build lint-py test-py test-wheel
 
 # pymooncake/_gopy holds generated package main code; Go's ./... skips it
 # because of the leading underscore.
@@ -72,6 +74,26 @@ barex-shim:
 
 golden:
 	$(PYTHON) python/interop/capture.py
+
+# Release packaging (docs/packaging.md). `make wheel` builds the wheel for
+# $(PYTHON) through setup.py (reusing the extension `make build` made when
+# it is newer than its sources), repairs it with auditwheel to the
+# manylinux tag the host's glibc allows and checks it strictly
+# (scripts/check_wheel.py); the wheel lands in dist/.
+.PHONY: wheel sdist test-wheel
+wheel:
+	scripts/build_wheel.sh $(PYTHON)
+
+sdist:
+	scripts/build_wheel.sh --sdist $(PYTHON)
+
+# The wheel as `make wheel` builds it, installed into a fresh venv with no Go
+# and no source tree on its paths: import, loopback transfer, the bench CLI,
+# auditwheel show and the exclusions, the check's self-test; then the sdist:
+# its contents, its error without Go, and a build from it.
+test-wheel:
+	scripts/test_wheel.sh $(PYTHON)
+	scripts/test_sdist.sh $(PYTHON)
 
 clean:
 	rm -rf pymooncake/_gopy build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
