@@ -35,6 +35,8 @@ type peer struct {
 	cancel    context.CancelCauseFunc
 	lanes     []*lane
 	unhealthy atomic.Bool
+	// closes counts idle connections the peer closed (see PeerCloses).
+	closes atomic.Uint64
 }
 
 func newPeer(t *Transport, k peerKey, addr string) *peer {
@@ -254,6 +256,7 @@ func (l *lane) watchIdle() {
 	}
 	l.p.t.hot.Debug("tcp: idle connection to peer ended", zap.String("peer", l.p.key.name),
 		zap.String("addr", l.p.addr), zap.Error(err))
+	l.p.closes.Add(1)
 	l.drop()
 }
 

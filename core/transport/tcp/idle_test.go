@@ -95,9 +95,13 @@ func TestIdleLaneEndsWhenPeerCloses(t *testing.T) {
 			settles(t, func() bool {
 				return runtime.NumGoroutine() <= baseG+fakeG && openFDs() <= baseFD+fakeFD
 			}, "idle lanes of closed peers kept goroutines or descriptors")
-			for i := range peers {
-				require.True(t, client.PeerHealthy("fake-"+string(rune('a'+i))), "an idle close is not a failure")
+			for i, f := range peers {
+				pe := f.peer(2)
+				pe.Name = "fake-" + string(rune('a'+i))
+				require.True(t, client.PeerHealthy(pe.Name), "an idle close is not a failure")
+				require.Equal(t, uint64(1), client.PeerCloses(pe), "the close is counted")
 			}
+			require.Zero(t, client.PeerCloses(peers[0].peer(2)), "a peer never used has no count")
 			// A peer that comes back at the same address is dialled afresh.
 			requireDone(t, transfer(t, client, peers[0].peer(2), write(local, 0x1000))...)
 		})

@@ -285,6 +285,17 @@ func (t *Transport) PeerHealthy(name string) bool {
 	return true
 }
 
+// PeerCloses counts the idle connections to pe's data endpoint that the
+// peer closed: it died, restarted, or dropped them after 10 idle minutes.
+// A caller that remembers the count from when it learnt pe's descriptor
+// can tell, at no cost, that the process there may not be the one it knew.
+func (t *Transport) PeerCloses(pe transport.Peer) uint64 {
+	if p := (*t.peers.Load())[peerKey{name: pe.Name, host: pe.Host, port: pe.DataPort}]; p != nil {
+		return p.closes.Load()
+	}
+	return 0
+}
+
 // Close stops the server and the clients, fails queued and in-flight tasks
 // with ErrClosed and waits for every goroutine. It is idempotent.
 func (t *Transport) Close() error {
