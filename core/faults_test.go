@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -738,4 +739,57 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, tgt.instance, instanceOf(d), "the same handle, re-resolved")
 	require.False(t, ini.Recover(ctxT(t), h, err), "a rejection by the same incarnation changes nothing")
+}
+
+// After a target restarted under its name, the first call is an async
+// batch, to an address the stale descriptor also allows: it reaches the
+// new incarnation, whether the initiator only saw its pooled connection
+// close (the cached descriptor is fetched again) or failed calls while the
+// target was down, its keys left behind as by a SIGKILL (nothing stale is
+// cached).
+func TestFirstAsyncCallAfterRestart(t *testing.T) {
+	for _, callWhileDown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("call while down %v", callWhileDown), func(t *testing.T) {
+			testutil.ResourceCheck(t)
+			meta := startHTTPMetadata(t)
+			ini := newStoreEngine(t, "ini", meta)
+			local, remote := mmapBuf(t, 1<<16), mmapBuf(t, 1<<16)
+			require.NoError(t, ini.RegisterMemory(addr(local), 1<<16, "*"))
+			write := []Request{{Opcode: transport.Write, Local: addr(local), Remote: uint64(addr(remote)), Length: 1 << 16}}
+			tgt := newStoreEngine(t, "tgt", meta)
+			require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<16, "*"))
+			require.NoError(t, ini.TransferTo(ctxT(t), "tgt", write, nil))
+			_, desc := httpGet(t, meta, "mooncake/ram/tgt")
+			_, rpcMeta := httpGet(t, meta, "mooncake/rpc_meta/tgt")
+			require.NoError(t, tgt.Close())
+			if callWhileDown {
+				require.Equal(t, http.StatusOK, httpPut(t, meta, "mooncake/ram/tgt", desc))
+				require.Equal(t, http.StatusOK, httpPut(t, meta, "mooncake/rpc_meta/tgt", rpcMeta))
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				require.ErrorIs(t, ini.TransferTo(ctx, "tgt", write, nil), tcp.ErrPeer)
+				cancel()
+			} else {
+				s, ok := ini.segs.lookup("tgt")
+				require.True(t, ok)
+				deadline := time.Now().Add(5 * time.Second)
+				for !ini.peerClosedSince(s) {
+					require.True(t, time.Now().Before(deadline), "the initiator never saw its idle connection close")
+					time.Sleep(time.Millisecond)
+				}
+			}
+			tgt = newStoreEngine(t, "tgt", meta)
+			require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<16, "*"))
+			fill(local, 9)
+			h, err := ini.OpenSegment(ctxT(t), "tgt")
+			require.NoError(t, err)
+			id, err := ini.AllocateBatch(1)
+			require.NoError(t, err)
+			require.NoError(t, ini.Submit(id, withSegment(write, h)))
+			st, err := ini.Wait(ctxT(t), id)
+			require.NoError(t, err)
+			require.Equal(t, transport.Completed, st)
+			require.NoError(t, ini.FreeBatch(id))
+			requireSame(t, local, remote)
+		})
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
 
@@ -94,6 +95,30 @@ func (e *Engine) Recover(ctx context.Context, h SegmentHandle, cause error) bool
 	return true
 }
 
+// peerCloseCounter is the optional part of a transport that counts the idle
+// connections a peer closed (TCP's pooled lanes).
+type peerCloseCounter interface {
+	PeerCloses(pe transport.Peer) uint64
+}
+
+func (e *Engine) peerCloses(pe transport.Peer) uint64 {
+	if c, ok := e.xp.(peerCloseCounter); ok {
+		return c.PeerCloses(pe)
+	}
+	return 0
+}
+
+// peerClosedSince reports whether the peer of a cached segment closed an
+// idle connection since its descriptor was fetched. It may have died or
+// restarted (under the same name, or at a P2P name now taken by a new
+// process), so OpenSegment fetches the descriptor again before a call uses
+// it: the first call after a restart, async ones included, then goes to the
+// new incarnation. A live peer that dropped an idle connection costs one
+// fetch.
+func (e *Engine) peerClosedSince(s *segment) bool {
+	return e.peerCloses(s.peer) != s.closes
+}
+
 // sameIncarnation reports whether two descriptors fetched for one name
 // describe the same process: by instance id when they carry one, else by
 // data endpoint and buffers (a Mooncake peer that restarted re-registers
@@ -140,6 +165,11 @@ func (e *Engine) TransferTo(ctx context.Context, target string, reqs []Request, 
 		zap.Bool("restarted", gerr == nil && old != nil && !sameIncarnation(old, s)),
 		zap.NamedError("cause", err))
 	if rerr := e.Transfer(ctx, withSegment(reqs, h2), n); rerr != nil {
+		if errors.Is(rerr, tcp.ErrPeer) {
+			// Still unreachable: cache nothing of it, so that the first
+			// call once it is back (an async one too) resolves it afresh.
+			_ = e.CloseSegment(h2)
+		}
 		return fmt.Errorf("after re-resolving the peer: %w", rerr)
 	}
 	return nil

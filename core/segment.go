@@ -26,6 +26,9 @@ type segment struct {
 	desc   *metadata.SegmentDesc
 	peer   transport.Peer
 	spans  []span // desc's buffers as merged, sorted ranges
+	// closes is the transport's count of idle connections the peer closed
+	// when the descriptor was fetched (see peerClosedSince).
+	closes uint64
 }
 
 // remoteContains reports whether [addr, addr+size) lies inside the
@@ -102,11 +105,11 @@ func (t *segmentTable) lookup(name string) (*segment, bool) {
 
 // put stores s under its name, reusing the handle already given to that
 // name if there is one, and returns the stored segment.
-func (t *segmentTable) put(name string, desc *metadata.SegmentDesc, peer transport.Peer) *segment {
+func (t *segmentTable) put(name string, desc *metadata.SegmentDesc, peer transport.Peer, closes uint64) *segment {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.load()
-	s := &segment{name: name, desc: desc, peer: peer, spans: mergeSpans(desc.Buffers)}
+	s := &segment{name: name, desc: desc, peer: peer, spans: mergeSpans(desc.Buffers), closes: closes}
 	if prev, ok := old.byName[name]; ok {
 		s.handle = prev.handle
 	} else {
@@ -149,7 +152,7 @@ func (e *Engine) OpenSegment(ctx context.Context, name string) (SegmentHandle, e
 	if name == "" {
 		return 0, fmt.Errorf("open segment: empty name: %w", ErrInvalidArgument)
 	}
-	if s, ok := e.segs.lookup(name); ok && !e.cfg.Env.DisableMetaCache {
+	if s, ok := e.segs.lookup(name); ok && !e.cfg.Env.DisableMetaCache && !e.peerClosedSince(s) {
 		return s.handle, nil
 	}
 	s, err := e.resolve(ctx, name)
@@ -188,7 +191,7 @@ func (e *Engine) resolve(ctx context.Context, name string) (*segment, error) {
 		}
 	}
 	peer := transport.Peer{Name: desc.Name, Host: host, DataPort: desc.TCPDataPort, ProtoVersion: desc.TCPProtoVersion}
-	return e.segs.put(name, desc, peer), nil
+	return e.segs.put(name, desc, peer, e.peerCloses(peer)), nil
 }
 
 // CloseSegment forgets an open segment and drops its data connections. The
