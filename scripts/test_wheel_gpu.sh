@@ -24,6 +24,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${1:-python3}
 out=${2:-${OUT:-$root/dist-gpu}}
 mkdir -p "$out"
+: >"$out/summary.txt"
 cd "$root"
 log() { echo "test_wheel_gpu: $*" | tee -a "$out/summary.txt"; }
 t0=$SECONDS
@@ -78,7 +79,7 @@ if [[ -d python/tests/gpu ]] && compgen -G 'python/tests/gpu/test_*.py' >/dev/nu
   "$py" -c "import pymooncake, sys; p = pymooncake.__file__; print('test_wheel_gpu: pymooncake from', p); sys.exit(not p.startswith('$site'))" ||
     { log "pymooncake does not come from the installed wheel"; exit 1; }
   t=$SECONDS
-  timeout 300 "$py" -m pytest -v -p no:cacheprovider --junitxml="$out/gpu-junit.xml" python/tests/gpu >"$out/pytest.log" 2>&1
+  timeout 240 "$py" -m pytest -v -p no:cacheprovider --junitxml="$out/gpu-junit.xml" python/tests/gpu >"$out/pytest.log" 2>&1
   rc=$?
   grep -E 'PASSED|FAILED|ERROR|SKIPPED|XFAIL' "$out/pytest.log" | sed 's/ *\[ *[0-9]*%\]$//' | tail -60
   log "pytest python/tests/gpu against the installed wheel: rc $rc, $(tail -1 "$out/pytest.log" | tr -d '=') ($((SECONDS - t)) s)"
