@@ -16,6 +16,7 @@ CUresult mc_enter(const struct pymc_cu *cu, int device, CUcontext *ctx, CUcontex
 void mc_leave(const struct pymc_cu *cu, CUcontext ctx, CUcontext old);
 void mc_set_error(const char *op, CUresult r);
 int mc_alloc_last_error(const char **op);
+void mc_alloc_clear_error(void);
 
 // The exported allocators (torch's CUDAPluggableAllocator ABI).
 void *mc_stream_alloc(ssize_t size, int device, CUstream stream);

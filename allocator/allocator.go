@@ -68,6 +68,9 @@ func LastError() string {
 	return fmt.Sprintf("%s: %v", C.GoString(op), cuda.Result(code))
 }
 
+// ClearError forgets the last failure (LastError then returns "").
+func ClearError() { C.mc_alloc_clear_error() }
+
 // Trim waits for device's work and returns the stream pool's cached memory
 // to the driver.
 func Trim(device int) error {
@@ -108,7 +111,8 @@ func RDMAInfo(p uintptr) (capable, dmabuf int, err error) {
 }
 
 // Fabric says whether device's NVLink allocations get FABRIC handles: 1
-// yes, 0 no, -1 not known yet.
+// yes, 0 the device offers none, 2 the driver refused them (POSIX fd
+// handles are used instead), -1 not known yet.
 func Fabric(device int) int { return int(C.mc_nvlink_fabric(C.int(device))) }
 
 // Probe is mc_allocator_probe.

@@ -19,6 +19,9 @@ func Symbols() map[string]uintptr { return nil }
 // LastError is always "".
 func LastError() string { return "" }
 
+// ClearError does nothing in this build.
+func ClearError() {}
+
 // Trim fails: this build has no allocator.
 func Trim(int) error { return errNoCgo }
 

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -79,6 +80,7 @@ func TestStreamAllocatorOnGPU(t *testing.T) {
 	require.NoError(t, err)
 	defer d.DestroyStream(0, other)
 	require.NoError(t, d.Memset(0, other, p, 0x43, 3<<20))
+	allocator.ClearError()
 	allocator.StreamFree(p, 3<<20, 0, other)
 	require.Empty(t, allocator.LastError())
 	require.NoError(t, d.Synchronize(0, other))
@@ -106,7 +108,8 @@ func TestNVLinkAllocatorOnGPU(t *testing.T) {
 	require.Equal(t, want, got)
 	capable, dmabuf, err := allocator.RDMAInfo(p)
 	require.NoError(t, err)
-	t.Logf("nvlink allocation: FABRIC handle %d; pointer GPUDirect RDMA capable %d; dma-buf export %d", allocator.Fabric(0), capable, dmabuf)
+	t.Logf("nvlink allocation: FABRIC handle %d (1 yes, 0 not offered, 2 refused by the driver); pointer GPUDirect RDMA capable %d; dma-buf export %d", allocator.Fabric(0), capable, dmabuf)
+	allocator.ClearError()
 	allocator.NVLinkFree(p, 5<<20+1, 0, 0)
 	require.Empty(t, allocator.LastError())
 }
@@ -163,10 +166,19 @@ func TestNoLeakOnGPU(t *testing.T) {
 			if kind == "stream" {
 				require.NoError(t, allocator.Trim(0))
 			}
-			after, _, err := d.MemInfo(0)
-			require.NoError(t, err)
+			if kind == "stream" {
+				stats, err := allocator.Stats(0)
+				require.NoError(t, err)
+				require.Zero(t, stats.Used, "every allocation was freed")
+				require.Zero(t, stats.Reserved, "the pool gave everything back")
+			}
+			// The driver may return trimmed pool memory a little later.
+			var after uint64
+			require.Eventually(t, func() bool {
+				after, _, err = d.MemInfo(0)
+				return err == nil && after >= before
+			}, 5*time.Second, 10*time.Millisecond, "%s allocator leaked %d bytes", kind, int64(before)-int64(after))
 			t.Logf("%s: free memory %d before, %d after 10,000 cycles", kind, before, after)
-			require.GreaterOrEqual(t, after, before, "%s allocator leaked %d bytes", kind, int64(before)-int64(after))
 		})
 	}
 }

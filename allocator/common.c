@@ -26,6 +26,8 @@ void mc_set_error(const char *op, CUresult r) {
 	__atomic_store_n(&last_code, r, __ATOMIC_RELEASE);
 }
 
+void mc_alloc_clear_error(void) { __atomic_store_n(&last_code, 0, __ATOMIC_RELEASE); }
+
 int mc_alloc_last_error(const char **op) {
 	int r = __atomic_load_n(&last_code, __ATOMIC_ACQUIRE);
 	*op = __atomic_load_n(&last_op, __ATOMIC_RELAXED);

@@ -20,7 +20,8 @@
 
 #include "alloc.h"
 
-// fabric[d]: 0 not yet known, 1 ask for FABRIC handles, 2 do not.
+// fabric[d]: 0 not yet known, 1 ask for FABRIC handles, 2 the device does
+// not offer them, 3 it does but the driver refused one (no IMEX channel).
 static int fabric[MC_MAX_DEVICES];
 
 static int vmm_present(const struct pymc_cu *cu) {
@@ -65,7 +66,7 @@ static CUresult create(const struct pymc_cu *cu, int device, CUdevice dev, size_
 			return r;
 		}
 		if (r != CUDA_ERROR_NOT_PERMITTED && r != CUDA_ERROR_NOT_SUPPORTED && r != CUDA_ERROR_INVALID_VALUE) return r;
-		if (i == 0) __atomic_store_n(&fabric[device], 2, __ATOMIC_RELAXED);
+		if (i == 0) __atomic_store_n(&fabric[device], 3, __ATOMIC_RELAXED);
 	}
 	return r;
 }
@@ -183,12 +184,17 @@ int mc_allocator_probe(int device) {
 	return v ? 1 : 0;
 }
 
-// mc_nvlink_fabric: 1 if device's allocations get FABRIC handles, 0 if not,
-// -1 if not known yet (no allocation made).
+// mc_nvlink_fabric: 1 if device's allocations get FABRIC handles, 0 if the
+// device does not offer them, 2 if it does but the driver refused them
+// (POSIX fd handles are used), -1 if not known yet (no allocation made).
 int mc_nvlink_fabric(int device) {
 	if (device < 0 || device >= MC_MAX_DEVICES) return -1;
-	int f = __atomic_load_n(&fabric[device], __ATOMIC_RELAXED);
-	return f == 0 ? -1 : f == 1;
+	switch (__atomic_load_n(&fabric[device], __ATOMIC_RELAXED)) {
+	case 1: return 1;
+	case 2: return 0;
+	case 3: return 2;
+	}
+	return -1;
 }
 
 // mc_alloc_rdma_info reports whether the allocation holding ptr is

@@ -24,6 +24,11 @@ type Driver interface {
 	AllocHost(ord, n int) (uintptr, error)
 	// FreeHost frees memory from AllocHost.
 	FreeHost(addr uintptr) error
+	// CopyOnStream queues on the stream (as Gate names it) a copy of n
+	// bytes between device memory and page-locked host memory from
+	// AllocHost: to the device when toDevice, else to the host. It runs in
+	// the stream's order, like the caller's own work.
+	CopyOnStream(stream uintptr, ord int, toDevice bool, dst, src uintptr, n int) error
 	// Gate holds the stream (a CUDA stream handle; 0 is the legacy default
 	// stream of device ord) at this point of its queue: work queued before
 	// the gate runs first, work queued after waits until the gate is

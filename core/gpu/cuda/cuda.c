@@ -124,6 +124,24 @@ CUresult pymc_copy(CUcontext ctx, CUstream s, CUevent ev, int to_device, uint64_
 	return r;
 }
 
+// pymc_copy_on_stream queues a copy on the caller's stream s, in the
+// stream's context (ctx == NULL) or ctx for the legacy default stream.
+CUresult pymc_copy_on_stream(CUcontext ctx, CUstream s, int to_device, uint64_t dst, uint64_t src, size_t n) {
+	if (ctx == NULL) {
+		CUresult r = pymc_cu.cuStreamGetCtx(s, &ctx);
+		if (r != CUDA_SUCCESS) return r;
+	}
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	if (to_device)
+		r = pymc_cu.cuMemcpyHtoDAsync((CUdeviceptr)dst, (const void *)(uintptr_t)src, n, s);
+	else
+		r = pymc_cu.cuMemcpyDtoHAsync((void *)(uintptr_t)dst, (CUdeviceptr)src, n, s);
+	pop(ctx, old);
+	return r;
+}
+
 CUresult pymc_event_wait(CUcontext ctx, CUevent ev) {
 	CUcontext old;
 	CUresult r = push(ctx, &old);

@@ -380,6 +380,28 @@ func (d *Driver) FreeHost(addr uintptr) error {
 	return nil
 }
 
+// CopyOnStream implements gpu.Driver (cuMemcpyHtoDAsync or
+// cuMemcpyDtoHAsync on the caller's stream).
+func (d *Driver) CopyOnStream(stream uintptr, ord int, toDevice bool, dst, src uintptr, n int) error {
+	var ctx C.CUcontext
+	if stream == 0 {
+		var err error
+		if ctx, err = d.ctx(ord); err != nil {
+			return err
+		}
+	} else if d.closed.Load() {
+		return ErrClosed
+	}
+	dir, call := C.int(0), "cuMemcpyDtoHAsync"
+	if toDevice {
+		dir, call = 1, "cuMemcpyHtoDAsync"
+	}
+	if r := Result(C.pymc_copy_on_stream(ctx, C.CUstream(ptr(stream)), dir, C.uint64_t(dst), C.uint64_t(src), C.size_t(n))); r != 0 {
+		return fmt.Errorf("copy on stream %#x: %w", stream, callError(call, r))
+	}
+	return nil
+}
+
 // Gate implements gpu.Driver with a host function queued on the stream
 // (cuLaunchHostFunc) that signals an eventfd when reached and blocks the
 // stream until its other eventfd is signalled.

@@ -36,16 +36,19 @@ func describe(r Result) (name, text string) {
 	return fmt.Sprintf("CUDA_ERROR_%d", int(r)), ""
 }
 
-func (d *Driver) Table() unsafe.Pointer                         { return nil }
-func (d *Driver) Name() string                                  { return "none" }
-func (d *Driver) Version() int                                  { return 0 }
-func (d *Driver) DeviceCount() int                              { return 0 }
-func (d *Driver) Close() error                                  { return nil }
-func (d *Driver) Locate(uintptr, uint64) (int, error)           { return 0, errNoLoader }
-func (d *Driver) NewCopier(int, int) (gpu.Copier, error)        { return nil, errNoLoader }
-func (d *Driver) AllocHost(int, int) (uintptr, error)           { return 0, errNoLoader }
-func (d *Driver) FreeHost(uintptr) error                        { return errNoLoader }
-func (d *Driver) Gate(uintptr, int) (gpu.Gate, error)           { return nil, errNoLoader }
+func (d *Driver) Table() unsafe.Pointer                  { return nil }
+func (d *Driver) Name() string                           { return "none" }
+func (d *Driver) Version() int                           { return 0 }
+func (d *Driver) DeviceCount() int                       { return 0 }
+func (d *Driver) Close() error                           { return nil }
+func (d *Driver) Locate(uintptr, uint64) (int, error)    { return 0, errNoLoader }
+func (d *Driver) NewCopier(int, int) (gpu.Copier, error) { return nil, errNoLoader }
+func (d *Driver) AllocHost(int, int) (uintptr, error)    { return 0, errNoLoader }
+func (d *Driver) FreeHost(uintptr) error                 { return errNoLoader }
+func (d *Driver) Gate(uintptr, int) (gpu.Gate, error)    { return nil, errNoLoader }
+func (d *Driver) CopyOnStream(uintptr, int, bool, uintptr, uintptr, int) error {
+	return errNoLoader
+}
 func (d *Driver) DeviceName(int) (string, error)                { return "", errNoLoader }
 func (d *Driver) Attribute(int, int) (int, error)               { return 0, errNoLoader }
 func (d *Driver) AllocDevice(int, int) (uintptr, error)         { return 0, errNoLoader }

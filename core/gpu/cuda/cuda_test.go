@@ -254,4 +254,24 @@ func TestEnginesMoveGPUMemory(t *testing.T) {
 	require.Equal(t, bytes.Repeat([]byte{0xab}, int(half)), got[:half], "the peer got the bytes of the fill before")
 	require.NoError(t, d.CopyFromDevice(0, got[:16], iniDev))
 	require.Equal(t, bytes.Repeat([]byte{0xcd}, 16), got[:16])
+
+	// A read ordered on the stream: a fill before it is overwritten, a
+	// fill after it overwrites what it read (of the first half only), and
+	// the host half of the batch is untouched by the stream.
+	require.NoError(t, d.CopyToDevice(0, tgtDev, bytes.Repeat([]byte{0x11}, int(half))))
+	require.NoError(t, d.Memset(0, s, iniDev, 0x22, n))
+	ticket, err = ini.TransferOnStream(tgt.Name(), []core.Request{
+		{Opcode: transport.Read, Local: iniDev, Remote: uint64(tgtDev), Length: half},
+		{Opcode: transport.Read, Local: iniDev + uintptr(half), Remote: uint64(uintptr(unsafePointer(host))), Length: n - half},
+	}, s, -1, 30*time.Second)
+	require.NoError(t, err)
+	require.NoError(t, d.Memset(0, s, iniDev, 0x33, 16))
+	require.NoError(t, d.Synchronize(0, s))
+	done, err = ini.StreamTransferStatus(ticket)
+	require.NoError(t, err)
+	require.True(t, done)
+	require.NoError(t, d.CopyFromDevice(0, got, iniDev))
+	require.Equal(t, bytes.Repeat([]byte{0x33}, 16), got[:16])
+	require.Equal(t, bytes.Repeat([]byte{0x11}, int(half)-16), got[16:half])
+	require.True(t, bytes.Equal(host[:n-half], got[half:]), "gpu from host, on the stream")
 }

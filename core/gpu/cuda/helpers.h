@@ -16,6 +16,7 @@ CUresult pymc_copier_new(CUcontext ctx, int slots, CUstream *s, CUevent *evs);
 CUresult pymc_copier_free(CUcontext ctx, CUstream s, CUevent *evs, int slots);
 CUresult pymc_copy(CUcontext ctx, CUstream s, CUevent ev, int to_device, uint64_t dst, uint64_t src, size_t n);
 CUresult pymc_event_wait(CUcontext ctx, CUevent ev);
+CUresult pymc_copy_on_stream(CUcontext ctx, CUstream s, int to_device, uint64_t dst, uint64_t src, size_t n);
 CUresult pymc_host_alloc(CUcontext ctx, size_t n, void **p);
 CUresult pymc_host_free(CUcontext ctx, void *p);
 CUresult pymc_gate(CUcontext ctx, CUstream s, int *go_start, int *go_done, int *err_no);

@@ -26,6 +26,9 @@ var (
 	ErrLeak = errors.New("fake gpu: resources leaked")
 	// ErrClosed is a call on a closed driver or copier.
 	ErrClosed = errors.New("fake gpu: closed")
+	// ErrHeld is a driver call made while a gate holds a stream, under
+	// RefuseCallsWhileHeld.
+	ErrHeld = errors.New("fake gpu: driver call while a stream is held")
 )
 
 // Driver is the fake. The zero value is not usable; call New.
@@ -44,6 +47,8 @@ type Driver struct {
 	copied    atomic.Int64
 	inject    atomic.Bool  // FailCopiesAfter is in force
 	failAfter atomic.Int64 // copies that still succeed before the failures
+	held      atomic.Int64 // gates reached and not yet opened
+	strict    atomic.Bool  // RefuseCallsWhileHeld
 }
 
 var _ gpu.Driver = (*Driver)(nil)
@@ -178,6 +183,22 @@ func (d *Driver) FailCopiesAfter(n int) {
 	}
 }
 
+// RefuseCallsWhileHeld makes the staging calls (NewCopier and every
+// copier call) fail with ErrHeld while a reached gate holds a stream: a
+// real driver call then may wait for the held stream (a device-wide
+// synchronisation in another thread, such as a lazily loaded kernel's,
+// waits for it and blocks the driver), so a transfer that needs one to let
+// the stream go can deadlock. Calls that the stream's release does not
+// depend on (queueing copies and gates, host memory) stay allowed.
+func (d *Driver) RefuseCallsWhileHeld(on bool) { d.strict.Store(on) }
+
+func (d *Driver) checkHeld() error {
+	if d.strict.Load() && d.held.Load() > 0 {
+		return ErrHeld
+	}
+	return nil
+}
+
 // Copied is the number of bytes the copiers have copied.
 func (d *Driver) Copied() int64 { return d.copied.Load() }
 
@@ -256,6 +277,9 @@ func (d *Driver) hostRange(addr uintptr, n int) ([]byte, error) {
 
 // NewCopier implements gpu.Driver.
 func (d *Driver) NewCopier(ord, slots int) (gpu.Copier, error) {
+	if err := d.checkHeld(); err != nil {
+		return nil, err
+	}
 	if ord < 0 || ord >= d.devices || slots <= 0 {
 		return nil, fmt.Errorf("fake gpu: copier on device %d with %d slots: %w", ord, slots, ErrInvalidValue)
 	}
@@ -286,6 +310,9 @@ type copier struct {
 }
 
 func (c *copier) enqueue(slot int, dst, src []byte) error {
+	if err := c.d.checkHeld(); err != nil {
+		return err
+	}
 	if c.closed {
 		return ErrClosed
 	}
@@ -344,6 +371,9 @@ func (c *copier) run(upto int) {
 }
 
 func (c *copier) Wait(slot int) error {
+	if err := c.d.checkHeld(); err != nil {
+		return err
+	}
 	if c.closed {
 		return ErrClosed
 	}
@@ -454,6 +484,36 @@ func (d *Driver) Synchronize(ctx context.Context, h uintptr) error {
 	}
 }
 
+// CopyOnStream implements gpu.Driver: the copy runs when the fake stream
+// gets to it. A failure then is recorded and returned by the next
+// StreamError.
+func (d *Driver) CopyOnStream(h uintptr, ord int, toDevice bool, dst, src uintptr, n int) error {
+	s, err := d.stream(h, ord)
+	if err != nil {
+		return err
+	}
+	var to, from []byte
+	if toDevice {
+		to, err = d.shadow(dst, n, -1)
+		if err == nil {
+			from, err = d.hostRange(src, n)
+		}
+	} else {
+		from, err = d.shadow(src, n, -1)
+		if err == nil {
+			to, err = d.hostRange(dst, n)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	s.ops <- func() {
+		copy(to, from)
+		d.copied.Add(int64(n))
+	}
+	return nil
+}
+
 // Gate implements gpu.Driver on the fake streams.
 func (d *Driver) Gate(h uintptr, ord int) (gpu.Gate, error) {
 	s, err := d.stream(h, ord)
@@ -463,6 +523,12 @@ func (d *Driver) Gate(h uintptr, ord int) (gpu.Gate, error) {
 	g := &gate{d: d, reached: make(chan struct{}), open: make(chan struct{})}
 	d.gates.Add(1)
 	s.ops <- func() {
+		g.mu.Lock()
+		if !g.opened {
+			g.holding = true
+			d.held.Add(1)
+		}
+		g.mu.Unlock()
 		close(g.reached)
 		select {
 		case <-g.open:
@@ -477,6 +543,9 @@ type gate struct {
 	reached chan struct{}
 	open    chan struct{}
 	once    sync.Once
+	mu      sync.Mutex
+	opened  bool // guarded by mu
+	holding bool // guarded by mu: counted in Driver.held
 }
 
 func (g *gate) Reached(ctx context.Context) error {
@@ -490,6 +559,13 @@ func (g *gate) Reached(ctx context.Context) error {
 
 func (g *gate) Open() {
 	g.once.Do(func() {
+		g.mu.Lock()
+		g.opened = true
+		if g.holding {
+			g.holding = false
+			g.d.held.Add(-1)
+		}
+		g.mu.Unlock()
 		close(g.open)
 		g.d.gates.Add(-1)
 	})
