@@ -94,6 +94,7 @@ type Engine struct {
 	managed  *managedPool
 	staging  *gpu.Staging // nil without a GPU driver
 	tickets  ticketTable  // transfers ordered on CUDA streams
+	bounces  bouncePool   // page-locked buffers of those transfers
 
 	publishMu sync.Mutex // serialises descriptor publication
 }
@@ -255,6 +256,7 @@ func (e *Engine) Close() error {
 		if e.staging != nil {
 			errs = append(errs, e.staging.Close())
 		}
+		errs = append(errs, e.bounces.close())
 		e.closeErr = errors.Join(errs...)
 	})
 	return e.closeErr
@@ -531,7 +533,9 @@ func (e *Engine) UnregisterMemoryBatch(addrs []uintptr) error {
 // CheckLocal reports whether [addr, addr+length) lies inside one registered
 // region of this engine.
 func (e *Engine) CheckLocal(addr uintptr, length uint64) error {
-	if !e.mem.Contains(uint64(addr), length) {
+	// The bounce buffers of stream-ordered transfers are local memory of
+	// the engine's own: never published, never reachable by peers.
+	if !e.mem.Contains(uint64(addr), length) && !e.bounces.contains(uint64(addr), length) {
 		return fmt.Errorf("local range [%#x, +%d) is not inside registered memory: %w", addr, length, ErrAddressNotRegistered)
 	}
 	return nil

@@ -250,6 +250,50 @@ func TestTransferOnStreamIsOrdered(t *testing.T) {
 	require.Eventually(t, func() bool { done, err := p.ini.StreamTransferStatus(ticket); return done && err == nil }, 10*time.Second, time.Millisecond)
 }
 
+// TestTransferOnStreamNeedsNoDriverWhileHeld: while the stream is held,
+// the transfer makes no driver call (a device-wide synchronisation in
+// another thread would wait for the held stream and block the driver). The
+// target's memory is host memory here: a GPU target in the same process
+// would need its own staging copies while the initiator's stream is held.
+func TestTransferOnStreamNeedsNoDriverWhileHeld(t *testing.T) {
+	testutil.ResourceCheck(t)
+	const n = 3<<20 + 5
+	d := newFakeGPU(t)
+	tgt, ini := newGPUEngine(t, d), newGPUEngine(t, d)
+	remote := mmapBuf(t, n)
+	src := allocDev(t, d, 1, n)
+	require.NoError(t, tgt.RegisterMemory(addr(remote), n, "*"))
+	require.NoError(t, ini.RegisterMemory(src.addr, n, "*"))
+	s := fakeStream(t, d, 1)
+	d.RefuseCallsWhileHeld(true)
+	defer d.RefuseCallsWhileHeld(false)
+
+	want := make([]byte, n)
+	fill(want, 42)
+	require.NoError(t, d.Launch(s, func() { _ = d.Write(src.addr, want) }))
+	ticket, err := ini.TransferOnStream(tgt.Name(), []Request{{Opcode: transport.Write, Local: src.addr, Remote: uint64(addr(remote)), Length: n}}, s, -1, 30*time.Second)
+	require.NoError(t, err)
+	syncStream(t, d, s)
+	done, err := ini.StreamTransferStatus(ticket)
+	require.NoError(t, err)
+	require.True(t, done)
+	requireSame(t, want, remote)
+
+	fill(remote, 43)
+	ticket, err = ini.TransferOnStream(tgt.Name(), []Request{{Opcode: transport.Read, Local: src.addr, Remote: uint64(addr(remote)), Length: n}}, s, -1, 30*time.Second)
+	require.NoError(t, err)
+	var after []byte
+	require.NoError(t, d.Launch(s, func() { after = make([]byte, n); _ = d.Read(src.addr, after) }))
+	syncStream(t, d, s)
+	done, err = ini.StreamTransferStatus(ticket)
+	require.NoError(t, err)
+	require.True(t, done)
+	requireSame(t, remote, after)
+
+	// The staging path of an ordinary transfer would call the driver.
+	require.Positive(t, d.Copied())
+}
+
 func TestTransferOnStreamFailures(t *testing.T) {
 	testutil.ResourceCheck(t)
 	const n = 64 << 10
@@ -278,11 +322,16 @@ func TestTransferOnStreamFailures(t *testing.T) {
 	release := holdStream(t, p.d, s)
 	ticket, err := ini2.TransferOnStream(p.tgt.Name(), write(uint64(p.tgtDev.addr)), s, -1, time.Second)
 	require.NoError(t, err)
-	require.NoError(t, ini2.Close())
+	// Close cancels the engine, then waits for the stream to be done with
+	// the bounce buffer, which it is once let go.
+	closed := make(chan error, 1)
+	go func() { closed <- ini2.Close() }()
+	require.Eventually(t, func() bool { return ini2.ctx.Err() != nil }, 10*time.Second, time.Millisecond)
+	release()
+	require.NoError(t, <-closed)
 	done, err := ini2.StreamTransferStatus(ticket)
 	require.True(t, done)
 	require.ErrorIs(t, err, ErrClosed)
-	release()
 	syncStream(t, p.d, s)
 	_, err = ini2.TransferOnStream(p.tgt.Name(), write(uint64(p.tgtDev.addr)), s, -1, time.Second)
 	require.ErrorIs(t, err, ErrClosed)

@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/gpu"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 // Ticket names a transfer ordered on a CUDA stream (TransferOnStream).
@@ -78,16 +80,26 @@ func (t *ticketTable) close() {
 // default stream of device, where a negative device means the device of
 // the first GPU buffer among the requests (else device 0).
 //
+// While the stream is held the transfer makes no CUDA call: anything that
+// synchronises the device meanwhile (a lazily loaded kernel, a
+// cudaMalloc or cudaFree in another thread) waits for the held stream, so
+// a transfer needing the driver then would wait for it in turn, until its
+// deadline. GPU buffers therefore go through a page-locked bounce buffer,
+// with the copies queued on the stream itself at this call: device to
+// bounce before the hold (writes), bounce to device after it (reads).
+//
 // Problems found at once (no GPU driver: ErrNotSupported; an unknown
-// segment; an unregistered range) are returned and nothing is queued. A
-// failure of the transfer itself (its deadline is timeout from when the
-// stream reaches it) is logged and kept in the ticket; the stream is let
-// go in every case, never left blocked, and the process never exits.
+// segment; an unregistered range; a copy the driver refuses) are returned.
+// A failure of the transfer itself (its deadline is timeout from when the
+// stream reaches it) is logged and kept in the ticket, and the stream is
+// let go in every case, never left blocked; the process never exits. A
+// failed read leaves its GPU destinations undefined.
 func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr, device int, timeout time.Duration) (Ticket, error) {
 	if e.closed.Load() {
 		return 0, ErrClosed
 	}
-	if e.cfg.GPU == nil {
+	drv := e.cfg.GPU
+	if drv == nil {
 		return 0, fmt.Errorf("transfer on a CUDA stream: no GPU driver (libcuda) in this process: %w", ErrNotSupported)
 	}
 	if len(reqs) == 0 {
@@ -102,38 +114,119 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 	if err != nil {
 		return 0, fmt.Errorf("transfer on a CUDA stream: %w", err)
 	}
+	var onGPU []int // requests whose local memory is GPU memory
+	var gpuBytes uint64
+	firstDev := gpu.Host
 	for i, r := range withSegment(reqs, h) {
 		if _, err := e.checkRequest(ctx, r); err != nil {
 			return 0, fmt.Errorf("transfer on a CUDA stream: request %d: %w", i, err)
 		}
-	}
-	if stream == 0 && device < 0 {
-		device = 0
-		for _, r := range reqs {
-			if d := e.mem.device(uint64(r.Local), max(r.Length, 1)); d != gpu.Host {
-				device = d
-				break
+		if r.Length == 0 {
+			continue
+		}
+		if d := e.mem.device(uint64(r.Local), r.Length); d != gpu.Host {
+			onGPU = append(onGPU, i)
+			gpuBytes += r.Length
+			if firstDev == gpu.Host {
+				firstDev = d
 			}
 		}
 	}
-	g, err := e.cfg.GPU.Gate(stream, device)
-	if err != nil {
+	if firstDev == gpu.Host {
+		firstDev = 0
+	}
+	if stream == 0 && device < 0 {
+		device = firstDev
+	}
+
+	// The requests as transferred: GPU buffers replaced by slices of the
+	// bounce buffer.
+	xreqs := append([]Request(nil), reqs...)
+	var b bounceBuf
+	if gpuBytes > 0 {
+		if gpuBytes > maxBounce {
+			return 0, fmt.Errorf("transfer on a CUDA stream: %d bytes of GPU buffers (at most %d): %w", gpuBytes, uint64(maxBounce), ErrInvalidArgument)
+		}
+		if b, err = e.bounces.get(drv, firstDev, int(gpuBytes)); err != nil {
+			return 0, fmt.Errorf("transfer on a CUDA stream: %w", err)
+		}
+		off := uintptr(0)
+		for _, i := range onGPU {
+			xreqs[i].Local = b.addr + off
+			off += uintptr(reqs[i].Length)
+		}
+	}
+	// queued: the stream may touch the bounce buffer, so it is not reused
+	// unless we know the stream is done with it.
+	queued := false
+	abandon := func(err error) (Ticket, error) {
+		if b.size > 0 {
+			if queued {
+				e.bounces.forget(b)
+			} else {
+				e.bounces.put(b)
+			}
+		}
 		return 0, fmt.Errorf("transfer on CUDA stream %#x: %w", stream, err)
 	}
-	reqs = append([]Request(nil), reqs...) // the caller may reuse its slice
-	op, err := e.tickets.start(&e.wg, func(op *streamOp) { e.runOnStream(op, g, target, reqs, timeout) })
+	copies := func(toDevice bool) error {
+		for _, i := range onGPU {
+			if (reqs[i].Opcode == transport.Read) != toDevice {
+				continue
+			}
+			dst, src := xreqs[i].Local, reqs[i].Local
+			if toDevice {
+				dst, src = src, dst
+			}
+			if err := drv.CopyOnStream(stream, device, toDevice, dst, src, int(reqs[i].Length)); err != nil {
+				return err
+			}
+			queued = true
+		}
+		return nil
+	}
+	if err := copies(false); err != nil {
+		return abandon(err)
+	}
+	hold, err := drv.Gate(stream, device)
 	if err != nil {
-		g.Open()
-		return 0, err
+		return abandon(err)
+	}
+	// The transfer's goroutine starts now: what is queued after the hold
+	// may block in the driver until the held stream goes on, which only
+	// the goroutine can make happen. It gets the drained gate (reached
+	// once the stream is done with the bounce buffer: after the copies out
+	// of it for reads, after the hold for writes) through after.
+	after := make(chan gpu.Gate, 1)
+	op, err := e.tickets.start(&e.wg, func(op *streamOp) { e.runOnStream(op, hold, after, b, target, xreqs, timeout) })
+	if err != nil {
+		hold.Open()
+		return abandon(err)
+	}
+	var drained gpu.Gate
+	err = copies(true)
+	if err == nil && queued {
+		drained, err = drv.Gate(stream, device)
+	}
+	after <- drained
+	if err != nil {
+		// The goroutine lets the stream go and keeps the buffer from reuse.
+		return 0, fmt.Errorf("transfer on CUDA stream %#x: %w", stream, err)
 	}
 	return op.ticket, nil
 }
 
-// runOnStream waits for the stream to reach the gate, transfers, records
-// the outcome and lets the stream go.
-func (e *Engine) runOnStream(op *streamOp, g gpu.Gate, target string, reqs []Request, timeout time.Duration) {
-	defer g.Open()
-	err := g.Reached(e.ctx)
+// bounceDrain bounds the wait, after a transfer, for the stream to be done
+// with its bounce buffer (this also delays Close when the engine closes
+// before a stream reached its transfer); a buffer the stream may still use
+// is never reused nor freed, only forgotten.
+const bounceDrain = 10 * time.Second
+
+// runOnStream waits for the stream to reach the hold, transfers, records
+// the outcome, lets the stream go, and takes back the bounce buffer once
+// the stream is done with it.
+func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate, b bounceBuf, target string, reqs []Request, timeout time.Duration) {
+	err := hold.Reached(e.ctx)
 	if err != nil {
 		err = fmt.Errorf("engine closed before the stream reached the transfer: %w", ErrClosed)
 	} else {
@@ -141,13 +234,162 @@ func (e *Engine) runOnStream(op *streamOp, g gpu.Gate, target string, reqs []Req
 		err = e.TransferTo(ctx, target, reqs, nil)
 		cancel()
 	}
-	if err != nil {
-		e.log.Error("transfer ordered on a CUDA stream failed; the stream goes on",
-			zap.Uint64("ticket", uint64(op.ticket)), zap.String("segment", target),
-			zap.Int("requests", len(reqs)), zap.Error(err))
+	finish := func(err error) {
+		if err != nil {
+			e.log.Error("transfer ordered on a CUDA stream failed; the stream goes on",
+				zap.Uint64("ticket", uint64(op.ticket)), zap.String("segment", target),
+				zap.Int("requests", len(reqs)), zap.Error(err))
+		}
+		op.err = err
+		op.done.Store(true)
 	}
-	op.err = err
-	op.done.Store(true)
+	if b.size == 0 {
+		// Nothing is queued after the hold: the outcome is recorded before
+		// the stream goes on, so a caller that synchronised the stream sees
+		// it.
+		finish(err)
+		hold.Open()
+		<-after
+		return
+	}
+	// The submitter may be queueing the copies out of the buffer, blocked
+	// until the stream goes on.
+	hold.Open()
+	drained := <-after
+	if drained == nil {
+		finish(errors.Join(err, errors.New("queueing the copies out of the bounce buffer failed")))
+		e.bounces.forget(b) // the stream may still use it
+		return
+	}
+	// The stream waits at drained: the outcome is recorded before it goes
+	// on.
+	finish(err)
+	ctx, cancel := context.WithTimeout(context.Background(), bounceDrain)
+	derr := drained.Reached(ctx)
+	cancel()
+	drained.Open()
+	if derr != nil {
+		e.log.Warn("a stream did not finish with a bounce buffer; the buffer is not reused",
+			zap.Uint64("ticket", uint64(op.ticket)), zap.Int("bytes", b.size))
+		e.bounces.forget(b)
+		return
+	}
+	e.bounces.put(b)
+}
+
+// maxBounce bounds the GPU bytes of one stream-ordered transfer.
+const maxBounce = 16 << 30
+
+// bounceIdle is how many bytes of bounce buffers are kept for reuse.
+const bounceIdle = 1 << 30
+
+// bounceBuf is a page-locked host buffer from the GPU driver.
+type bounceBuf struct {
+	drv  gpu.Driver
+	addr uintptr
+	size int
+}
+
+// bouncePool lends page-locked buffers to stream-ordered transfers and
+// keeps up to bounceIdle bytes of returned ones. The zero value is ready.
+type bouncePool struct {
+	mu     sync.Mutex
+	idle   []bounceBuf     // guarded by mu
+	bytes  int             // guarded by mu: of idle
+	lent   map[uintptr]int // guarded by mu: address → size
+	closed bool            // guarded by mu
+}
+
+// get lends a buffer of at least n bytes.
+func (p *bouncePool) get(drv gpu.Driver, ord, n int) (bounceBuf, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return bounceBuf{}, ErrClosed
+	}
+	best := -1
+	for i, b := range p.idle {
+		if b.drv == drv && b.size >= n && (best < 0 || b.size < p.idle[best].size) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		b := p.idle[best]
+		p.idle = append(p.idle[:best], p.idle[best+1:]...)
+		p.bytes -= b.size
+		p.lend(b)
+		p.mu.Unlock()
+		return b, nil
+	}
+	p.mu.Unlock()
+	size := (n + bounceGranule - 1) / bounceGranule * bounceGranule
+	addr, err := drv.AllocHost(ord, size)
+	if err != nil {
+		return bounceBuf{}, fmt.Errorf("%d bytes of page-locked memory: %w", size, err)
+	}
+	b := bounceBuf{drv: drv, addr: addr, size: size}
+	p.mu.Lock()
+	p.lend(b)
+	p.mu.Unlock()
+	return b, nil
+}
+
+const bounceGranule = 2 << 20
+
+func (p *bouncePool) lend(b bounceBuf) {
+	if p.lent == nil {
+		p.lent = map[uintptr]int{}
+	}
+	p.lent[b.addr] = b.size
+}
+
+// put takes back a buffer no stream uses any more.
+func (p *bouncePool) put(b bounceBuf) {
+	p.mu.Lock()
+	delete(p.lent, b.addr)
+	keep := !p.closed && p.bytes+b.size <= bounceIdle
+	if keep {
+		p.idle = append(p.idle, b)
+		p.bytes += b.size
+	}
+	p.mu.Unlock()
+	if !keep {
+		_ = b.drv.FreeHost(b.addr)
+	}
+}
+
+// forget drops a buffer a stream may still copy to or from: it is neither
+// reused nor freed (freeing it under a pending copy would be worse).
+func (p *bouncePool) forget(b bounceBuf) {
+	p.mu.Lock()
+	delete(p.lent, b.addr)
+	p.mu.Unlock()
+}
+
+// contains reports whether [addr, addr+n) lies in a lent buffer.
+func (p *bouncePool) contains(addr, n uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, size := range p.lent {
+		if addr >= uint64(a) && addr+n <= uint64(a)+uint64(size) && addr+n >= addr {
+			return true
+		}
+	}
+	return false
+}
+
+// close frees the idle buffers; lent ones are freed when put back.
+func (p *bouncePool) close() error {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle, p.bytes = nil, 0
+	p.mu.Unlock()
+	var errs []error
+	for _, b := range idle {
+		errs = append(errs, b.drv.FreeHost(b.addr))
+	}
+	return errors.Join(errs...)
 }
 
 // StreamTransferStatus reports a stream transfer: not done yet (false,
