@@ -1312,6 +1312,17 @@ class TransferEngine:
             the ticket and never ends the process (Mooncake's ``_exit(1)``);
             the stream goes on either way.
 
+        Notes
+        -----
+        GPU buffers go through a page-locked bounce buffer, copied on the
+        stream itself (before the transfer for writes, after it for reads),
+        so that nothing the transfer does while it holds the stream needs
+        the CUDA driver: a device-wide synchronisation meanwhile (a lazily
+        loaded kernel, ``cudaFree``) waits for the held stream and would
+        otherwise deadlock. At most 16 GiB of GPU buffers per call. A target
+        engine in the same process with GPU memory still copies through the
+        driver while the stream is held; use another process.
+
         Raises
         ------
         NotSupportedError
@@ -1340,7 +1351,8 @@ class TransferEngine:
         Returns
         -------
         int
-            A ticket for :meth:`cuda_transfer_status`.
+            A ticket for :meth:`cuda_transfer_status`. After a failed read
+            the GPU destination's contents are undefined.
 
         Raises
         ------

@@ -48,7 +48,6 @@ def test_10000_cycles_return_all_memory(torch: Any, cls: type[StreamAllocator]) 
     StreamAllocator.trim(0)
     after = torch.cuda.mem_get_info(0)[0]
     assert after >= before, f"{cls.__name__} leaked {before - after} bytes"
-    assert cls.last_error() == ""
 
 
 @pytest.mark.parametrize("cls", [StreamAllocator, NVLinkAllocator])

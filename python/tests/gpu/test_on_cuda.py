@@ -65,11 +65,20 @@ def test_read_on_cuda_is_ordered(torch: Any, gpu_engine: TransferEngine, peer: g
         x.fill_(1)  # overwritten by the read, which comes after
     ticket = gpu_engine.transfer_read_on_cuda(peer.segment, x.data_ptr(), peer.gpu, SIZE, s)
     with torch.cuda.stream(s):
-        y = x.to(torch.int32) * 2  # a kernel after the read sees its bytes
+        # Kernels after the read see its bytes. Kernels this process has
+        # not run yet are loaded lazily, which synchronises the device: it
+        # waits for the held stream, so the transfer must need no CUDA call
+        # to let it go (this deadlocked until the transfer's deadline with
+        # staging copies made while the stream was held).
+        y = x.to(torch.int32) * 2
+        w = torch.special.i0(x[:4096].to(torch.float64))
+    big = torch.empty(777 * MiB, dtype=torch.uint8, device="cuda")  # cudaMalloc meanwhile
     s.synchronize()
     assert gpu_engine.cuda_transfer_status(ticket) == 1
     assert gpulib.digest(x) == want
     assert torch.equal(y, x.to(torch.int32) * 2)
+    torch.testing.assert_close(w, torch.special.i0(x[:4096].to(torch.float64)))
+    del big
 
 
 def test_batch_on_cuda_and_the_default_stream(torch: Any, gpu_engine: TransferEngine, peer: gpulib.GPUPeer, x: Any) -> None:
