@@ -11,7 +11,9 @@
 # the Go toolchain nor the source tree can help), it
 #  1. installs the wheel with pip (--no-index: it has no dependencies);
 #  2. imports it and runs a loopback transfer (scripts/wheel_smoke.py, run
-#     with -I so that only the venv's site-packages are on sys.path);
+#     with -I so that only the venv's site-packages are on sys.path); then
+#     again with the host's RDMA, CUDA, NVML and barex libraries made
+#     unloadable, where root may unshare a mount namespace;
 #  3. runs the console script: pymooncake bench --mode loopback --duration 2;
 #  4. checks the start-up hook: PYMOONCAKE_AS_MOONCAKE=1 makes
 #     `from mooncake.engine import TransferEngine` give pymooncake's;
@@ -81,6 +83,20 @@ site=$(isolated "$venvpy" -I -c 'import sysconfig; print(sysconfig.get_path("pla
 
 echo "test_wheel: import and loopback transfer" >&2
 isolated "$venvpy" -I "$root/scripts/wheel_smoke.py" --not-under "$root"
+
+# The same with this host's optional libraries made unloadable (RDMA, CUDA,
+# NVML, barex: /dev/null bound over each in a private mount namespace), as
+# on a host without them; needs root and unshare, skipped otherwise.
+hide=$(ldconfig -p | awk '/lib(ibverbs|mlx[45]|rdmacm|cuda|nvidia-ml|accl_barex)\.so/ {print $NF}' | xargs -r realpath -e 2>/dev/null | sort -u | tr '\n' ' ')
+if [[ -z ${hide// /} ]]; then
+  echo "test_wheel: this host has none of the optional libraries (RDMA, CUDA, NVML, barex)" >&2
+elif [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then
+  echo "test_wheel: import and loopback again with these unloadable: $hide" >&2
+  isolated env HIDE="$hide" unshare -m bash -c 'for f in $HIDE; do mount --bind /dev/null "$f" || exit 1; done; exec "$@"' _ \
+    "$venvpy" -I "$root/scripts/wheel_smoke.py" --not-under "$root"
+else
+  echo "test_wheel: not root or no unshare: the run without optional libraries is skipped" >&2
+fi
 
 echo "test_wheel: pymooncake bench --mode loopback --duration 2" >&2
 isolated "$work/venv/bin/pymooncake" bench --mode loopback --duration 2 2>"$work/bench.err" | tee "$work/bench.out" >&2 || {
