@@ -86,10 +86,22 @@ fi
 suffix=$("$pyexe" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 ext=pymooncake/_gopy/_pymooncake_go$suffix
 unset PYMOONCAKE_SKIP_GO_BUILD
-if ((!rebuild)) && [[ -f $ext ]] && [[ -z $(find bindings core allocator go.mod go.sum scripts/build_ext.sh \
-      \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.s' -o -name go.mod -o -name go.sum -o -name build_ext.sh \) \
-      -newer "$ext" -print -quit 2>/dev/null) ]]; then
-  echo "build_wheel: reusing $ext (newer than every Go/C source)" >&2
+# Is the extension `make build` left newer than what it is built from? go.mod
+# and go.sum get a minute's grace: build_ext.sh copies them back (new mtime)
+# just after writing the extension, because gopy's -mod=mod may touch them.
+fresh() {
+  [[ -f $ext ]] || return 1
+  [[ -z $(find bindings core allocator scripts/build_ext.sh \
+      \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.s' -o -name build_ext.sh \) \
+      -newer "$ext" -print -quit 2>/dev/null) ]] || return 1
+  local built f
+  built=$(stat -c %Y "$ext")
+  for f in go.mod go.sum; do
+    (($(stat -c %Y "$f") <= built + 60)) || return 1
+  done
+}
+if ((!rebuild)) && fresh; then
+  echo "build_wheel: reusing $ext (newer than every Go/C source, go.mod and go.sum)" >&2
   export PYMOONCAKE_SKIP_GO_BUILD=1
 fi
 # The barex shim, only if one was built; the same rule as setup.py's
