@@ -768,6 +768,8 @@ func TestFirstAsyncCallAfterRestart(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				require.ErrorIs(t, ini.TransferTo(ctx, "tgt", write, nil), tcp.ErrPeer)
 				cancel()
+				code, _ := httpGet(t, meta, "mooncake/ram/tgt")
+				require.Equal(t, http.StatusOK, code, "recovery forgets the descriptor locally, never in the store")
 			} else {
 				s, ok := ini.segs.lookup("tgt")
 				require.True(t, ok)

@@ -52,6 +52,15 @@ Differences from Mooncake
 - ``PASS_ALLOC`` (Mooncake 0.3.8) is accepted and has no effect: the managed
   buffer pool is always created on the first ``allocate_managed_buffer``, as
   in Mooncake 0.3.9 and later.
+- Peer failures are recovered the way Mooncake's ``CheckSegmentStatus``
+  means to: a failed submit, and also an asynchronous batch that ends
+  failed, drops the target's cached handle when its connections failed (it
+  is looked up again on the next call; no metadata key is ever deleted). A
+  synchronous call that fails because the target restarted (connection
+  refused or reset, or a new incarnation's descriptor) looks the target up
+  again and retries once within its deadline, so once a peer has finished
+  restarting no call fails. A stopped or unreachable peer makes calls fail
+  after ``MC_TRANSFER_TIMEOUT`` (plus 1 ns per byte), never hang.
 - Only the TCP transport exists in this build; ``protocol`` selects nothing
   (as in Mooncake, where it selects the memory allocator at most).
 - GPU memory is detected at registration (``cuda:<n>``) when the NVIDIA
