@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
 
 // Request is one transfer between local memory and an open segment.
@@ -245,7 +246,9 @@ func (e *Engine) Transfer(ctx context.Context, reqs []Request, n *Notify) error 
 	if err != nil {
 		return err
 	}
-	if err := e.submit(ctx, id, reqs, n); err != nil {
+	// The caller waits right away: the TCP transport may run a lone small
+	// request on this goroutine instead of waking one of its own.
+	if err := e.submit(tcp.Sync(ctx), id, reqs, n); err != nil {
 		e.FreeBatch(id)
 		return err
 	}

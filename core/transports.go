@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -129,6 +130,7 @@ func (e *Engine) newTCP() (dataTransport, error) {
 		IOTimeout:     env.TCPStatusTimeout,
 		DialTimeout:   env.HandshakeConnectTimeout,
 		ForceV1:       env.TCPForceV1,
+		PollBudget:    pollBudget(env.TCPPoll),
 		Logger:        e.cfg.Logger.Named("tcp"),
 		GPU:           e.tcpGPU(),
 	}, ln, e.mem.Contains)
@@ -137,6 +139,15 @@ func (e *Engine) newTCP() (dataTransport, error) {
 		return nil, fmt.Errorf("tcp transport: %w", err)
 	}
 	return tcpTransport{t}, nil
+}
+
+// pollBudget maps PYMOONCAKE_TCP_POLL_US to tcp.Config, where 0 means the
+// default and a negative budget none.
+func pollBudget(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 func (e *Engine) newRDMA(ctx context.Context) (dataTransport, error) {

@@ -53,6 +53,12 @@ type Env struct {
 	// (MC_TCP_LANES_PER_PEER, or the older MC_TCP_MAX_CONNECTIONS_PER_PEER;
 	// default 4, 1 to 16).
 	TCPLanes int
+	// TCPPoll is how long a TCP connection is polled for its next bytes
+	// before its goroutine parks: the data server's after each reply, a
+	// synchronous call's for its status frame (PYMOONCAKE_TCP_POLL_US,
+	// microseconds, default 50, 0 to 10000; 0 never polls). Polling spends
+	// CPU to save the wake-ups that dominate a small call's latency.
+	TCPPoll time.Duration
 	// ForceTCP selects TCP even where RDMA devices exist (MC_FORCE_TCP).
 	ForceTCP bool
 	// ForceHCA installs RDMA even where no HCA was discovered, so that a
@@ -127,6 +133,7 @@ func Defaults() Env {
 		HandshakeConnectTimeout: 5 * time.Second,
 		TCPStatusTimeout:        30 * time.Second,
 		TCPLanes:                4,
+		TCPPoll:                 50 * time.Microsecond,
 		TransferTimeout:         30 * time.Second,
 		LogLevel:                zapcore.InfoLevel,
 		Set:                     map[string]string{},
@@ -181,6 +188,10 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 		lanesKey = "MC_TCP_MAX_CONNECTIONS_PER_PEER"
 	}
 	p.intVar(&e.TCPLanes, lanesKey, 1, 16)
+	var pollUS int
+	if p.intVar(&pollUS, "PYMOONCAKE_TCP_POLL_US", 0, 10000) {
+		e.TCPPoll = time.Duration(pollUS) * time.Microsecond
+	}
 	p.presenceVar(&e.ForceTCP, "MC_FORCE_TCP")
 	p.presenceVar(&e.ForceHCA, "MC_FORCE_HCA")
 	if v, ok := p.get("MC_CUSTOM_TOPO_JSON"); ok {

@@ -3,6 +3,7 @@ package tcp
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -11,11 +12,20 @@ import (
 // transports on loopback: two half-windows alternate, so the lanes never
 // drain while one half is being waited for.
 func benchTransfer(b *testing.B, op transport.Opcode, size, window int) {
+	for _, poll := range []struct {
+		name   string
+		budget time.Duration
+	}{{"poll", 0}, {"nopoll", -1}} {
+		b.Run(poll.name, func(b *testing.B) { benchTransferPoll(b, op, size, window, poll.budget) })
+	}
+}
+
+func benchTransferPoll(b *testing.B, op transport.Opcode, size, window int, poll time.Duration) {
 	remote := mmapBuf(b, window*size)
 	local := mmapBuf(b, window*size)
 	fill(local, 1)
-	server := newTransport(b, Config{}, remote)
-	client := newTransport(b, Config{})
+	server := newTransport(b, Config{PollBudget: poll}, remote)
+	client := newTransport(b, Config{PollBudget: poll})
 	pe := peerOf(server, 2)
 	ctx := context.Background()
 	half := window / 2
@@ -78,6 +88,37 @@ func BenchmarkWrite4KLatency(b *testing.B) {
 	client := newTransport(b, Config{})
 	pe := peerOf(server, 2)
 	ctx := context.Background()
+	g := transport.NewGroup()
+	task := &transport.Task{}
+	tasks := []*transport.Task{task}
+	req := write(local, addrOf(remote))
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		task.Init(req, g)
+		g.Add(1)
+		client.Submit(ctx, pe, tasks)
+		if err := g.Wait(ctx); err != nil || task.Err() != nil {
+			b.Fatalf("write failed: %v %v", err, task.Err())
+		}
+	}
+}
+
+// BenchmarkWrite4KSyncLatency is BenchmarkWrite4KLatency for a synchronous
+// caller (ctx marked by Sync), which runs the exchange on its own goroutine,
+// with and without polling.
+func BenchmarkWrite4KSyncLatency(b *testing.B) {
+	b.Run("poll", func(b *testing.B) { benchSyncLatency(b, 0) })
+	b.Run("nopoll", func(b *testing.B) { benchSyncLatency(b, -1) })
+}
+
+func benchSyncLatency(b *testing.B, poll time.Duration) {
+	remote := mmapBuf(b, 4096)
+	local := mmapBuf(b, 4096)
+	server := newTransport(b, Config{PollBudget: poll}, remote)
+	client := newTransport(b, Config{PollBudget: poll})
+	pe := peerOf(server, 2)
+	ctx := Sync(context.Background())
 	g := transport.NewGroup()
 	task := &transport.Task{}
 	tasks := []*transport.Task{task}

@@ -37,6 +37,12 @@ type peer struct {
 	unhealthy atomic.Bool
 	// closes counts idle connections the peer closed (see PeerCloses).
 	closes atomic.Uint64
+
+	// Sync lanes (see Sync): no goroutine, used by one caller at a time.
+	smu      sync.Mutex
+	syncIdle []*lane // guarded by smu: pooled, not in use
+	syncN    int     // guarded by smu: sync lanes created, at most Lanes
+	syncDone bool    // guarded by smu: the peer was closed
 }
 
 func newPeer(t *Transport, k peerKey, addr string) *peer {
@@ -60,6 +66,7 @@ func (p *peer) close(cause error) {
 		l.closed = true
 		l.mu.Unlock()
 	}
+	p.closeSync()
 }
 
 // enqueue hands w to the least loaded lane (in bytes queued or in flight),
@@ -116,11 +123,19 @@ type part struct {
 }
 
 // lane is one persistent connection to a peer and the goroutine that runs
-// its queue, one request at a time.
+// its queue, one request at a time; or, for a sync lane, a pooled
+// connection that synchronous callers take turns to run requests on, with
+// neither goroutine nor queue (see Sync).
 type lane struct {
 	p    *peer
 	wake chan struct{} // one token: the queue may be non-empty
 	load atomic.Int64  // bytes queued or in flight
+
+	// Sync lanes only: sync is set, pl polls for status frames, unpeer
+	// stops interrupting the connection when the peer is closed.
+	sync   bool
+	pl     *poller
+	unpeer func() bool
 
 	mu      sync.Mutex
 	queue   []part // guarded by mu
@@ -452,8 +467,14 @@ func (l *lane) dial(ctx context.Context) error {
 	l.conn = c
 	l.cmu.Unlock()
 	l.s.c = c
+	if l.sync {
+		l.pl = newPoller(c, l.p.t.cfg.PollBudget, l.halted)
+	}
 	return nil
 }
+
+// halted tells a sync lane's poller to give up: the request must stop.
+func (l *lane) halted() bool { return l.stopped() != nil }
 
 // drop closes the lane's connection, if any.
 func (l *lane) drop() {
@@ -465,6 +486,7 @@ func (l *lane) drop() {
 	l.conn = nil
 	l.cmu.Unlock()
 	l.s.c = nil
+	l.pl = nil
 	_ = c.Close()
 }
 
@@ -531,6 +553,7 @@ func (l *lane) exchange(w *part) (replied bool, err error) {
 
 // status reads one status frame, bounded by StatusTimeout.
 func (l *lane) status() (replied bool, err error) {
+	l.pl.wait() // sync lanes: the frame is usually microseconds away
 	n, err := l.s.readFull(l.st[:], l.p.t.cfg.StatusTimeout)
 	if err != nil {
 		return n > 0, err

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,7 +27,14 @@ type server struct {
 	gpu      GPU         // nil: all registered memory is host memory
 	log      *zap.Logger // sampled: peers choose how often it is called
 	io, idle time.Duration
+	poll     time.Duration // see Config.PollBudget; 0: never poll
 	wg       *sync.WaitGroup
+	// stopping ends every connection's polling at once when close begins.
+	stopping atomic.Bool
+	// polling is held by the one connection that may poll at a time: a
+	// burst over many connections would otherwise keep every core spinning
+	// while the clients, on the same cores, need them to send.
+	polling atomic.Bool
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // guarded by mu
@@ -83,6 +91,7 @@ func (s *server) acceptLoop(done <-chan struct{}) {
 // close closes the listener and every connection, which ends their
 // goroutines; the caller waits for them.
 func (s *server) close() error {
+	s.stopping.Store(true)
 	err := s.ln.Close()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
@@ -116,6 +125,9 @@ func (s *server) serveConn(c net.Conn) {
 		}
 	}()
 	st := &serverConn{stream: stream{c: c}}
+	// After each reply, the client's next header usually follows within
+	// microseconds: poll for it before parking in the netpoller.
+	pl := newPoller(c, s.poll, s.stopping.Load)
 	for {
 		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
 			return
@@ -171,6 +183,12 @@ func (s *server) serveConn(c net.Conn) {
 			s.log.Debug("tcp server: transfer failed", zap.Stringer("peer", c.RemoteAddr()),
 				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode), zap.Error(err))
 			return
+		}
+		// Only after small requests: a large one's client takes long to
+		// come back, and meanwhile needs the cores.
+		if pl != nil && h.Size <= InlineMax && s.polling.CompareAndSwap(false, true) {
+			pl.wait()
+			s.polling.Store(false)
 		}
 	}
 }

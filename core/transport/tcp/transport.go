@@ -51,6 +51,12 @@ type Config struct {
 	DialTimeout time.Duration
 	// ForceV1 speaks v1 even to targets that advertise v2 (MC_TCP_PROTO=1).
 	ForceV1 bool
+	// PollBudget is how long a connection is polled for its next bytes
+	// before its goroutine parks (PYMOONCAKE_TCP_POLL_US): the server's after
+	// each reply, a synchronous caller's for its status frame (see Sync).
+	// Default DefaultPollBudget, at most MaxPollBudget; negative disables
+	// polling.
+	PollBudget time.Duration
 	// Logger receives the transport's logs; nil means none.
 	Logger *zap.Logger
 	// GPU gives access to registered GPU memory; nil means all registered
@@ -84,6 +90,14 @@ func (c Config) withDefaults() (Config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	switch {
+	case c.PollBudget == 0:
+		c.PollBudget = DefaultPollBudget
+	case c.PollBudget < 0:
+		c.PollBudget = 0
+	case c.PollBudget > MaxPollBudget:
+		return c, fmt.Errorf("poll budget %v above %v: %w", c.PollBudget, MaxPollBudget, ErrInvalidConfig)
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
@@ -145,19 +159,21 @@ func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
 		gpu:      cfg.GPU,
 		log:      hot,
 		io:       cfg.IOTimeout,
+		poll:     cfg.PollBudget,
 		idle:     max(serverIdle, cfg.IOTimeout),
 		wg:       &t.wg,
 		conns:    map[net.Conn]struct{}{},
 	}
-	t.wg.Add(1)
+	t.wg.Add(2)
 	go func() {
 		defer t.wg.Done()
 		t.srv.acceptLoop(t.ctx.Done())
 	}()
+	go t.sweepSync()
 	log.Info("tcp transport started", zap.Int("data_port", t.Port()), zap.Int("lanes", cfg.Lanes),
 		zap.Uint64("split_threshold", cfg.SplitThreshold), zap.Duration("status_timeout", cfg.StatusTimeout),
 		zap.Duration("io_timeout", cfg.IOTimeout), zap.Duration("dial_timeout", cfg.DialTimeout),
-		zap.Bool("force_v1", cfg.ForceV1), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil))
+		zap.Bool("force_v1", cfg.ForceV1), zap.Duration("poll_budget", cfg.PollBudget), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil))
 	return t, nil
 }
 
@@ -171,9 +187,10 @@ func (t *Transport) Port() int { return listen.Port(t.srv.ln) }
 // tcp_proto_version.
 func (t *Transport) ProtoVersion() int { return 2 }
 
-// Submit queues the tasks for peer and returns at once. Every task is
-// finished through PartDone: completed, rejected, failed with its peer's
-// connection, failed with ctx's error when ctx ends first, or with
+// Submit queues the tasks for peer and returns at once, except that a lone
+// small request under a ctx marked by Sync may run to its end first. Every
+// task is finished through PartDone: completed, rejected, failed with its
+// peer's connection, failed with ctx's error when ctx ends first, or with
 // ErrClosed. Zero-length tasks complete without touching the network.
 func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*transport.Task) {
 	if len(tasks) == 0 {
@@ -209,6 +226,9 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 		if n >= t.cfg.SplitThreshold {
 			parts := max(1, min(uint64(t.cfg.Lanes), n/minPart))
 			size = (n + parts - 1) / parts
+		}
+		if !v1 && len(tasks) == 1 && p.inline(ctx, task) {
+			continue
 		}
 		task.Start(int((n + size - 1) / size))
 		for off := uint64(0); off < n; off += size {
@@ -247,7 +267,31 @@ func (t *Transport) peer(pe transport.Peer) (*peer, error) {
 	}
 	next[k] = p
 	t.peers.Store(&next)
+	// A new peer is often an old one restarted elsewhere: release the
+	// pooled sync connections that dead peers closed.
+	for _, o := range old {
+		o.reapSync()
+	}
 	return p, nil
+}
+
+// sweepSync releases, every syncSweep until the transport closes, the
+// pooled sync connections that their peers closed, so that a peer nobody
+// calls any more holds no descriptor for long.
+func (t *Transport) sweepSync() {
+	defer t.wg.Done()
+	tick := time.NewTicker(syncSweep)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+			for _, p := range *t.peers.Load() {
+				p.reapSync()
+			}
+		}
+	}
 }
 
 // ClosePeer drops every connection to the peer named name: in-flight and
@@ -291,6 +335,7 @@ func (t *Transport) PeerHealthy(name string) bool {
 // can tell, at no cost, that the process there may not be the one it knew.
 func (t *Transport) PeerCloses(pe transport.Peer) uint64 {
 	if p := (*t.peers.Load())[peerKey{name: pe.Name, host: pe.Host, port: pe.DataPort}]; p != nil {
+		p.reapSync()
 		return p.closes.Load()
 	}
 	return 0

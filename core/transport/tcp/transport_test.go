@@ -31,6 +31,7 @@ func TestConfig(t *testing.T) {
 		{"negative status timeout", Config{StatusTimeout: -time.Second}},
 		{"negative i/o timeout", Config{IOTimeout: -time.Second}},
 		{"negative dial timeout", Config{DialTimeout: -time.Second}},
+		{"poll budget too long", Config{PollBudget: MaxPollBudget + 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := localListener(t)
@@ -57,6 +58,8 @@ func TestConfig(t *testing.T) {
 		require.Equal(t, DefaultStatusTimeout, tr.cfg.StatusTimeout)
 		require.Equal(t, DefaultIOTimeout, tr.cfg.IOTimeout)
 		require.Equal(t, DefaultDialTimeout, tr.cfg.DialTimeout)
+		require.Equal(t, DefaultPollBudget, tr.cfg.PollBudget)
+		require.Equal(t, time.Duration(0), newTransport(t, Config{PollBudget: -1}).cfg.PollBudget, "disabled")
 		require.Equal(t, "tcp", tr.Protocol())
 		require.Equal(t, 2, tr.ProtoVersion())
 		require.NotZero(t, tr.Port())

@@ -1,0 +1,103 @@
+package tcp
+
+import (
+	"net"
+	"runtime"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// DefaultPollBudget is how long a connection is polled for its next bytes
+// before its goroutine parks in the netpoller (PYMOONCAKE_TCP_POLL_US).
+// Parking and the wake-up of a goroutine on another CPU cost more than a
+// small request's whole round trip on loopback; polling trades CPU for that
+// latency, as Mooncake's busy-polling initiator does.
+const DefaultPollBudget = 50 * time.Microsecond
+
+// MaxPollBudget bounds Config.PollBudget.
+const MaxPollBudget = 10 * time.Millisecond
+
+// poller waits a bounded time, without parking, for a connection to have
+// bytes to read. It never consumes them: the caller's next deadline-bounded
+// Read does, so errors, EOF and deadlines are handled as without polling.
+// A poller belongs to the goroutine that owns its connection.
+type poller struct {
+	rc     syscall.RawConn
+	budget time.Duration
+	// stop, checked every few attempts, ends the polling early (the
+	// transport is closing or the request's ctx ended).
+	stop  func() bool
+	spinF func(fd uintptr) // p.spin and p.peek, bound once so that
+	peekF func(fd uintptr) // wait and idle allocate nothing
+	ready bool
+	b     [1]byte
+}
+
+// newPoller returns a poller for c, or nil (which never polls) when budget
+// is not positive or c exposes no descriptor.
+func newPoller(c net.Conn, budget time.Duration, stop func() bool) *poller {
+	sc, ok := c.(syscall.Conn)
+	if budget <= 0 || !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	p := &poller{rc: rc, budget: budget, stop: stop}
+	p.spinF, p.peekF = p.spin, p.peek
+	return p
+}
+
+// wait polls until the connection is readable (bytes, EOF or an error are
+// waiting), the budget is spent or stop reports true; it reports whether the
+// connection became readable. Closing the connection meanwhile waits for
+// wait to return, at most the budget.
+func (p *poller) wait() bool {
+	if p == nil {
+		return false
+	}
+	p.ready = false
+	if p.rc.Control(p.spinF) != nil {
+		return false
+	}
+	return p.ready
+}
+
+func (p *poller) spin(fd uintptr) {
+	start := time.Now()
+	for i := 1; ; i++ {
+		if readable(fd, &p.b) {
+			p.ready = true
+			return
+		}
+		if i%16 == 0 && p.stop != nil && p.stop() || time.Since(start) >= p.budget {
+			return
+		}
+		// Let the process's other goroutines run meanwhile: on a machine of
+		// few cores, the one that will answer may be one of them.
+		runtime.Gosched()
+	}
+}
+
+// idle reports whether nothing is waiting on the connection: no bytes, no
+// EOF, no error. A pooled client connection that is not idle was closed or
+// reset by the peer, or holds bytes that nobody asked for.
+func (p *poller) idle() bool {
+	if p == nil {
+		return true
+	}
+	p.ready = true
+	return p.rc.Control(p.peekF) == nil && !p.ready
+}
+
+func (p *poller) peek(fd uintptr) { p.ready = readable(fd, &p.b) }
+
+// readable peeks at one byte without blocking: false only when the socket
+// has nothing to report yet (EAGAIN, or a signal interrupted the peek).
+func readable(fd uintptr, b *[1]byte) bool {
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(b)), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return errno != syscall.EAGAIN && errno != syscall.EINTR
+}
