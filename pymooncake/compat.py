@@ -17,12 +17,13 @@ pymooncake's engine in either of two ways:
    calls :func:`install` as the interpreter starts. With the variable unset
    the hook only reads it.
 
-No package called ``mooncake`` is installed: :func:`install` registers two
-modules in ``sys.modules``, ``mooncake`` (an empty package) and
-``mooncake.engine`` (which is :mod:`pymooncake.engine`). Other Mooncake
-modules (``mooncake.store``, ``mooncake.allocator``) stay missing, so code
-that probes for them with ``try: import ... except ImportError`` takes its
-fallback.
+No package called ``mooncake`` is installed: :func:`install` registers
+three modules in ``sys.modules``, ``mooncake`` (an empty package),
+``mooncake.engine`` (which is :mod:`pymooncake.engine`) and
+``mooncake.allocator`` (which is :mod:`pymooncake.allocator`: SGLang's
+``from mooncake.allocator import NVLinkAllocator``). Other Mooncake modules
+(``mooncake.store``) stay missing, so code that probes for them with
+``try: import ... except ImportError`` takes its fallback.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import os
 import sys
 import types
 
-from . import engine
+from . import allocator, engine
 
 __all__ = ["install", "uninstall", "installed", "ENV"]
 
@@ -70,10 +71,12 @@ def install(force: bool = False) -> None:
     pkg.__package__ = "mooncake"
     setattr(pkg, _MARK, True)
     pkg.__dict__["engine"] = engine
+    pkg.__dict__["allocator"] = allocator
     for name in [m for m in sys.modules if m.startswith("mooncake.")]:
         del sys.modules[name]
     sys.modules["mooncake"] = pkg
     sys.modules["mooncake.engine"] = engine
+    sys.modules["mooncake.allocator"] = allocator
 
 
 def uninstall() -> None:
@@ -81,6 +84,7 @@ def uninstall() -> None:
     if installed():
         del sys.modules["mooncake"]
         sys.modules.pop("mooncake.engine", None)
+        sys.modules.pop("mooncake.allocator", None)
 
 
 def installed() -> bool:

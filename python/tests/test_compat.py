@@ -11,7 +11,7 @@ import pytest
 from pmtest import ROOT, run_python
 
 import pymooncake.engine
-from pymooncake import compat
+from pymooncake import allocator, compat
 
 
 @pytest.fixture
@@ -34,6 +34,9 @@ def test_install_makes_mooncake_engine_pymooncake() -> None:
     from mooncake.engine import TransferEngine, TransferNotify, TransferOpcode  # type: ignore[import-not-found]
 
     assert TransferEngine is pymooncake.engine.TransferEngine
+    from mooncake.allocator import NVLinkAllocator  # type: ignore[import-not-found]  # SGLang's import
+
+    assert NVLinkAllocator is allocator.NVLinkAllocator
     assert TransferOpcode.Write == 1
     assert TransferNotify("a", "b").msg == "b"
     import mooncake  # type: ignore[import-not-found]
