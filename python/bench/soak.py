@@ -168,6 +168,7 @@ class Worker:
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1]) * 1024
         sample = {
+            "ops": sum(v for k, v in counts.items() if k.startswith("ok ")),
             "fds": len(os.listdir("/proc/self/fd")),
             "goroutines": _loader.load().bindings_NumGoroutine(),
             "rss": rss,
@@ -178,11 +179,12 @@ class Worker:
         rng = random.Random(f"{self.index}/{self.incarnation}/{t}")
         seen: dict[int, int] = {}  # peer -> gen this thread has succeeded against
         ops = [("write", self.op_write), ("read", self.op_read), ("batch", self.op_batch), ("async", self.op_async)]
+        # The coordinator sends the whole directory, this engine included,
+        # right after start.
+        while len(self.peers) < self.layout.engines and not self.stop.is_set():
+            time.sleep(0.01)
+        others = [i for i in range(self.layout.engines) if i != self.index]
         while not self.stop.is_set():
-            others = [i for i in self.peers if i != self.index]
-            if not others:
-                time.sleep(0.05)
-                continue
             target = rng.choice(others)
             before, me = self.peers[target], self.peers[self.index]
             name, fn = rng.choice(ops)
@@ -592,6 +594,10 @@ def print_report(r: dict[str, Any]) -> None:
             rows.append(surv[-1])
         for x in rows:
             print(f"  {x['t']:7.0f} {x['fds']:5d} {x['goroutines']:10d} {x['rss'] / 2**20:8.1f}")
+    per_engine = Counter[int]()
+    for x in r["samples"]:
+        per_engine[x["engine"]] += x["ops"]
+    print("operations by engine (all its incarnations):", ", ".join(f"{i}: {n}" for i, n in sorted(per_engine.items())))
     others = [x for x in r["samples"] if x["engine"] != 0]
     if others:
         print(
