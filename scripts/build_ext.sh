@@ -33,8 +33,8 @@ start=$(date +%s)
 # gopy builds with -mod=mod, which may rewrite go.mod and go.sum (e.g. an
 # "// indirect" marker); the checkout is put back as it was.
 modsave=$(mktemp -d)
-cp go.mod go.sum "$modsave/"
-trap 'cp "$modsave/go.mod" "$modsave/go.sum" "$root/"; rm -rf "$modsave"' EXIT
+cp -p go.mod go.sum "$modsave/"
+trap 'cp -p "$modsave/go.mod" "$modsave/go.sum" "$root/"; rm -rf "$modsave"' EXIT
 # -dynamic-link: resolve Python's symbols from the host interpreter instead
 # of linking libpython (reference/gopy.md); -symbols=false strips the .so.
 gopy build -no-make -dynamic-link=true -symbols=false -vm="$pyexe" \
