@@ -2,7 +2,6 @@ package tcp
 
 import (
 	"net"
-	"runtime"
 	"syscall"
 	"time"
 	"unsafe"
@@ -75,9 +74,10 @@ func (p *poller) spin(fd uintptr) {
 		if i%16 == 0 && p.stop != nil && p.stop() || time.Since(start) >= p.budget {
 			return
 		}
-		// Let the process's other goroutines run meanwhile: on a machine of
-		// few cores, the one that will answer may be one of them.
-		runtime.Gosched()
+		// No runtime.Gosched here: a synchronous call's goroutine is locked
+		// to the Python thread, and yielding hands that thread off and needs
+		// a cross-CPU wake-up to resume, the very cost polling avoids. The
+		// budget is short; Go preempts a spinning goroutine if it must.
 	}
 }
 
