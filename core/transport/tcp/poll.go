@@ -31,7 +31,17 @@ type poller struct {
 	peekF func(fd uintptr) // wait and idle allocate nothing
 	ready bool
 	b     [1]byte
+	// skip and misses make polling adaptive: a wait whose budget ran out
+	// means the peer answers slower than the budget, typically because the
+	// cores are oversubscribed, where spinning only steals CPU from the
+	// peer. Each miss in a row doubles the number of following waits that
+	// park at once (up to maxSkip); a hit resets it.
+	skip, misses int
 }
+
+// maxSkip bounds how many waits in a row park without polling after
+// repeated misses, so a poller tries again at least that often.
+const maxSkip = 64
 
 // newPoller returns a poller for c, or nil (which never polls) when budget
 // is not positive or c exposes no descriptor.
@@ -57,9 +67,19 @@ func (p *poller) wait() bool {
 	if p == nil {
 		return false
 	}
+	if p.skip > 0 {
+		p.skip--
+		return false
+	}
 	p.ready = false
 	if p.rc.Control(p.spinF) != nil {
 		return false
+	}
+	if p.ready {
+		p.misses = 0
+	} else {
+		p.misses++
+		p.skip = min(1<<min(p.misses, 6), maxSkip)
 	}
 	return p.ready
 }

@@ -314,6 +314,39 @@ func TestPoller(t *testing.T) {
 			require.Equal(t, tc.wantIdle, p.idle())
 		})
 	}
+	t.Run("backs off after misses", func(t *testing.T) {
+		ln := localListener(t)
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer c.Close()
+		peer, err := ln.Accept()
+		require.NoError(t, err)
+		defer peer.Close()
+		p := newPoller(c, time.Millisecond, never)
+		require.False(t, p.wait(), "a miss")
+		require.Equal(t, 2, p.skip)
+		_, err = peer.Write([]byte{1})
+		require.NoError(t, err)
+		settles(t, func() bool { return !p.idle() }, "never readable")
+		start := time.Now()
+		require.False(t, p.wait(), "skipped: parks at once even though bytes wait")
+		require.False(t, p.wait())
+		require.Less(t, time.Since(start), time.Millisecond)
+		require.True(t, p.wait(), "polls again after the skips, and hits")
+		require.Zero(t, p.misses)
+		require.Zero(t, p.skip)
+		for i := 0; i < 20; i++ { // misses in a row saturate at maxSkip
+			p.skip = 0
+			var b [1]byte
+			if !p.idle() {
+				_, err := c.Read(b[:])
+				require.NoError(t, err)
+			}
+			p.wait()
+		}
+		require.Equal(t, maxSkip, p.skip)
+	})
 	t.Run("disabled", func(t *testing.T) {
 		var p *poller
 		require.Nil(t, newPoller(nil, time.Second, nil))
