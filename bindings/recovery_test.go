@@ -2,6 +2,8 @@ package bindings
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -9,11 +11,33 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core"
+	"github.com/pymooncake/pymooncake/core/handshake"
 )
 
-// An async batch whose peer died ends FAILED, and the failure runs core's
-// recovery: the dead segment's handle is dropped, so the next call
-// re-resolves the peer (Mooncake checks only failed submits).
+// fakeDeadPeer is a P2P peer whose RPC listener answers and whose data
+// port refuses connections (a peer whose data side died): every transfer
+// to it fails on the connection, without an idle connection ever closing.
+func fakeDeadPeer(t *testing.T, buf uintptr) string {
+	t.Helper()
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadPort := dead.Addr().(*net.TCPAddr).Port
+	require.NoError(t, dead.Close())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	name := ln.Addr().String()
+	desc := fmt.Sprintf(`{"name":%q,"protocol":"tcp","tcp_data_host":"127.0.0.1","tcp_data_port":%d,"tcp_proto_version":2,`+
+		`"buffers":[{"name":"b","addr":%d,"length":65536}]}`, name, deadPort, buf)
+	srv := handshake.NewServer(ln, handshake.ServerConfig{}, map[handshake.MsgType]handshake.Handler{
+		handshake.Metadata: func(context.Context, handshake.MsgType, []byte) []byte { return []byte(desc) },
+	})
+	t.Cleanup(func() { srv.Close() })
+	return name
+}
+
+// An async batch whose peer's connections fail ends FAILED, and the
+// failure runs core's recovery: the bad segment's handle is dropped, so the
+// next call re-resolves the peer (Mooncake checks only failed submits).
 func TestFailedAsyncBatchRecoversItsSegment(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -40,31 +64,20 @@ func TestFailedAsyncBatchRecoversItsSegment(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			leakCheck(t)
 			a := newEngine(t)
-			b, err := NewEngine("127.0.0.1", "P2PHANDSHAKE", "", "tcp", "", environ(t))
-			require.NoError(t, err)
-			ma, mb := newMem(1<<16), newMem(1<<16)
+			ma := newMem(1 << 16)
 			defer runtime.KeepAlive(ma)
-			defer runtime.KeepAlive(mb)
-			_, err = a.RegisterMemory(ma.addr(), ma.size(), "*")
+			_, err := a.RegisterMemory(ma.addr(), ma.size(), "*")
 			require.NoError(t, err)
-			_, err = b.RegisterMemory(mb.addr(), mb.size(), "*")
-			require.NoError(t, err)
-			seg, err := b.Name()
-			require.NoError(t, err)
-
-			id, err := a.TransferAsync(seg, 1, ma.addr(), mb.addr(), 4096)
-			require.NoError(t, err)
-			require.NoError(t, tc.poll(t, a, id))
+			const remote = 1 << 32
+			seg := fakeDeadPeer(t, remote)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			h, err := a.eng.OpenSegment(ctx, seg)
 			require.NoError(t, err)
 			require.NoError(t, a.eng.CheckSegmentStatus(h))
 
-			_, err = b.Close()
-			require.NoError(t, err)
-			id, err = a.TransferAsync(seg, 1, ma.addr(), mb.addr(), 4096)
-			require.NoError(t, err, "the cached descriptor still allows the range")
+			id, err := a.TransferAsync(seg, 1, ma.addr(), remote, 4096)
+			require.NoError(t, err, "the submit succeeds: the descriptor allows the range")
 			code, kind, _ := parse(t, tc.poll(t, a, id))
 			require.Equal(t, -102, code)
 			require.Equal(t, kindSocket, kind)
