@@ -109,7 +109,6 @@ def _metadata_server_cmd(args: argparse.Namespace) -> int:
         _, _, reason = _errors.parse(e)
         print(f"pymooncake metadata-server: {reason}", file=sys.stderr)
         return 1
-    print(f"metadata server listening on http://{x.bindings_MetadataServer_Addr(srv)}/metadata", flush=True)
 
     # The Go call that waits runs in a thread: the main thread must stay in
     # Python to receive SIGINT and SIGTERM, which call Stop.
@@ -125,7 +124,10 @@ def _metadata_server_cmd(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: FrameType | None) -> None:
         x.bindings_MetadataServer_Stop(srv)
 
+    # Handlers first, then the line that tells callers we are up: a signal
+    # sent as soon as they read it must stop the server, not raise.
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    print(f"metadata server listening on http://{x.bindings_MetadataServer_Addr(srv)}/metadata", flush=True)
     waiter = threading.Thread(target=wait, name="metadata-server")
     waiter.start()
     try:
