@@ -209,7 +209,7 @@ func TestPartialPostFailure(t *testing.T) {
 	require.ErrorIs(t, tasks[0].Err(), CodeIO)
 	require.Contains(t, tasks[0].Err().Error(), "injected post failure")
 	require.EqualValues(t, 128<<10, tasks[0].Transferred(), "the other batch moved its bytes")
-	require.Zero(t, a.t.batches.live())
+	require.Zero(t, a.t.batches.Live())
 	requireDone(t, a.transfer(t, context.Background(), b, write(a.addr(0), b.addr(0), 256<<10)))
 }
 

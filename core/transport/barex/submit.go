@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pymooncake/pymooncake/core/internal/slots"
 	"math/rand/v2"
 	"os"
 	"slices"
 	"sort"
-	"sync"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -337,10 +337,10 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 		return
 	}
 	b := &batch{ch: ch, pieces: good}
-	cookie := t.batches.put(b)
+	cookie := t.batches.Put(b)
 	t.inflight.Add(1)
 	if err := t.nat.Post(ch.handle, op, v, cookie); err != nil {
-		if t.batches.take(cookie) == nil {
+		if t.batches.Take(cookie) == nil {
 			return // cannot happen: a refused post has no completion
 		}
 		t.completed(1)
@@ -397,7 +397,7 @@ func (t *Transport) complete(d done) {
 			t.log.Error("barex completion handler panicked", zap.Uint64("cookie", d.cookie), zap.Any("panic", r), zap.Stack("stack"))
 		}
 	}()
-	b := t.batches.take(d.cookie)
+	b := t.batches.Take(d.cookie)
 	if b == nil {
 		t.dlog.Warn("completion for an unknown barex batch", zap.Uint64("cookie", d.cookie))
 		return
@@ -418,79 +418,4 @@ func (t *Transport) complete(d done) {
 // slot: the shim only ever sees the integer, and a completion whose
 // generation does not match its slot is ignored instead of touching a
 // reused record (STYLE (b).5).
-type slab struct {
-	mu      sync.Mutex
-	entries []slabEntry // +checklocks:mu
-	free    []uint32    // +checklocks:mu
-}
-
-type slabEntry struct {
-	gen uint32
-	b   *batch
-}
-
-func (s *slab) put(b *batch) uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var idx uint32
-	if n := len(s.free); n > 0 {
-		idx = s.free[n-1]
-		s.free = s.free[:n-1]
-	} else {
-		idx = uint32(len(s.entries))
-		s.entries = append(s.entries, slabEntry{})
-	}
-	e := &s.entries[idx]
-	e.gen++
-	if e.gen == 0 {
-		e.gen = 1
-	}
-	e.b = b
-	return uint64(e.gen)<<32 | uint64(idx)
-}
-
-// take removes and returns the batch of cookie, or nil when it is not live.
-func (s *slab) take(cookie uint64) *batch {
-	idx, gen := uint32(cookie), uint32(cookie>>32)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if int(idx) >= len(s.entries) {
-		return nil
-	}
-	e := &s.entries[idx]
-	if e.gen != gen || e.b == nil {
-		return nil
-	}
-	b := e.b
-	e.b = nil
-	s.free = append(s.free, idx)
-	return b
-}
-
-// drain removes and returns every live batch.
-func (s *slab) drain() []*batch {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []*batch
-	for i := range s.entries {
-		if b := s.entries[i].b; b != nil {
-			out = append(out, b)
-			s.entries[i].b = nil
-			s.free = append(s.free, uint32(i))
-		}
-	}
-	return out
-}
-
-// live counts the batches in flight (tests).
-func (s *slab) live() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, e := range s.entries {
-		if e.b != nil {
-			n++
-		}
-	}
-	return n
-}
+type slab = slots.Table[batch]

@@ -377,7 +377,7 @@ func (t *Transport) Close() error {
 		}
 		errs = append(errs, t.nat.Close(time.Until(deadline)))
 		// The engine is gone: nothing completes any more.
-		for _, b := range t.batches.drain() {
+		for _, b := range t.batches.Drain() {
 			b.finish(ErrClosed)
 		}
 		t.closeErr = errors.Join(errs...)

@@ -290,7 +290,7 @@ func (c *hcaContext) poll(q *cqState, wcs []verbs.WC) int {
 	}
 	var touched []*endpoint
 	for _, wc := range wcs[:n] {
-		s := c.slab.take(wc.WRID)
+		s := c.slab.Take(wc.WRID)
 		if s == nil {
 			// A completion for a slot that is free or reused: never act on it.
 			c.t.dlog.Warn("completion for an unknown work request", zap.String("hca", c.name), zap.Uint64("wr_id", wc.WRID))

@@ -226,7 +226,7 @@ func (ep *endpoint) post() {
 			break
 		}
 		batch := ep.queue[:n]
-		ep.ids = c.slab.put(batch, ep.ids[:0])
+		ep.ids = c.slab.PutAll(batch, ep.ids[:0])
 		ep.wrs = ep.wrs[:0]
 		for i, s := range batch {
 			s.ep, s.qp = ep, q
@@ -245,7 +245,7 @@ func (ep *endpoint) post() {
 			// Nothing from the bad request on was posted: undo it.
 			bad := n - posted
 			for _, id := range ep.ids[posted:] {
-				c.slab.take(id)
+				c.slab.Take(id)
 			}
 			q.depth.Add(-int64(bad))
 			ep.inflight.Add(-int64(bad))

@@ -294,7 +294,7 @@ func (t *Transport) Close() error {
 		}
 		var errs []error
 		for _, c := range t.ctxs {
-			for _, s := range c.slab.drain() {
+			for _, s := range c.slab.Drain() {
 				t.inflight.Add(-1)
 				s.finish(ErrClosed)
 			}
