@@ -48,6 +48,17 @@ func (s *segment) remoteContains(addr, size uint64) bool {
 	return false
 }
 
+// oneBuffer reports whether [addr, addr+size) lies inside a single buffer
+// of the descriptor: what a TCP target checks for each request.
+func (s *segment) oneBuffer(addr, size uint64) bool {
+	for _, b := range s.desc.Buffers {
+		if addr >= b.Addr && addr+size >= addr && addr+size <= b.Addr+b.Length {
+			return true
+		}
+	}
+	return false
+}
+
 type span struct{ start, end uint64 }
 
 // mergeSpans turns buffers into sorted ranges, joining buffers that touch.

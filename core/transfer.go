@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
@@ -94,16 +95,65 @@ func (e *Engine) submit(ctx context.Context, id BatchID, reqs []Request, n *Noti
 	b.tasks.Store(&all)
 	b.mu.Unlock()
 
-	// One Submit per peer, requests in order.
+	// Requests contiguous on both sides go out as one request (coalesce),
+	// then one Submit per peer, in order.
+	wire, peers := e.coalesce(reqs, segs, all[len(old):])
 	start := 0
-	for i := 1; i <= len(reqs); i++ {
-		if i == len(reqs) || segs[i].peer != segs[start].peer {
-			ptrs := all[len(old)+start : len(old)+i]
-			e.xp.Submit(ctx, segs[start].peer, segs[start].desc, ptrs)
+	for i := 1; i <= len(wire); i++ {
+		if i == len(wire) || peers[i].peer != peers[start].peer {
+			e.xp.Submit(ctx, peers[start].peer, peers[start].desc, wire[start:i])
 			start = i
 		}
 	}
 	return nil
+}
+
+// maxCoalesced bounds the bytes one coalesced request may carry.
+const maxCoalesced = 1 << 30
+
+// coalesce returns the tasks to hand to the transport, with the segment of
+// each. Over TCP, consecutive requests of the same opcode whose local and
+// remote ranges both continue the previous one's, within one local
+// registration and one buffer of the target, become a single request that
+// carries them (KV blocks are often laid out this way, and so is
+// transfer_engine_bench's one-thread layout): one header and one
+// acknowledgement instead of one per block. Each request keeps its own
+// status. Other transports slice by themselves and get the tasks as they
+// are.
+func (e *Engine) coalesce(reqs []Request, segs []*segment, tasks []*transport.Task) ([]*transport.Task, []*segment) {
+	if e.xp.Protocol() != metadata.ProtocolTCP || len(reqs) < 2 {
+		return tasks, segs
+	}
+	wire := make([]*transport.Task, 0, len(reqs))
+	out := make([]*segment, 0, len(reqs))
+	for i := 0; i < len(reqs); {
+		j, total := i+1, reqs[i].Length
+		for j < len(reqs) && total > 0 && total+reqs[j].Length <= maxCoalesced && follows(reqs[j-1], reqs[j]) && segs[j] == segs[i] {
+			total += reqs[j].Length
+			j++
+		}
+		for j > i+1 && !(e.mem.Contains(uint64(reqs[i].Local), total) && segs[i].oneBuffer(reqs[i].Remote, total)) {
+			j-- // shrink the run until both sides lie in one registration
+			total -= reqs[j].Length
+		}
+		if j == i+1 {
+			wire, out = append(wire, tasks[i]), append(out, segs[i])
+			i++
+			continue
+		}
+		carrier := new(transport.Task)
+		carrier.Init(transport.Request{Opcode: reqs[i].Opcode, Local: reqs[i].Local, Remote: reqs[i].Remote, Length: total}, nil)
+		carrier.Carry(tasks[i:j])
+		wire, out = append(wire, carrier), append(out, segs[i])
+		i = j
+	}
+	return wire, out
+}
+
+// follows reports whether b continues a on both sides, with data to move.
+func follows(a, b Request) bool {
+	return a.Opcode == b.Opcode && a.Segment == b.Segment && a.Length > 0 && b.Length > 0 &&
+		uint64(a.Local)+a.Length == uint64(b.Local) && a.Remote+a.Length == b.Remote
 }
 
 // checkRequest validates one request against the local registrations and

@@ -159,6 +159,20 @@ type Task struct {
 	status      atomic.Int32
 	transferred atomic.Uint64
 	err         atomic.Pointer[error]
+	// members are the tasks this one carries: requests that were
+	// contiguous on both sides and go out as this single request. They
+	// finish when it does (see Carry).
+	members []*Task
+}
+
+// Carry makes t, a task in no group whose Request covers exactly the
+// members' ranges back to back, carry them: they become Pending now and
+// finish with t, each with its own length or t's error.
+func (t *Task) Carry(members []*Task) {
+	t.members = members
+	for _, m := range members {
+		m.Start(1)
+	}
 }
 
 // Init prepares t for req, reporting to g (which may be nil). It must not be
@@ -170,6 +184,7 @@ func (t *Task) Init(req Request, g *Group) {
 	t.status.Store(int32(Waiting))
 	t.transferred.Store(0)
 	t.err.Store(nil)
+	t.members = nil
 }
 
 // Start declares that the task will finish after n calls of PartDone.
@@ -199,6 +214,13 @@ func (t *Task) PartDone(n uint64, err error) {
 	}
 	if t.group != nil {
 		t.group.taskDone(failed)
+	}
+	for _, m := range t.members {
+		if failed {
+			m.PartDone(0, *t.err.Load())
+		} else {
+			m.PartDone(m.Length, nil)
+		}
 	}
 }
 
