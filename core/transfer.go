@@ -108,8 +108,14 @@ func (e *Engine) submit(ctx context.Context, id BatchID, reqs []Request, n *Noti
 	return nil
 }
 
-// maxCoalesced bounds the bytes one coalesced request may carry.
-const maxCoalesced = 1 << 30
+// Coalescing pays for small blocks, whose headers and acknowledgements
+// dominate; large ones already fill the lanes. A carrier stays at most
+// maxCoalesced bytes, so big runs still spread across lanes as several
+// requests.
+const (
+	coalesceBelow = 1 << 20 // only blocks smaller than this are merged
+	maxCoalesced  = 4 << 20
+)
 
 // coalesce returns the tasks to hand to the transport, with the segment of
 // each. Over TCP, consecutive requests of the same opcode whose local and
@@ -128,7 +134,8 @@ func (e *Engine) coalesce(reqs []Request, segs []*segment, tasks []*transport.Ta
 	out := make([]*segment, 0, len(reqs))
 	for i := 0; i < len(reqs); {
 		j, total := i+1, reqs[i].Length
-		for j < len(reqs) && total > 0 && total+reqs[j].Length <= maxCoalesced && follows(reqs[j-1], reqs[j]) && segs[j] == segs[i] {
+		for j < len(reqs) && total > 0 && reqs[i].Length < coalesceBelow && reqs[j].Length < coalesceBelow &&
+			total+reqs[j].Length <= maxCoalesced && follows(reqs[j-1], reqs[j]) && segs[j] == segs[i] {
 			total += reqs[j].Length
 			j++
 		}
