@@ -7,7 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/pymooncake/pymooncake/core/internal/jsoncpp"
 )
 
 // This file writes JSON the way jsoncpp 1.9 does for the values Mooncake
@@ -36,50 +37,8 @@ func appendObject(buf []byte, members []member) []byte {
 	return append(buf, '}')
 }
 
-// appendQuoted writes s as a JSON string with jsoncpp's escaping: the short
-// escapes for " \ \b \f \n \r \t, \u00XX for other control characters, ASCII
-// as is, and every non-ASCII code point as lower-case \uXXXX (a surrogate
-// pair above U+FFFF). Each byte of invalid UTF-8 becomes \ufffd.
-func appendQuoted(buf []byte, s string) []byte {
-	buf = append(buf, '"')
-	for _, r := range s {
-		switch r {
-		case '"':
-			buf = append(buf, '\\', '"')
-		case '\\':
-			buf = append(buf, '\\', '\\')
-		case '\b':
-			buf = append(buf, '\\', 'b')
-		case '\f':
-			buf = append(buf, '\\', 'f')
-		case '\n':
-			buf = append(buf, '\\', 'n')
-		case '\r':
-			buf = append(buf, '\\', 'r')
-		case '\t':
-			buf = append(buf, '\\', 't')
-		default:
-			switch {
-			case r < 0x20:
-				buf = appendUnicodeEscape(buf, uint16(r))
-			case r < utf8.RuneSelf:
-				buf = append(buf, byte(r))
-			case r < 0x10000:
-				buf = appendUnicodeEscape(buf, uint16(r))
-			default:
-				r -= 0x10000
-				buf = appendUnicodeEscape(buf, uint16(0xd800+((r>>10)&0x3ff)))
-				buf = appendUnicodeEscape(buf, uint16(0xdc00+(r&0x3ff)))
-			}
-		}
-	}
-	return append(buf, '"')
-}
-
-func appendUnicodeEscape(buf []byte, v uint16) []byte {
-	const hex = "0123456789abcdef"
-	return append(buf, '\\', 'u', hex[v>>12], hex[v>>8&0xf], hex[v>>4&0xf], hex[v&0xf])
-}
+// appendQuoted writes s as a JSON string with jsoncpp's escaping.
+func appendQuoted(buf []byte, s string) []byte { return jsoncpp.AppendQuoted(buf, s) }
 
 func quoted(s string) []byte { return appendQuoted(nil, s) }
 
