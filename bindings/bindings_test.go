@@ -16,9 +16,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pymooncake/pymooncake/core"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/transport/tcp"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 // leakCheck fails the test if goroutines started during it outlive its
@@ -66,24 +66,24 @@ func TestClassify(t *testing.T) {
 		code int
 		kind string
 	}{
-		{"invalid", fmt.Errorf("x: %w", core.ErrInvalidArgument), -1, kindInvalid},
-		{"too many", core.ErrTooManyRequests, -2, kindTooMany},
-		{"not registered", fmt.Errorf("a: b: %w", core.ErrAddressNotRegistered), -3, kindNotRegistered},
-		{"rejected by peer", tcp.ErrRejected, -3, kindNotRegistered},
-		{"busy", core.ErrBatchBusy, -4, kindBusy},
-		{"overlapped", core.ErrAddressOverlapped, -7, kindOverlapped},
-		{"unknown batch", core.ErrUnknownBatch, -1, kindUnknownBatch},
-		{"unknown segment", core.ErrUnknownSegment, -1, kindUnknownSegment},
-		{"metadata", core.ErrMetadata, -200, kindMetadata},
+		{"invalid", fmt.Errorf("x: %w", engine.ErrInvalidArgument), -1, kindInvalid},
+		{"too many", engine.ErrTooManyRequests, -2, kindTooMany},
+		{"not registered", fmt.Errorf("a: b: %w", engine.ErrAddressNotRegistered), -3, kindNotRegistered},
+		{"rejected by peer", transport.ErrRejected, -3, kindNotRegistered},
+		{"busy", engine.ErrBatchBusy, -4, kindBusy},
+		{"overlapped", engine.ErrAddressOverlapped, -7, kindOverlapped},
+		{"unknown batch", engine.ErrUnknownBatch, -1, kindUnknownBatch},
+		{"unknown segment", engine.ErrUnknownSegment, -1, kindUnknownSegment},
+		{"metadata", engine.ErrMetadata, -200, kindMetadata},
 		{"malformed descriptor", metadata.ErrMalformed, -200, kindMetadata},
-		{"not supported", core.ErrNotSupported, -303, kindNotSupported},
+		{"not supported", engine.ErrNotSupported, -303, kindNotSupported},
 		{"unsupported backend", metadata.ErrUnsupportedBackend, -303, kindNotSupported},
-		{"closed", core.ErrClosed, -1, kindClosed},
+		{"closed", engine.ErrClosed, -1, kindClosed},
 		{"deadline", fmt.Errorf("wait: %w", context.DeadlineExceeded), -1, kindTimeout},
-		{"peer", tcp.ErrPeer, -102, kindSocket},
+		{"peer", transport.ErrPeer, -102, kindSocket},
 		{"net error", &net.OpError{Op: "dial", Err: errors.New("refused")}, -102, kindSocket},
 		{"net timeout", &net.OpError{Op: "read", Err: timeoutErr{}}, -102, kindTimeout},
-		{"invalid beats malformed", fmt.Errorf("%w: %w", core.ErrInvalidArgument, metadata.ErrMalformed), -1, kindInvalid},
+		{"invalid beats malformed", fmt.Errorf("%w: %w", engine.ErrInvalidArgument, metadata.ErrMalformed), -1, kindInvalid},
 		{"panic", fmt.Errorf("%w: boom", errInternal), -1, kindInternal},
 		{"other", errors.New("something"), -1, kindFailed},
 	}
@@ -152,13 +152,6 @@ func TestReadList(t *testing.T) {
 	}
 }
 
-func TestSyncTimeout(t *testing.T) {
-	e := &Engine{timeout: 30 * time.Second}
-	require.Equal(t, 30*time.Second, e.syncTimeout(0))
-	require.Equal(t, 30*time.Second+time.Duration(1<<30), e.syncTimeout(1<<30), "1 ns per byte")
-	require.Equal(t, time.Duration(math.MaxInt64), e.syncTimeout(math.MaxUint64), "saturates")
-}
-
 func TestParseOpcodeAndBatchID(t *testing.T) {
 	for _, op := range []int{0, 1} {
 		o, err := parseOpcode("op", op)
@@ -176,7 +169,7 @@ func TestParseOpcodeAndBatchID(t *testing.T) {
 	}
 	id, err := batchID("op", 42)
 	require.NoError(t, err)
-	require.Equal(t, core.BatchID(42), id)
+	require.Equal(t, engine.BatchID(42), id)
 }
 
 func TestEnvironLookup(t *testing.T) {
@@ -190,7 +183,7 @@ func TestEnvironLookup(t *testing.T) {
 	_, ok = lookup("MISSING")
 	require.False(t, ok)
 	_, err = environLookup(`[1, 2]`)
-	require.ErrorIs(t, err, core.ErrInvalidArgument)
+	require.ErrorIs(t, err, engine.ErrInvalidArgument)
 }
 
 // environ returns a JSON environment for NewEngine.

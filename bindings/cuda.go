@@ -2,51 +2,11 @@ package bindings
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 
-	"go.uber.org/zap"
-
 	"github.com/pymooncake/pymooncake/allocator"
-	"github.com/pymooncake/pymooncake/core"
-	"github.com/pymooncake/pymooncake/core/gpu"
-	"github.com/pymooncake/pymooncake/core/gpu/cuda"
+	"github.com/pymooncake/pymooncake/core/engine"
 )
-
-// openGPU opens the CUDA driver for an engine: nil when the process has
-// none (no libcuda or no device: GPU memory cannot exist here), or when it
-// is present but unusable (logged: GPU memory is then refused by the TCP
-// transport's lack of staging rather than touched in place).
-func openGPU(log *zap.Logger) *cuda.Driver {
-	d, err := cuda.Open(cuda.Options{})
-	switch {
-	case err == nil:
-		log.Debug("gpu memory supported", zap.String("driver", d.Name()))
-		return d
-	case errors.Is(err, cuda.ErrUnavailable):
-		log.Debug("no CUDA driver or device; all memory is host memory", zap.Error(err))
-	default:
-		log.Warn("CUDA driver present but unusable; GPU memory is not supported", zap.Error(err))
-	}
-	return nil
-}
-
-// gpuDriver is d as core's optional driver, never a typed nil.
-func gpuDriver(d *cuda.Driver) gpu.Driver {
-	if d == nil {
-		return nil
-	}
-	return d
-}
-
-func closeGPU(d *cuda.Driver, log *zap.Logger) {
-	if d == nil {
-		return
-	}
-	if err := d.Close(); err != nil {
-		log.Warn("close the CUDA driver", zap.Error(err))
-	}
-}
 
 // TransferOnCuda starts n transfers (lists as in BatchTransferSync) that
 // run once the CUDA stream has run the work queued on it so far, and that
@@ -70,7 +30,7 @@ func (e *Engine) TransferOnCuda(target string, opcode int, locals, remotes, leng
 	if n == 0 {
 		return 0, invalid(op, "no buffers")
 	}
-	t, err := e.eng.TransferOnStream(target, reqs, stream, device, e.syncTimeout(total))
+	t, err := e.eng.TransferOnStream(target, reqs, stream, device, e.eng.TransferTimeout(total))
 	if err != nil {
 		return 0, fail(op, err)
 	}
@@ -87,9 +47,9 @@ func (e *Engine) CudaTransferStatus(ticket int64) (rc int, err error) {
 		return 0, err
 	}
 	if ticket <= 0 {
-		return 0, fail(op, fmt.Errorf("ticket %d: %w", ticket, core.ErrUnknownTicket))
+		return 0, fail(op, fmt.Errorf("ticket %d: %w", ticket, engine.ErrUnknownTicket))
 	}
-	done, err := e.eng.StreamTransferStatus(core.Ticket(ticket))
+	done, err := e.eng.StreamTransferStatus(engine.Ticket(ticket))
 	if err != nil {
 		return 0, fail(op, err)
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core"
 	"github.com/pymooncake/pymooncake/core/config"
-	"github.com/pymooncake/pymooncake/core/gpu/cuda"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/metadata"
 )
 
@@ -23,28 +23,19 @@ const initTimeout = 30 * time.Second
 // Engine is one pymooncake transfer engine, as Python's TransferEngine sees
 // it after initialize. All methods are safe for concurrent use.
 type Engine struct {
-	eng     *core.Engine
-	log     *zap.Logger
-	env     config.Env
-	timeout time.Duration // MC_TRANSFER_TIMEOUT
-	gpu     *cuda.Driver  // nil without a CUDA driver; closed by Close
+	eng *engine.Engine
+	log *zap.Logger
+	env config.Env
 
-	// ctx is cancelled by Close; it bounds this package's own goroutines.
+	// ctx is cancelled by Close; it bounds the calls this package makes.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
 
 	// memMu is held shared while this package copies bytes in registered
 	// memory, and exclusively by Close, so a copy never races the unmapping
 	// of managed buffers.
 	memMu  sync.RWMutex
 	closed atomic.Bool
-
-	// async maps every batch started by BatchTransferAsync or TransferAsync
-	// to an asyncBatch (its deadline: Mooncake's start_timestamp plus
-	// MC_TRANSFER_TIMEOUT plus 1 ns per byte; and its segment) until Python
-	// frees it. A sync.Map keeps transfer_check_status polling free of locks.
-	async sync.Map
 }
 
 // NewEngine starts an engine. It is Mooncake's initialize when metadataType
@@ -59,7 +50,7 @@ type Engine struct {
 // caller at this call: the Go runtime's own copy of the environment is taken
 // when the extension loads and misses later changes to os.environ, which
 // Mooncake (calling getenv) would see. An empty environ means the Go
-// runtime's copy. The MC_* variables are parsed here, strictly.
+// runtime's copy. Every variable is parsed here, strictly (core.FromEnv).
 func NewEngine(localName, server, metadataType, protocol, devices, environ string) (_ *Engine, err error) {
 	defer recoverInto("initialize", nil, &err)
 	if protocol == "xgmi" {
@@ -69,42 +60,29 @@ func NewEngine(localName, server, metadataType, protocol, devices, environ strin
 	if err != nil {
 		return nil, fail("initialize", err)
 	}
-	env, err := config.FromEnv(lookup)
+	cfg, err := core.FromEnv(lookup)
 	if err != nil {
-		return nil, fail("initialize", fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err))
+		return nil, fail("initialize", fmt.Errorf("%w: %w", engine.ErrInvalidArgument, err))
 	}
-	conn := server
+	cfg.LocalName = localName
+	cfg.Metadata = server
 	if metadataType != "" {
-		conn = metadata.ConnStringFromType(server, metadataType)
+		cfg.Metadata = metadata.ConnStringFromType(server, metadataType)
 	}
-	devs := splitList(devices)
-	log := newLogger(env.LogLevel)
+	cfg.Devices = splitList(devices)
+	cfg.Logger = core.NewLogger(cfg.Env.LogLevel)
 	ctx, cancel := context.WithTimeout(context.Background(), initTimeout)
 	defer cancel()
-	drv := openGPU(log)
-	eng, err := core.New(ctx, core.Config{
-		LocalName: localName,
-		Metadata:  conn,
-		Devices:   devs,
-		Env:       env,
-		Logger:    log,
-		GPU:       gpuDriver(drv),
-	})
+	eng, err := core.New(ctx, cfg)
 	if err != nil {
-		closeGPU(drv, log)
-		log.Sync() //nolint:errcheck // best effort on stderr
+		cfg.Logger.Sync() //nolint:errcheck // best effort on stderr
 		return nil, fail("initialize", err)
 	}
-	if protocol != "" && protocol != "tcp" {
-		log.Debug("protocol does not select the transport; tcp is installed", zap.String("protocol", protocol))
+	if protocol != "" && protocol != eng.Protocol() {
+		cfg.Logger.Debug("the protocol argument does not select the transport (as in Mooncake)",
+			zap.String("protocol", protocol), zap.String("published", eng.Protocol()))
 	}
-	e := &Engine{
-		eng:     eng,
-		log:     log,
-		env:     env,
-		timeout: env.TransferTimeout,
-		gpu:     drv,
-	}
+	e := &Engine{eng: eng, log: cfg.Logger, env: cfg.Env}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	return e, nil
 }
@@ -119,10 +97,8 @@ func (e *Engine) Close() (rc int, err error) {
 	if !first {
 		return 0, nil
 	}
-	cerr := e.eng.Close() // fails unfinished tasks, so the reapers return
 	e.cancel()
-	e.wg.Wait()
-	closeGPU(e.gpu, e.log)
+	cerr := e.eng.Close()
 	e.log.Sync() //nolint:errcheck // best effort on stderr
 	if cerr != nil {
 		return 0, fail("close", cerr)
@@ -138,7 +114,7 @@ func environLookup(environ string) (config.LookupFunc, error) {
 	}
 	m := map[string]string{}
 	if err := json.Unmarshal([]byte(environ), &m); err != nil {
-		return nil, fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err)
+		return nil, fmt.Errorf("environment: %w: %w", engine.ErrInvalidArgument, err)
 	}
 	return func(k string) (string, bool) {
 		v, ok := m[k]
@@ -149,7 +125,7 @@ func environLookup(environ string) (config.LookupFunc, error) {
 // check returns ErrClosed's failure once the engine is closed.
 func (e *Engine) check(op string) error {
 	if e.closed.Load() {
-		return fail(op, core.ErrClosed)
+		return fail(op, engine.ErrClosed)
 	}
 	return nil
 }
@@ -349,30 +325,13 @@ func (e *Engine) FirstBufferAddress(segment string) (addr uintptr, err error) {
 	if err := e.check(op); err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+	ctx, cancel := context.WithTimeout(e.ctx, e.env.TransferTimeout)
 	defer cancel()
-	h, err := e.eng.OpenSegment(ctx, segment)
+	a, err := e.eng.FirstBufferAddress(ctx, segment)
 	if err != nil {
 		return 0, fail(op, err)
 	}
-	desc, err := e.eng.SegmentDesc(h)
-	if err == nil && len(desc.Buffers) == 0 {
-		// The cached descriptor may predate the peer's first registration.
-		// No transfer can be in flight to a segment without buffers, so
-		// dropping it to fetch a fresh descriptor disturbs nothing.
-		if cerr := e.eng.CloseSegment(h); cerr == nil {
-			if h, err = e.eng.OpenSegment(ctx, segment); err == nil {
-				desc, err = e.eng.SegmentDesc(h)
-			}
-		}
-	}
-	if err != nil {
-		return 0, fail(op, err)
-	}
-	if len(desc.Buffers) == 0 {
-		return 0, fail(op, fmt.Errorf("segment %q has no buffers: %w", segment, core.ErrInvalidArgument))
-	}
-	return uintptr(desc.Buffers[0].Addr), nil
+	return uintptr(a), nil
 }
 
 // Notifies drains the notifies received so far (get_notifies), as a JSON

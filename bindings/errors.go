@@ -7,11 +7,10 @@ import (
 	"net"
 	"strings"
 
-	"github.com/pymooncake/pymooncake/core"
-	"github.com/pymooncake/pymooncake/core/gpu/cuda"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/transport/tcp"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 // Mooncake's return codes (mooncake-transfer-engine/include/error.h).
@@ -55,23 +54,23 @@ var classes = []struct {
 	kind string
 }{
 	{errInternal, codeInvalidArgument, kindInternal},
-	{core.ErrClosed, codeInvalidArgument, kindClosed},
-	{core.ErrTooManyRequests, codeTooManyRequests, kindTooMany},
-	{core.ErrAddressNotRegistered, codeAddressNotRegistered, kindNotRegistered},
-	{tcp.ErrRejected, codeAddressNotRegistered, kindNotRegistered},
-	{core.ErrBatchBusy, codeBatchBusy, kindBusy},
-	{core.ErrAddressOverlapped, codeAddressOverlapped, kindOverlapped},
-	{core.ErrUnknownBatch, codeInvalidArgument, kindUnknownBatch},
-	{core.ErrUnknownTicket, codeInvalidArgument, kindUnknownBatch},
-	{core.ErrUnknownSegment, codeInvalidArgument, kindUnknownSegment},
-	{core.ErrNotSupported, codeNotImplemented, kindNotSupported},
-	{cuda.ErrUnavailable, codeNotImplemented, kindNotSupported},
+	{engine.ErrClosed, codeInvalidArgument, kindClosed},
+	{engine.ErrTooManyRequests, codeTooManyRequests, kindTooMany},
+	{engine.ErrAddressNotRegistered, codeAddressNotRegistered, kindNotRegistered},
+	{transport.ErrRejected, codeAddressNotRegistered, kindNotRegistered},
+	{engine.ErrBatchBusy, codeBatchBusy, kindBusy},
+	{engine.ErrAddressOverlapped, codeAddressOverlapped, kindOverlapped},
+	{engine.ErrUnknownBatch, codeInvalidArgument, kindUnknownBatch},
+	{engine.ErrUnknownTicket, codeInvalidArgument, kindUnknownBatch},
+	{engine.ErrUnknownSegment, codeInvalidArgument, kindUnknownSegment},
+	{engine.ErrNotSupported, codeNotImplemented, kindNotSupported},
+	{transport.ErrUnavailable, codeNotImplemented, kindNotSupported},
 	{metadata.ErrUnsupportedBackend, codeNotImplemented, kindNotSupported},
-	{core.ErrInvalidArgument, codeInvalidArgument, kindInvalid},
+	{engine.ErrInvalidArgument, codeInvalidArgument, kindInvalid},
 	{context.DeadlineExceeded, codeInvalidArgument, kindTimeout},
-	{core.ErrMetadata, codeMetadata, kindMetadata},
+	{engine.ErrMetadata, codeMetadata, kindMetadata},
 	{metadata.ErrMalformed, codeMetadata, kindMetadata},
-	{tcp.ErrPeer, codeSocket, kindSocket},
+	{transport.ErrPeer, codeSocket, kindSocket},
 	{handshake.ErrInvalidAddress, codeSocket, kindSocket},
 }
 
@@ -103,5 +102,5 @@ func fail(op string, err error) error {
 
 // invalid is fail for a bad argument found here rather than in core.
 func invalid(op, format string, args ...any) error {
-	return fail(op, fmt.Errorf(format+": %w", append(args, core.ErrInvalidArgument)...))
+	return fail(op, fmt.Errorf(format+": %w", append(args, engine.ErrInvalidArgument)...))
 }

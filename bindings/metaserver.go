@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pymooncake/pymooncake/core"
 	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/metadata/httpserver"
 )
@@ -40,7 +41,7 @@ func NewMetadataServer(addr, persistFile, environ string) (_ *MetadataServer, er
 			return nil, invalid(op, "MC_LOG_LEVEL=%q: %v", v, err)
 		}
 	}
-	log := newLogger(level)
+	log := core.NewLogger(level)
 	srv, err := httpserver.New(httpserver.Config{Addr: addr, PersistFile: persistFile, Logger: log})
 	if err != nil {
 		return nil, fail(op, err)

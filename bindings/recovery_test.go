@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pymooncake/pymooncake/core"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/handshake"
 )
 
@@ -81,7 +81,7 @@ func TestFailedAsyncBatchRecoversItsSegment(t *testing.T) {
 			code, kind, _ := parse(t, tc.poll(t, a, id))
 			require.Equal(t, -102, code)
 			require.Equal(t, kindSocket, kind)
-			require.ErrorIs(t, a.eng.CheckSegmentStatus(h), core.ErrUnknownSegment, "the failed segment was dropped")
+			require.ErrorIs(t, a.eng.CheckSegmentStatus(h), engine.ErrUnknownSegment, "the failed segment was dropped")
 		})
 	}
 }

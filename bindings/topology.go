@@ -5,7 +5,7 @@ import (
 	"strings"
 
 	"github.com/pymooncake/pymooncake/core"
-	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/engine"
 )
 
 // LocalTopology returns this host's NIC priority matrix as Mooncake's JSON
@@ -21,11 +21,11 @@ func LocalTopology(devices, environ string) (topo string, err error) {
 	if err != nil {
 		return "", fail(op, err)
 	}
-	env, err := config.FromEnv(lookup)
+	cfg, err := core.FromEnv(lookup)
 	if err != nil {
-		return "", fail(op, fmt.Errorf("environment: %w: %w", core.ErrInvalidArgument, err))
+		return "", fail(op, fmt.Errorf("%w: %w", engine.ErrInvalidArgument, err))
 	}
-	t, err := core.LocalTopology(env, splitList(devices), true, nil)
+	t, err := core.LocalTopology(cfg.Env, splitList(devices), true, nil)
 	if err != nil {
 		return "", fail(op, err)
 	}

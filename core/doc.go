@@ -1,13 +1,11 @@
-// Package core is the pymooncake transfer engine: it registers local memory,
-// opens remote segments by name, and moves bytes between registered memories
-// of two processes, speaking Mooncake's wire protocol so that Mooncake peers
-// and pymooncake peers work together.
+// Package core is the composition root of the pymooncake engine: the one
+// place that knows the concrete transports. FromEnv parses the environment
+// (the engine's variables and each transport's, strictly, all at once) and
+// New builds an engine.Engine from a Config: the logger, the GPU driver and
+// its staging buffers, the metadata store, and the transports this host
+// can run, in order of preference. Everything above (bindings) and below
+// (core/engine) sees transports only through core/transport.
 //
-// An Engine owns every listener, connection and goroutine it starts; Close
-// stops them all and is idempotent. Segments and batches are named by small
-// validated integers, never pointers: a stale or forged handle is an error.
-// Status polling takes no lock. core knows nothing of Python: package
-// bindings adapts it for gopy.
-//
-// Errors wrap the sentinels of errors.go; deadlines surface as context errors.
+// docs/architecture.md draws the layers. What New opens, the engine
+// releases when it closes.
 package core

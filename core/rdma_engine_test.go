@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
@@ -26,7 +27,7 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 		fab.Close()
 		require.Empty(t, fab.Leaks(), "fake verbs objects leaked")
 	})
-	start := func(host string, env config.Env) *Engine {
+	start := func(host string, env config.Env) *engine.Engine {
 		fab.AddNIC(host, fake.NICSpec{Name: "mlx5_0"})
 		fab.AddNIC(host, fake.NICSpec{Name: "mlx5_1"})
 		topo, err := topology.Parse([]byte(`{"cpu:0":[["mlx5_0","mlx5_1"],[]]}`))
@@ -41,7 +42,7 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 	env.RDMA.SliceSize = 64 << 10
 	tgt, ini := start("hostA", env), start("hostB", env)
 	require.Equal(t, "rdma", tgt.Protocol())
-	require.Zero(t, tgt.DataPort())
+	require.Zero(t, descOf(t, tgt).TCPDataPort)
 
 	const size = 8<<20 + 123
 	remote, local := mmapBuf(t, size), mmapBuf(t, size)
@@ -56,7 +57,7 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 			RKey, LKey []uint32
 		}
 	}
-	require.NoError(t, json.Unmarshal(tgt.ownDescriptor(), &d))
+	require.NoError(t, json.Unmarshal(tgt.Descriptor(), &d))
 	require.Equal(t, "rdma", d.Protocol)
 	require.Len(t, d.Devices, 2)
 	require.Equal(t, "cpu:0", d.Buffers[0].Name, "rdma buffers are named by location")
@@ -65,16 +66,18 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 	seg, err := ini.OpenSegment(ctxT(t), tgt.Name())
 	require.NoError(t, err)
 	fill(local, 41)
-	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
+	require.NoError(t, ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
 	requireSame(t, local, remote)
 	fill(remote, 42)
-	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Read, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
+	require.NoError(t, ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Read, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
 	requireSame(t, remote, local)
 
 	// A TCP engine cannot open an RDMA segment (Mooncake routes by protocol).
-	tcpEngine := newEngine(t, nil)
+	tcpEngine, err := New(context.Background(), configOf(t, nil))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, tcpEngine.Close()) })
 	_, err = tcpEngine.OpenSegment(ctxT(t), tgt.Name())
-	require.ErrorIs(t, err, ErrNotSupported)
+	require.ErrorIs(t, err, engine.ErrNotSupported)
 
 	require.NoError(t, ini.UnregisterMemory(addr(local)))
 	require.NoError(t, tgt.UnregisterMemory(addr(remote)))
@@ -85,19 +88,11 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 // every other test run with no shim on this machine).
 func TestBarexWithoutShimFailsInit(t *testing.T) {
 	testutil.ResourceCheck(t)
-	env, err := config.FromEnv(func(k string) (string, bool) {
-		switch k {
-		case "USE_BAREX":
-			return "1", true
-		case "MC_BAREX_SHIM":
-			return "/nonexistent/libmooncake_barex_shim.so", true
-		}
-		return "", false
-	})
-	require.NoError(t, err)
+	cfg := configOf(t, map[string]string{"USE_BAREX": "1", "MC_BAREX_SHIM": "/nonexistent/libmooncake_barex_shim.so"})
 	topo, err := topology.Parse([]byte(`{"cpu:0":[["mlx5_0"],[]]}`)) // a host with an HCA
 	require.NoError(t, err)
-	_, err = New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: env, Topology: topo})
+	cfg.Topology = topo
+	_, err = New(context.Background(), cfg)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "libmooncake_barex_shim.so")
 }
@@ -116,23 +111,17 @@ func TestEngineOverFakeBarex(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	testutil.ResourceCheck(t)
 
-	env, err := config.FromEnv(func(k string) (string, bool) {
-		switch k {
-		case "USE_BAREX":
-			return "1", true
-		case "MC_BAREX_SHIM":
-			return shim, true
-		case "MC_MIN_REG_SIZE":
-			return "1048576", true // 1 MiB chunks, so transfers span chunks
-		}
-		return "", false
+	cfg := configOf(t, map[string]string{
+		"USE_BAREX":       "1",
+		"MC_BAREX_SHIM":   shim,
+		"MC_MIN_REG_SIZE": "1048576", // 1 MiB chunks, so transfers span chunks
 	})
-	require.NoError(t, err)
 	t.Setenv("MCBX_FAKE_DEVICES", "fake_0,fake_1") // the fake shim's NICs
 	topo, err := topology.Parse([]byte(`{"cpu:0":[["fake_0","fake_1"],[]]}`))
 	require.NoError(t, err)
-	start := func() *Engine {
-		e, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: env, Topology: topo, Logger: testLogger(t)})
+	cfg.Topology = topo
+	start := func() *engine.Engine {
+		e, err := New(context.Background(), cfg)
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, e.Close()) })
 		return e
@@ -144,15 +133,15 @@ func TestEngineOverFakeBarex(t *testing.T) {
 	require.NoError(t, tgt.RegisterMemory(addr(remote), size, "cpu:0"))
 	require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))
 	var d struct{ Buffers []struct{ Length uint64 } }
-	require.NoError(t, json.Unmarshal(tgt.ownDescriptor(), &d))
+	require.NoError(t, json.Unmarshal(tgt.Descriptor(), &d))
 	require.Len(t, d.Buffers, 4, "registration split into MC_MIN_REG_SIZE chunks")
 
 	seg, err := ini.OpenSegment(ctxT(t), tgt.Name())
 	require.NoError(t, err)
 	fill(local, 51)
-	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local) + 4096, Segment: seg, Remote: uint64(addr(remote)) + 12288, Length: size - 12288}}, nil))
+	require.NoError(t, ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Write, Local: addr(local) + 4096, Segment: seg, Remote: uint64(addr(remote)) + 12288, Length: size - 12288}}, nil))
 	requireSame(t, local[4096:size-8192], remote[12288:])
 	fill(remote, 52)
-	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Read, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
+	require.NoError(t, ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Read, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: size}}, nil))
 	requireSame(t, remote, local)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 )
 
@@ -43,12 +44,12 @@ func TestHTTPNameOfADeadEngineIsTakenOver(t *testing.T) {
 	code, body := httpGet(t, meta, "mooncake/rpc_meta/crashed")
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(body), fmt.Sprintf(`"rpc_port":%d`, e.RPCPort()))
-	require.NoError(t, e.republish(ctxT(t)), "republishing our own key is no conflict")
+	require.NoError(t, e.Republish(ctxT(t)), "republishing our own key is no conflict")
 
 	env := config.Defaults()
 	env.TCPBindAddress = "127.0.0.1"
 	_, err = New(context.Background(), Config{LocalName: "crashed", Metadata: meta, Env: env, Logger: testLogger(t)})
-	require.ErrorIs(t, err, ErrMetadata, "a live engine keeps its name")
+	require.ErrorIs(t, err, engine.ErrMetadata, "a live engine keeps its name")
 	require.Contains(t, err.Error(), "held by the engine at")
 	_, body = httpGet(t, meta, "mooncake/rpc_meta/crashed")
 	require.Contains(t, string(body), fmt.Sprintf(`"rpc_port":%d`, e.RPCPort()))

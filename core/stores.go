@@ -7,6 +7,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/engine"
+	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/metadata/etcdstore"
 	"github.com/pymooncake/pymooncake/core/metadata/httpstore"
@@ -37,7 +39,10 @@ func openStore(ctx context.Context, cs metadata.ConnString, env config.Env, log 
 		if err != nil {
 			return nil, err
 		}
-		return newStaleNameStore(s, env, log), nil
+		// Mooncake's HTTP server (and ours) refuses to overwrite rpc_meta:
+		// take over the name of an engine that died without deleting it.
+		probe := &handshake.Client{ConnectTimeout: env.HandshakeConnectTimeout, MaxFrame: env.HandshakeMaxFrame, IPv6: env.IPv6}
+		return httpstore.ReclaimStaleNames(s, probe.Probe, log), nil
 	}
-	return nil, fmt.Errorf("metadata backend %v: %w", cs.Kind, ErrNotSupported)
+	return nil, fmt.Errorf("metadata backend %v: %w", cs.Kind, engine.ErrNotSupported)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/internal/etcdtest"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata/httpserver"
@@ -41,7 +42,7 @@ func httpGet(t *testing.T, base, key string) (int, []byte) {
 	return resp.StatusCode, b
 }
 
-func newStoreEngine(t *testing.T, name, meta string) *Engine {
+func newStoreEngine(t *testing.T, name, meta string) *engine.Engine {
 	t.Helper()
 	env := config.Defaults()
 	env.TCPBindAddress = "127.0.0.1"
@@ -77,13 +78,13 @@ func TestHTTPMetadataMode(t *testing.T) {
 	seg, err := ini.OpenSegment(ctxT(t), "target-a")
 	require.NoError(t, err)
 	fill(local, 21)
-	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil))
+	require.NoError(t, ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil))
 	requireSame(t, local, remote)
-	require.NoError(t, ini.SendNotify(ctxT(t), "target-a", Notify{Name: "n", Msg: "m"}))
+	require.NoError(t, ini.SendNotify(ctxT(t), "target-a", engine.Notify{Name: "n", Msg: "m"}))
 	require.Len(t, tgt.Notifies(), 1)
 
 	_, err = ini.OpenSegment(ctxT(t), "nobody")
-	require.ErrorIs(t, err, ErrMetadata)
+	require.ErrorIs(t, err, engine.ErrMetadata)
 
 	// A second engine under the same name is refused: the rpc_meta key
 	// exists (Mooncake's server answers 400).
@@ -93,7 +94,7 @@ func TestHTTPMetadataMode(t *testing.T) {
 	require.Error(t, err)
 	code, _ = httpGet(t, meta, "mooncake/rpc_meta/target-a")
 	require.Equal(t, http.StatusOK, code, "a failed init must not delete the live engine's keys")
-	require.NoError(t, ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil))
+	require.NoError(t, ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil))
 
 	require.NoError(t, tgt.Close())
 	code, _ = httpGet(t, meta, "mooncake/ram/target-a")
@@ -106,7 +107,7 @@ func TestUnreachableStore(t *testing.T) {
 	testutil.ResourceCheck(t)
 	start := time.Now()
 	_, err := New(context.Background(), Config{LocalName: "x", Metadata: "http://127.0.0.1:1/metadata", Env: config.Defaults()})
-	require.ErrorIs(t, err, ErrMetadata)
+	require.ErrorIs(t, err, engine.ErrMetadata)
 	require.Less(t, time.Since(start), 10*time.Second)
 }
 
@@ -131,7 +132,7 @@ func TestEtcdMode(t *testing.T) {
 	seg, err := ini.OpenSegment(ctxT(t), "etcd-target")
 	require.NoError(t, err)
 	write := func() error {
-		return ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil)
+		return ini.Transfer(ctxT(t), []engine.Request{{Opcode: transport.Write, Local: addr(local), Segment: seg, Remote: uint64(addr(remote)), Length: 1 << 20}}, nil)
 	}
 	fill(local, 31)
 	require.NoError(t, write())
@@ -146,7 +147,7 @@ func TestEtcdMode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	_, err = ini.OpenSegment(ctx, "someone-else")
 	cancel()
-	require.ErrorIs(t, err, ErrMetadata)
+	require.ErrorIs(t, err, engine.ErrMetadata)
 	etcd.Restart()
 	require.NoError(t, write())
 	_, _, ok = etcdtest.RawGet(t, raw, "mooncake/ram/etcd-target")

@@ -15,8 +15,9 @@ import (
 // ErrInvalid is matched by every error about a bad variable value.
 var ErrInvalid = errors.New("invalid environment variable")
 
-// Env is the engine configuration taken from the environment. The zero value
-// is not meaningful; use Defaults or FromEnv.
+// Env is the engine's configuration taken from the environment; each
+// transport reads its own variables (tcp.ConfigFromEnv and the like). The
+// zero value is not meaningful; use Defaults or FromEnv.
 type Env struct {
 	// MinPort and MaxPort bound the random RPC and TCP data ports
 	// (MC_MIN_RPC_PORT/MC_MAX_RPC_PORT, or Mooncake's older misspelled
@@ -44,21 +45,6 @@ type Env struct {
 	// DisableMetaCache re-fetches peer descriptors on every open
 	// (MC_DISABLE_METACACHE).
 	DisableMetaCache bool
-	// TCPForceV1 speaks the v1 framing even to v2 peers (MC_TCP_PROTO=1).
-	TCPForceV1 bool
-	// TCPStatusTimeout bounds each wait for a v2 status frame and each stalled
-	// socket operation (MC_TCP_STATUS_TIMEOUT_SEC, default 30).
-	TCPStatusTimeout time.Duration
-	// TCPLanes is the number of persistent connections per peer
-	// (MC_TCP_LANES_PER_PEER, or the older MC_TCP_MAX_CONNECTIONS_PER_PEER;
-	// default 4, 1 to 16).
-	TCPLanes int
-	// TCPPoll is how long a TCP connection is polled for its next bytes
-	// before its goroutine parks: the data server's after each reply, a
-	// synchronous call's for its status frame (PYMOONCAKE_TCP_POLL_US,
-	// microseconds, default 50, 0 to 10000; 0 never polls). Polling spends
-	// CPU to save the wake-ups that dominate a small call's latency.
-	TCPPoll time.Duration
 	// ForceTCP selects TCP even where RDMA devices exist (MC_FORCE_TCP).
 	ForceTCP bool
 	// ForceHCA installs RDMA even where no HCA was discovered, so that a
@@ -131,9 +117,6 @@ func Defaults() Env {
 		HandshakePort:           12001,
 		HandshakeMaxFrame:       1 << 20,
 		HandshakeConnectTimeout: 5 * time.Second,
-		TCPStatusTimeout:        30 * time.Second,
-		TCPLanes:                4,
-		TCPPoll:                 50 * time.Microsecond,
 		TransferTimeout:         30 * time.Second,
 		LogLevel:                zapcore.InfoLevel,
 		Set:                     map[string]string{},
@@ -174,25 +157,6 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 	}
 	p.Seconds(&e.MetadataLeaseTTL, "MC_METADATA_LEASE_TTL", 0, 86400)
 	p.Presence(&e.DisableMetaCache, "MC_DISABLE_METACACHE")
-	if v, ok := p.Lookup("MC_TCP_PROTO"); ok {
-		switch strings.TrimSpace(v) {
-		case "1":
-			e.TCPForceV1 = true
-		case "2", "":
-		default:
-			p.Fail("MC_TCP_PROTO", v, "want 1 or 2")
-		}
-	}
-	p.Seconds(&e.TCPStatusTimeout, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 86400)
-	lanesKey := "MC_TCP_LANES_PER_PEER"
-	if _, ok := p.Lookup(lanesKey); !ok {
-		lanesKey = "MC_TCP_MAX_CONNECTIONS_PER_PEER"
-	}
-	p.Int(&e.TCPLanes, lanesKey, 1, 16)
-	var pollUS int
-	if p.Int(&pollUS, "PYMOONCAKE_TCP_POLL_US", 0, 10000) {
-		e.TCPPoll = time.Duration(pollUS) * time.Microsecond
-	}
 	p.Presence(&e.ForceTCP, "MC_FORCE_TCP")
 	p.Presence(&e.ForceHCA, "MC_FORCE_HCA")
 	if v, ok := p.Lookup("MC_CUSTOM_TOPO_JSON"); ok {

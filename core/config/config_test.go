@@ -20,8 +20,6 @@ func TestFromEnvDefaults(t *testing.T) {
 	require.Equal(t, 17000, e.MaxPort)
 	require.Equal(t, uint64(1<<20), e.HandshakeMaxFrame)
 	require.Equal(t, 30*time.Second, e.TransferTimeout)
-	require.Equal(t, 4, e.TCPLanes)
-	require.Equal(t, 50*time.Microsecond, e.TCPPoll)
 	require.Empty(t, e.SortedSet())
 }
 
@@ -37,10 +35,6 @@ func TestFromEnvValues(t *testing.T) {
 			func(t *testing.T, e Env) { require.Equal(t, 20000, e.MinPort); require.Equal(t, 20010, e.MaxPort) }},
 		{"rpc spelling wins", map[string]string{"MC_MIN_RPC_PORT": "21000", "MC_MIN_PRC_PORT": "20000", "MC_MAX_RPC_PORT": "21001"},
 			func(t *testing.T, e Env) { require.Equal(t, 21000, e.MinPort) }},
-		{"force v1", map[string]string{"MC_TCP_PROTO": "1"}, func(t *testing.T, e Env) { require.True(t, e.TCPForceV1) }},
-		{"lanes old name", map[string]string{"MC_TCP_MAX_CONNECTIONS_PER_PEER": "8"}, func(t *testing.T, e Env) { require.Equal(t, 8, e.TCPLanes) }},
-		{"tcp poll", map[string]string{"PYMOONCAKE_TCP_POLL_US": " 120 "}, func(t *testing.T, e Env) { require.Equal(t, 120*time.Microsecond, e.TCPPoll) }},
-		{"tcp poll off", map[string]string{"PYMOONCAKE_TCP_POLL_US": "0"}, func(t *testing.T, e Env) { require.Zero(t, e.TCPPoll) }},
 		{"force tcp presence", map[string]string{"MC_FORCE_TCP": ""}, func(t *testing.T, e Env) { require.True(t, e.ForceTCP) }},
 		{"force tcp false", map[string]string{"MC_FORCE_TCP": "0"}, func(t *testing.T, e Env) { require.False(t, e.ForceTCP) }},
 		{"log level", map[string]string{"MC_LOG_LEVEL": "warning"}, func(t *testing.T, e Env) { require.Equal(t, zapcore.WarnLevel, e.LogLevel) }},
@@ -83,11 +77,6 @@ func TestFromEnvRejects(t *testing.T) {
 		{"max frame too large", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "999999999"}},
 		{"max frame zero", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "0"}},
 		{"bad bool", map[string]string{"MC_USE_IPV6": "maybe"}},
-		{"bad proto", map[string]string{"MC_TCP_PROTO": "3"}},
-		{"too many lanes", map[string]string{"MC_TCP_LANES_PER_PEER": "17"}},
-		{"negative tcp poll", map[string]string{"PYMOONCAKE_TCP_POLL_US": "-1"}},
-		{"tcp poll too long", map[string]string{"PYMOONCAKE_TCP_POLL_US": "10001"}},
-		{"tcp poll not a number", map[string]string{"PYMOONCAKE_TCP_POLL_US": "50us"}},
 		{"bad mtu", map[string]string{"MC_MTU": "1500"}},
 		{"bad store", map[string]string{"MC_ENDPOINT_STORE_TYPE": "LRU"}},
 		{"bad log level", map[string]string{"MC_LOG_LEVEL": "loud"}},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core"
 	"github.com/pymooncake/pymooncake/core/config"
+	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/gpu/cuda"
 	"github.com/pymooncake/pymooncake/core/internal/dl"
@@ -182,7 +183,7 @@ func TestGateHoldsTheStreamOnGPU(t *testing.T) {
 	require.NoError(t, d.Synchronize(0, 0))
 }
 
-func newEngine(t *testing.T, d *cuda.Driver) *core.Engine {
+func newEngine(t *testing.T, d *cuda.Driver) *engine.Engine {
 	t.Helper()
 	e, err := core.New(context.Background(), core.Config{
 		LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: config.Defaults(),
@@ -220,7 +221,7 @@ func TestEnginesMoveGPUMemory(t *testing.T) {
 	defer cancel()
 	// GPU to GPU and GPU to host in one batch.
 	half := uint64(n / 2)
-	require.NoError(t, ini.Transfer(ctx, []core.Request{
+	require.NoError(t, ini.Transfer(ctx, []engine.Request{
 		{Opcode: transport.Write, Local: iniDev, Segment: seg, Remote: uint64(tgtDev), Length: half},
 		{Opcode: transport.Write, Local: iniDev + uintptr(half), Segment: seg, Remote: uint64(uintptr(unsafePointer(host))), Length: n - half},
 	}, nil))
@@ -231,7 +232,7 @@ func TestEnginesMoveGPUMemory(t *testing.T) {
 
 	// Read it all back into the initiator's GPU memory, cleared first.
 	require.NoError(t, d.CopyToDevice(0, iniDev, make([]byte, n)))
-	require.NoError(t, ini.Transfer(ctx, []core.Request{
+	require.NoError(t, ini.Transfer(ctx, []engine.Request{
 		{Opcode: transport.Read, Local: iniDev, Segment: seg, Remote: uint64(tgtDev), Length: half},
 		{Opcode: transport.Read, Local: iniDev + uintptr(half), Segment: seg, Remote: uint64(uintptr(unsafePointer(host))), Length: n - half},
 	}, nil))
@@ -243,7 +244,7 @@ func TestEnginesMoveGPUMemory(t *testing.T) {
 	require.NoError(t, err)
 	defer d.DestroyStream(0, s)
 	require.NoError(t, d.Memset(0, s, iniDev, 0xab, n))
-	ticket, err := ini.TransferOnStream(tgt.Name(), []core.Request{{Opcode: transport.Write, Local: iniDev, Remote: uint64(tgtDev), Length: half}}, s, -1, 30*time.Second)
+	ticket, err := ini.TransferOnStream(tgt.Name(), []engine.Request{{Opcode: transport.Write, Local: iniDev, Remote: uint64(tgtDev), Length: half}}, s, -1, 30*time.Second)
 	require.NoError(t, err)
 	require.NoError(t, d.Memset(0, s, iniDev, 0xcd, n))
 	require.NoError(t, d.Synchronize(0, s))
@@ -260,7 +261,7 @@ func TestEnginesMoveGPUMemory(t *testing.T) {
 	// the host half of the batch is untouched by the stream.
 	require.NoError(t, d.CopyToDevice(0, tgtDev, bytes.Repeat([]byte{0x11}, int(half))))
 	require.NoError(t, d.Memset(0, s, iniDev, 0x22, n))
-	ticket, err = ini.TransferOnStream(tgt.Name(), []core.Request{
+	ticket, err = ini.TransferOnStream(tgt.Name(), []engine.Request{
 		{Opcode: transport.Read, Local: iniDev, Remote: uint64(tgtDev), Length: half},
 		{Opcode: transport.Read, Local: iniDev + uintptr(half), Remote: uint64(uintptr(unsafePointer(host))), Length: n - half},
 	}, s, -1, 30*time.Second)

@@ -1,4 +1,4 @@
-package core
+package managed
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"github.com/pymooncake/pymooncake/core/internal/errs"
 )
 
 // Managed buffers reproduce Mooncake's buddy allocator for
@@ -21,15 +23,20 @@ const (
 	managedPoolBytes = 2 << 30
 )
 
-type managedPool struct {
-	e  *Engine
+// Pool is the allocator of allocate_managed_buffer. It registers the memory
+// it maps through the functions it was given, and unmaps it at Close.
+type Pool struct {
+	register   func(addr uintptr, n uint64) error
+	unregister func(addr uintptr) error
+
 	mu sync.Mutex
 	// free holds free block addresses per class.
 	free [managedClasses][]uintptr // +checklocks:mu
 	// live maps allocated blocks to their class, or -1 for dedicated ones.
 	live map[uintptr]int // +checklocks:mu
 	// maps are the mmap'd regions, unmapped at Close.
-	maps map[uintptr][]byte // +checklocks:mu
+	maps   map[uintptr][]byte // +checklocks:mu
+	closed bool               // +checklocks:mu
 }
 
 // managedClass is the smallest class holding n bytes, or -1 above 256 MiB.
@@ -46,21 +53,26 @@ func managedClass(n uint64) int {
 
 func classSize(c int) uintptr { return uintptr(managedMinClass) << c }
 
-// AllocateManaged returns the address of a registered buffer of at least
-// length bytes.
-func (e *Engine) AllocateManaged(length uint64) (uintptr, error) {
-	if e.closed.Load() {
-		return 0, ErrClosed
-	}
+// New returns an empty pool: its first allocation maps and registers a
+// 2 GiB pool (Mooncake 0.3.9+ creates it lazily too).
+func New(register func(addr uintptr, n uint64) error, unregister func(addr uintptr) error) *Pool {
+	return &Pool{register: register, unregister: unregister, live: map[uintptr]int{}, maps: map[uintptr][]byte{}}
+}
+
+// Alloc returns the address of a registered buffer of at least length
+// bytes.
+func (p *Pool) Alloc(length uint64) (uintptr, error) {
 	if length == 0 {
-		return 0, fmt.Errorf("allocate managed buffer of 0 bytes: %w", ErrInvalidArgument)
+		return 0, fmt.Errorf("allocate managed buffer of 0 bytes: %w", errs.InvalidArgument)
 	}
 	if length > 1<<46 {
-		return 0, fmt.Errorf("allocate managed buffer of %d bytes: %w", length, ErrInvalidArgument)
+		return 0, fmt.Errorf("allocate managed buffer of %d bytes: %w", length, errs.InvalidArgument)
 	}
-	p := e.managedPool()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return 0, errs.Closed
+	}
 	c := managedClass(length)
 	if c < 0 {
 		return p.dedicated(length)
@@ -73,42 +85,52 @@ func (e *Engine) AllocateManaged(length uint64) (uintptr, error) {
 	return addr, nil
 }
 
-// FreeManaged returns a buffer from AllocateManaged; length must be the
-// length it was allocated with (as Mooncake's free_managed_buffer).
-func (e *Engine) FreeManaged(addr uintptr, length uint64) error {
-	p := e.managedPool()
+// Free returns a buffer from Alloc; length must be the length it was
+// allocated with (as Mooncake's free_managed_buffer).
+func (p *Pool) Free(addr uintptr, length uint64) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	c, ok := p.live[addr]
 	if !ok {
-		return fmt.Errorf("free managed buffer %#x: not allocated: %w", addr, ErrInvalidArgument)
+		p.mu.Unlock()
+		return fmt.Errorf("free managed buffer %#x: not allocated: %w", addr, errs.InvalidArgument)
 	}
 	if want := managedClass(length); want != c {
-		return fmt.Errorf("free managed buffer %#x with length %d: allocated in another size class: %w", addr, length, ErrInvalidArgument)
+		p.mu.Unlock()
+		return fmt.Errorf("free managed buffer %#x with length %d: allocated in another size class: %w", addr, length, errs.InvalidArgument)
 	}
 	delete(p.live, addr)
-	if c < 0 {
-		err := e.UnregisterMemory(addr)
-		if uerr := p.unmap(addr); err == nil {
+	if c >= 0 {
+		p.free[c] = append(p.free[c], addr)
+		p.mu.Unlock()
+		return nil
+	}
+	// A dedicated buffer: unregistered and unmapped outside the lock, since
+	// unregistering asks Holds.
+	b := p.maps[addr]
+	delete(p.maps, addr)
+	p.mu.Unlock()
+	err := p.unregister(addr)
+	if b != nil {
+		if uerr := syscall.Munmap(b); err == nil {
 			err = uerr
 		}
-		return err
 	}
-	p.free[c] = append(p.free[c], addr)
-	return nil
+	return err
 }
 
-func (e *Engine) managedPool() *managedPool {
-	e.publishMu.Lock() // reused: pool creation is rare
-	defer e.publishMu.Unlock()
-	if e.managed == nil {
-		e.managed = &managedPool{e: e, live: map[uintptr]int{}, maps: map[uintptr][]byte{}}
-	}
-	return e.managed
+// Holds reports whether addr is the start of memory the pool mapped and
+// registered (a 2 GiB pool or a dedicated buffer) while any buffer is
+// allocated from it: unregistering it would pull registered memory from
+// under live buffers.
+func (p *Pool) Holds(addr uintptr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.maps[addr]
+	return ok && len(p.live) > 0
 }
 
 // take pops a block of class c, splitting larger blocks or creating a pool.
-func (p *managedPool) take(c int) (uintptr, error) {
+func (p *Pool) take(c int) (uintptr, error) {
 	if n := len(p.free[c]); n > 0 {
 		a := p.free[c][n-1]
 		p.free[c] = p.free[c][:n-1]
@@ -135,7 +157,7 @@ func (p *managedPool) take(c int) (uintptr, error) {
 	return big, nil
 }
 
-func (p *managedPool) dedicated(length uint64) (uintptr, error) {
+func (p *Pool) dedicated(length uint64) (uintptr, error) {
 	page := uint64(syscall.Getpagesize())
 	addr, err := p.mmapRegistered((length + page - 1) / page * page)
 	if err != nil {
@@ -147,14 +169,14 @@ func (p *managedPool) dedicated(length uint64) (uintptr, error) {
 
 // mmapRegistered maps anonymous memory (pages are committed on first touch)
 // and registers it.
-func (p *managedPool) mmapRegistered(n uint64) (uintptr, error) {
+func (p *Pool) mmapRegistered(n uint64) (uintptr, error) {
 	b, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
 		syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_NORESERVE)
 	if err != nil {
 		return 0, fmt.Errorf("allocate managed pool of %d bytes: %w", n, err)
 	}
 	addr := uintptr(unsafe.Pointer(&b[0]))
-	if err := p.e.RegisterMemory(addr, n, "*"); err != nil {
+	if err := p.register(addr, n); err != nil {
 		syscall.Munmap(b)
 		return 0, fmt.Errorf("register managed pool: %w", err)
 	}
@@ -162,7 +184,7 @@ func (p *managedPool) mmapRegistered(n uint64) (uintptr, error) {
 	return addr, nil
 }
 
-func (p *managedPool) unmap(addr uintptr) error {
+func (p *Pool) unmap(addr uintptr) error {
 	b, ok := p.maps[addr]
 	if !ok {
 		return nil
@@ -171,10 +193,12 @@ func (p *managedPool) unmap(addr uintptr) error {
 	return syscall.Munmap(b)
 }
 
-// close unmaps every pool. The engine has stopped: no transfer can touch them.
-func (p *managedPool) close() error {
+// Close unmaps every pool and refuses later allocations. The engine has
+// stopped: no transfer can touch them.
+func (p *Pool) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	var errs []error
 	for a := range p.maps {
 		errs = append(errs, p.unmap(a))

@@ -1,7 +1,6 @@
-package core
+package engine
 
 import (
-	"context"
 	"encoding/json"
 	"sync"
 	"testing"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/gpu/fake"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
@@ -27,13 +25,7 @@ func newFakeGPU(t *testing.T) *fake.Driver {
 
 func newGPUEngine(t *testing.T, d gpu.Driver) *Engine {
 	t.Helper()
-	eng, err := New(context.Background(), Config{
-		LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: config.Defaults(), Logger: testLogger(t),
-		GPU: d, Staging: gpu.StagingConfig{Chunk: 256 << 10},
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, eng.Close()) })
-	return eng
+	return testEngine{gpu: d, staging: gpu.StagingConfig{Chunk: 256 << 10}}.mustStart(t)
 }
 
 // devMem is fake device memory of one test.
@@ -65,7 +57,7 @@ func (m devMem) set(t *testing.T, b []byte) {
 func locations(t *testing.T, e *Engine) []string {
 	t.Helper()
 	var d map[string]json.RawMessage
-	require.NoError(t, json.Unmarshal(e.ownDescriptor(), &d))
+	require.NoError(t, json.Unmarshal(e.Descriptor(), &d))
 	raw, ok := d[LocationsKey]
 	if !ok {
 		return nil
@@ -110,17 +102,17 @@ func TestRegisterDetectsGPUMemory(t *testing.T) {
 			locs := locations(t, e)
 			require.Equal(t, tc.want, locs[len(locs)-1])
 			require.Equal(t, "*", locs[0], "host memory keeps the caller's location")
-			require.Equal(t, e.mem.device(uint64(tc.addr), tc.n), int(tc.want[len(tc.want)-1]-'0'))
+			require.Equal(t, e.mem.Device(uint64(tc.addr), tc.n), int(tc.want[len(tc.want)-1]-'0'))
 		})
 	}
 	var desc struct {
 		Buffers []struct{ Name string } `json:"buffers"`
 	}
-	require.NoError(t, json.Unmarshal(e.ownDescriptor(), &desc))
+	require.NoError(t, json.Unmarshal(e.Descriptor(), &desc))
 	for _, b := range desc.Buffers {
 		require.Equal(t, e.Name(), b.Name, "TCP buffers carry the segment name, as Mooncake's")
 	}
-	require.Equal(t, gpu.Host, e.mem.device(uint64(addr(host)), 1))
+	require.Equal(t, gpu.Host, e.mem.Device(uint64(addr(host)), 1))
 }
 
 // gpuPair is two engines on one fake GPU host: an initiator with host and

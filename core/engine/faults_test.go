@@ -1,4 +1,4 @@
-package core
+package engine
 
 import (
 	"context"
@@ -23,6 +23,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/internal/etcdtest"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
@@ -207,7 +208,7 @@ func TestHostileDescriptors(t *testing.T) {
 			}
 			require.Error(t, err)
 			require.Zero(t, h)
-			_, open := p.ini.segs.lookup(name)
+			_, open := p.ini.segs.Lookup(name)
 			require.False(t, open, "a refused descriptor leaves no segment")
 			// The engine still serves a good peer.
 			require.NoError(t, p.ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(p.local), Segment: p.seg, Remote: uint64(addr(p.remote)), Length: 4096}}, nil))
@@ -348,7 +349,7 @@ func TestAttackersDoNotDisturbGoodPeers(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	rpcAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p.tgt.RPCPort()))
-	dataAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p.tgt.DataPort()))
+	dataAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(descOf(t, p.tgt).TCPDataPort))
 	var hb [tcp.HeaderSize]byte
 	// A valid write, into the half of the target's buffer the good peer
 	// leaves alone: such an attacker is a legitimate peer that stalls.
@@ -483,7 +484,7 @@ func TestSigkillMidBatch(t *testing.T) {
 				t.Fatal("the call did not return after the target was killed")
 			}
 			require.Less(t, time.Since(killed), 5*time.Second)
-			_, open := e.segs.lookup(name)
+			_, open := e.segs.Lookup(name)
 			require.False(t, open, "the dead segment is not kept")
 		})
 	}
@@ -495,8 +496,7 @@ func TestSigkillMidBatch(t *testing.T) {
 func TestSigstopTarget(t *testing.T) {
 	testutil.ResourceCheck(t)
 	cmd, name, base, stdin, out := startTarget(t)
-	e := newEngine(t, nil)
-	require.Equal(t, 30*time.Second, e.cfg.Env.TCPStatusTimeout)
+	e := newEngine(t, nil) // MC_TCP_STATUS_TIMEOUT_SEC at its default, 30 s
 	local := mmapBuf(t, 64<<20)
 	require.NoError(t, e.RegisterMemory(addr(local), uint64(len(local)), "*"))
 	fill(local, 5)
@@ -579,10 +579,8 @@ func TestRestartCycles(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			testutil.ResourceCheck(t)
 			meta := m.meta(t)
-			env := config.Defaults()
-			env.TCPBindAddress = "127.0.0.1"
 			start := func(name string) *Engine {
-				e, err := New(context.Background(), Config{LocalName: name, Metadata: meta, Env: env, Logger: testLogger(t)})
+				e, err := testEngine{local: name, meta: meta, envOverride: bindLoopback}.start(t)
 				require.NoError(t, err)
 				return e
 			}
@@ -664,22 +662,22 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 	meta := startHTTPMetadata(t)
 	ini := newStoreEngine(t, "ini", meta)
 	p := twoFreePorts(t)
-	env := config.Defaults()
-	env.TCPBindAddress = "127.0.0.1"
-	env.MinPort, env.MaxPort = p, p+1
 	start := func() *Engine {
-		e, err := New(context.Background(), Config{LocalName: "fixed", Metadata: meta, Env: env, Logger: testLogger(t)})
+		e, err := testEngine{local: "fixed", meta: meta, envOverride: func(env *config.Env) {
+			env.TCPBindAddress = "127.0.0.1"
+			env.MinPort, env.MaxPort = p, p+1
+		}}.start(t)
 		require.NoError(t, err)
 		return e
 	}
 	// restart closes tgt and starts it again until the new incarnation
 	// listens for data where the old one did.
 	restart := func(tgt *Engine) *Engine {
-		port := tgt.DataPort()
+		port := descOf(t, tgt).TCPDataPort
 		require.NoError(t, tgt.Close())
 		for i := 0; i < 50; i++ {
 			e := start()
-			if e.DataPort() == port {
+			if descOf(t, e).TCPDataPort == port {
 				return e
 			}
 			require.NoError(t, e.Close())
@@ -717,7 +715,7 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 	require.NoError(t, err)
 	d, err := ini.SegmentDesc(h)
 	require.NoError(t, err)
-	require.Equal(t, tgt.instance, instanceOf(d))
+	require.Equal(t, tgt.instance, segment.InstanceOf(d))
 	require.Equal(t, uint64(addr(remoteB)), d.Buffers[0].Addr)
 	fill(local, 3)
 	require.NoError(t, write(ctxT(t), remoteB))
@@ -737,7 +735,7 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 	require.True(t, ini.Recover(ctxT(t), h, err))
 	d, err = ini.SegmentDesc(h)
 	require.NoError(t, err)
-	require.Equal(t, tgt.instance, instanceOf(d), "the same handle, re-resolved")
+	require.Equal(t, tgt.instance, segment.InstanceOf(d), "the same handle, re-resolved")
 	require.False(t, ini.Recover(ctxT(t), h, err), "a rejection by the same incarnation changes nothing")
 }
 
@@ -771,7 +769,7 @@ func TestFirstAsyncCallAfterRestart(t *testing.T) {
 				code, _ := httpGet(t, meta, "mooncake/ram/tgt")
 				require.Equal(t, http.StatusOK, code, "recovery forgets the descriptor locally, never in the store")
 			} else {
-				s, ok := ini.segs.lookup("tgt")
+				s, ok := ini.segs.Lookup("tgt")
 				require.True(t, ok)
 				deadline := time.Now().Add(5 * time.Second)
 				for !ini.peerClosedSince(s) {

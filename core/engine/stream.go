@@ -1,4 +1,4 @@
-package core
+package engine
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/gpu"
+	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -124,7 +125,7 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 		if r.Length == 0 {
 			continue
 		}
-		if d := e.mem.device(uint64(r.Local), r.Length); d != gpu.Host {
+		if d := e.mem.Device(uint64(r.Local), r.Length); d != memory.Host {
 			onGPU = append(onGPU, i)
 			gpuBytes += r.Length
 			if firstDev == gpu.Host {
@@ -142,17 +143,17 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 	// The requests as transferred: GPU buffers replaced by slices of the
 	// bounce buffer.
 	xreqs := append([]Request(nil), reqs...)
-	var b bounceBuf
+	var b gpu.BounceBuf
 	if gpuBytes > 0 {
-		if gpuBytes > maxBounce {
-			return 0, fmt.Errorf("transfer on a CUDA stream: %d bytes of GPU buffers (at most %d): %w", gpuBytes, uint64(maxBounce), ErrInvalidArgument)
+		if gpuBytes > gpu.MaxBounce {
+			return 0, fmt.Errorf("transfer on a CUDA stream: %d bytes of GPU buffers (at most %d): %w", gpuBytes, uint64(gpu.MaxBounce), ErrInvalidArgument)
 		}
-		if b, err = e.bounces.get(drv, firstDev, int(gpuBytes)); err != nil {
+		if b, err = e.bounces.Get(drv, firstDev, int(gpuBytes)); err != nil {
 			return 0, fmt.Errorf("transfer on a CUDA stream: %w", err)
 		}
 		off := uintptr(0)
 		for _, i := range onGPU {
-			xreqs[i].Local = b.addr + off
+			xreqs[i].Local = b.Addr + off
 			off += uintptr(reqs[i].Length)
 		}
 	}
@@ -160,11 +161,11 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 	// unless we know the stream is done with it.
 	queued := false
 	abandon := func(err error) (Ticket, error) {
-		if b.size > 0 {
+		if b.Size > 0 {
 			if queued {
-				e.bounces.forget(b)
+				e.bounces.Forget(b)
 			} else {
-				e.bounces.put(b)
+				e.bounces.Put(b)
 			}
 		}
 		return 0, fmt.Errorf("transfer on CUDA stream %#x: %w", stream, err)
@@ -225,7 +226,7 @@ const bounceDrain = 10 * time.Second
 // runOnStream waits for the stream to reach the hold, transfers, records
 // the outcome, lets the stream go, and takes back the bounce buffer once
 // the stream is done with it.
-func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate, b bounceBuf, target string, reqs []Request, timeout time.Duration) {
+func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate, b gpu.BounceBuf, target string, reqs []Request, timeout time.Duration) {
 	err := hold.Reached(e.ctx)
 	if err != nil {
 		err = fmt.Errorf("engine closed before the stream reached the transfer: %w", ErrClosed)
@@ -243,7 +244,7 @@ func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate,
 		op.err = err
 		op.done.Store(true)
 	}
-	if b.size == 0 {
+	if b.Size == 0 {
 		// Nothing is queued after the hold: the outcome is recorded before
 		// the stream goes on, so a caller that synchronised the stream sees
 		// it.
@@ -258,7 +259,7 @@ func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate,
 	drained := <-after
 	if drained == nil {
 		finish(errors.Join(err, errors.New("queueing the copies out of the bounce buffer failed")))
-		e.bounces.forget(b) // the stream may still use it
+		e.bounces.Forget(b) // the stream may still use it
 		return
 	}
 	// The stream waits at drained: the outcome is recorded before it goes
@@ -270,126 +271,11 @@ func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate,
 	drained.Open()
 	if derr != nil {
 		e.log.Warn("a stream did not finish with a bounce buffer; the buffer is not reused",
-			zap.Uint64("ticket", uint64(op.ticket)), zap.Int("bytes", b.size))
-		e.bounces.forget(b)
+			zap.Uint64("ticket", uint64(op.ticket)), zap.Int("bytes", b.Size))
+		e.bounces.Forget(b)
 		return
 	}
-	e.bounces.put(b)
-}
-
-// maxBounce bounds the GPU bytes of one stream-ordered transfer.
-const maxBounce = 16 << 30
-
-// bounceIdle is how many bytes of bounce buffers are kept for reuse.
-const bounceIdle = 1 << 30
-
-// bounceBuf is a page-locked host buffer from the GPU driver.
-type bounceBuf struct {
-	drv  gpu.Driver
-	addr uintptr
-	size int
-}
-
-// bouncePool lends page-locked buffers to stream-ordered transfers and
-// keeps up to bounceIdle bytes of returned ones. The zero value is ready.
-type bouncePool struct {
-	mu     sync.Mutex
-	idle   []bounceBuf     // guarded by mu
-	bytes  int             // guarded by mu: of idle
-	lent   map[uintptr]int // guarded by mu: address → size
-	closed bool            // guarded by mu
-}
-
-// get lends a buffer of at least n bytes.
-func (p *bouncePool) get(drv gpu.Driver, ord, n int) (bounceBuf, error) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return bounceBuf{}, ErrClosed
-	}
-	best := -1
-	for i, b := range p.idle {
-		if b.drv == drv && b.size >= n && (best < 0 || b.size < p.idle[best].size) {
-			best = i
-		}
-	}
-	if best >= 0 {
-		b := p.idle[best]
-		p.idle = append(p.idle[:best], p.idle[best+1:]...)
-		p.bytes -= b.size
-		p.lend(b)
-		p.mu.Unlock()
-		return b, nil
-	}
-	p.mu.Unlock()
-	size := (n + bounceGranule - 1) / bounceGranule * bounceGranule
-	addr, err := drv.AllocHost(ord, size)
-	if err != nil {
-		return bounceBuf{}, fmt.Errorf("%d bytes of page-locked memory: %w", size, err)
-	}
-	b := bounceBuf{drv: drv, addr: addr, size: size}
-	p.mu.Lock()
-	p.lend(b)
-	p.mu.Unlock()
-	return b, nil
-}
-
-const bounceGranule = 2 << 20
-
-func (p *bouncePool) lend(b bounceBuf) {
-	if p.lent == nil {
-		p.lent = map[uintptr]int{}
-	}
-	p.lent[b.addr] = b.size
-}
-
-// put takes back a buffer no stream uses any more.
-func (p *bouncePool) put(b bounceBuf) {
-	p.mu.Lock()
-	delete(p.lent, b.addr)
-	keep := !p.closed && p.bytes+b.size <= bounceIdle
-	if keep {
-		p.idle = append(p.idle, b)
-		p.bytes += b.size
-	}
-	p.mu.Unlock()
-	if !keep {
-		_ = b.drv.FreeHost(b.addr)
-	}
-}
-
-// forget drops a buffer a stream may still copy to or from: it is neither
-// reused nor freed (freeing it under a pending copy would be worse).
-func (p *bouncePool) forget(b bounceBuf) {
-	p.mu.Lock()
-	delete(p.lent, b.addr)
-	p.mu.Unlock()
-}
-
-// contains reports whether [addr, addr+n) lies in a lent buffer.
-func (p *bouncePool) contains(addr, n uint64) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for a, size := range p.lent {
-		if addr >= uint64(a) && addr+n <= uint64(a)+uint64(size) && addr+n >= addr {
-			return true
-		}
-	}
-	return false
-}
-
-// close frees the idle buffers; lent ones are freed when put back.
-func (p *bouncePool) close() error {
-	p.mu.Lock()
-	p.closed = true
-	idle := p.idle
-	p.idle, p.bytes = nil, 0
-	p.mu.Unlock()
-	var errs []error
-	for _, b := range idle {
-		errs = append(errs, b.drv.FreeHost(b.addr))
-	}
-	return errors.Join(errs...)
+	e.bounces.Put(b)
 }
 
 // StreamTransferStatus reports a stream transfer: not done yet (false,

@@ -1,32 +1,34 @@
-package core
+package engine
 
-import "errors"
+import "github.com/pymooncake/pymooncake/core/internal/errs"
 
 // Sentinels callers branch on with errors.Is. bindings maps them to
-// Mooncake's return codes (error.h), shown in parentheses.
+// Mooncake's return codes (error.h), shown in parentheses. Transport
+// failures match the sentinels of core/transport (ErrPeer, ErrRejected,
+// ErrClosed) instead.
 var (
 	// ErrInvalidArgument is a malformed call: zero length, bad location,
 	// mismatched lists, an empty name (ERR_INVALID_ARGUMENT, -1).
-	ErrInvalidArgument = errors.New("invalid argument")
+	ErrInvalidArgument = errs.InvalidArgument
 	// ErrTooManyRequests is a submit beyond a batch's capacity (-2).
-	ErrTooManyRequests = errors.New("too many requests for batch capacity")
+	ErrTooManyRequests = errs.TooManyRequests
 	// ErrAddressNotRegistered is an address outside registered memory (-3).
-	ErrAddressNotRegistered = errors.New("address not registered")
+	ErrAddressNotRegistered = errs.AddressNotRegistered
 	// ErrBatchBusy is freeing a batch whose tasks are still in flight (-4).
-	ErrBatchBusy = errors.New("batch busy")
+	ErrBatchBusy = errs.BatchBusy
 	// ErrAddressOverlapped is a registration overlapping another (-7).
-	ErrAddressOverlapped = errors.New("address overlapped")
+	ErrAddressOverlapped = errs.AddressOverlapped
 	// ErrUnknownBatch is a batch id that was never allocated or is freed.
-	ErrUnknownBatch = errors.New("unknown batch id")
+	ErrUnknownBatch = errs.UnknownBatch
 	// ErrUnknownTicket is a stream transfer ticket that was never issued or
 	// whose outcome is no longer kept.
-	ErrUnknownTicket = errors.New("unknown stream transfer ticket")
+	ErrUnknownTicket = errs.UnknownTicket
 	// ErrUnknownSegment is a segment handle that is not open.
-	ErrUnknownSegment = errors.New("unknown segment handle")
+	ErrUnknownSegment = errs.UnknownSegment
 	// ErrMetadata is a failure to find or decode a peer's metadata (-200).
-	ErrMetadata = errors.New("metadata error")
+	ErrMetadata = errs.Metadata
 	// ErrNotSupported is a feature this build or transport lacks (-303).
-	ErrNotSupported = errors.New("not supported")
+	ErrNotSupported = errs.NotSupported
 	// ErrClosed is a call on a closed engine.
-	ErrClosed = errors.New("engine closed")
+	ErrClosed = errs.Closed
 )

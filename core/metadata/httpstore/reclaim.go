@@ -1,4 +1,4 @@
-package core
+package httpstore
 
 import (
 	"bytes"
@@ -12,16 +12,13 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pymooncake/pymooncake/core/config"
-	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/metadata/httpstore"
 )
 
 // staleProbeTimeout bounds the look at the engine that holds a name.
 const staleProbeTimeout = 2 * time.Second
 
-// staleNameStore wraps an HTTP metadata store. Mooncake's HTTP metadata
+// ReclaimStaleNames wraps an HTTP metadata store s. Mooncake's HTTP metadata
 // server (and ours, which copies it) refuses to overwrite an rpc_meta key
 // (400 "Duplicate rpc_meta key not allowed"), so an engine that died
 // without deleting its keys (SIGKILL, a crash, a lost host) could never
@@ -30,21 +27,24 @@ const staleProbeTimeout = 2 * time.Second
 // whose RPC address refuses connections belongs to a dead engine and is
 // deleted and written again; anything else (an engine answers there, or
 // nothing says it is gone) keeps the refusal, so a live engine's name is
-// never taken over.
+// never taken over. probe sends a Probe to an engine's RPC address
+// (handshake.Client.Probe).
+func ReclaimStaleNames(s metadata.Store, probe func(ctx context.Context, hostport string) error, log *zap.Logger) metadata.Store {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &staleNameStore{Store: s, probe: probe, log: log}
+}
+
 type staleNameStore struct {
 	metadata.Store
 	probe func(ctx context.Context, hostport string) error
 	log   *zap.Logger
 }
 
-func newStaleNameStore(s metadata.Store, env config.Env, log *zap.Logger) *staleNameStore {
-	c := &handshake.Client{ConnectTimeout: env.HandshakeConnectTimeout, MaxFrame: env.HandshakeMaxFrame, IPv6: env.IPv6}
-	return &staleNameStore{Store: s, probe: c.Probe, log: log}
-}
-
 func (s *staleNameStore) Put(ctx context.Context, key string, value []byte) error {
 	err := s.Store.Put(ctx, key, value)
-	var se *httpstore.StatusError
+	var se *StatusError
 	if err == nil || !strings.Contains(key, "rpc_meta") || !errors.As(err, &se) || se.Code != http.StatusBadRequest {
 		return err
 	}

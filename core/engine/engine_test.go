@@ -1,4 +1,4 @@
-package core
+package engine
 
 import (
 	"bufio"
@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -37,12 +38,7 @@ func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
 func newEngine(tb testing.TB, env map[string]string) *Engine {
 	tb.Helper()
-	e, err := config.FromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
-	require.NoError(tb, err)
-	eng, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: e, Logger: testLogger(tb)})
-	require.NoError(tb, err)
-	tb.Cleanup(func() { require.NoError(tb, eng.Close()) })
-	return eng
+	return testEngine{env: env}.mustStart(tb)
 }
 
 // pair is an initiator and a target engine, each with a registered buffer.
@@ -96,9 +92,9 @@ func TestP2PRenameAndDescriptor(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("127.0.0.1:%d", e.RPCPort()), e.Name())
 	require.GreaterOrEqual(t, e.RPCPort(), 15000)
 	require.LessOrEqual(t, e.RPCPort(), 17000)
-	require.NotEqual(t, e.RPCPort(), e.DataPort())
+	require.NotEqual(t, e.RPCPort(), descOf(t, e).TCPDataPort)
 	var d map[string]any
-	require.NoError(t, json.Unmarshal(e.ownDescriptor(), &d))
+	require.NoError(t, json.Unmarshal(e.Descriptor(), &d))
 	require.Equal(t, "tcp", d["protocol"])
 	require.EqualValues(t, 2, d["tcp_proto_version"])
 	require.Empty(t, d["buffers"])
@@ -106,14 +102,7 @@ func TestP2PRenameAndDescriptor(t *testing.T) {
 
 func TestIPv6NameIsBracketed(t *testing.T) {
 	testutil.ResourceCheck(t)
-	env, err := config.FromEnv(func(k string) (string, bool) {
-		if k == "MC_USE_IPV6" {
-			return "1", true
-		}
-		return "", false
-	})
-	require.NoError(t, err)
-	e, err := New(context.Background(), Config{LocalName: "::1", Metadata: "P2PHANDSHAKE", Env: env})
+	e, err := testEngine{local: "::1", env: map[string]string{"MC_USE_IPV6": "1"}}.start(t)
 	if err != nil && strings.Contains(err.Error(), "address family") {
 		t.Skip("no IPv6 on this host")
 	}
@@ -303,19 +292,19 @@ func TestRegistration(t *testing.T) {
 	require.ErrorIs(t, e.RegisterMemory(a-100, 200, "*"), ErrAddressOverlapped)
 	require.ErrorIs(t, e.RegisterMemoryBatch([]uintptr{a + 8192, a + 8192}, []uint64{10, 10}, "*"), ErrAddressOverlapped)
 	require.ErrorIs(t, e.RegisterMemoryBatch([]uintptr{a + 8192}, []uint64{10, 10}, "*"), ErrInvalidArgument)
-	require.Len(t, e.localDesc().Buffers, 1, "failed registrations changed nothing")
+	require.Len(t, descOf(t, e).Buffers, 1, "failed registrations changed nothing")
 	require.NoError(t, e.RegisterMemoryBatch([]uintptr{a + 8192, a + 16384}, []uint64{4096, 4096}, "cuda:0"))
-	d := e.localDesc()
+	d := descOf(t, e)
 	require.Len(t, d.Buffers, 3)
 	require.Equal(t, e.Name(), d.Buffers[0].Name)
 	require.NoError(t, e.CheckLocal(a+8192, 4096))
 	require.ErrorIs(t, e.CheckLocal(a+8192, 4097), ErrAddressNotRegistered)
 	require.ErrorIs(t, e.UnregisterMemoryBatch([]uintptr{a, a + 1}), ErrAddressNotRegistered)
-	require.Len(t, e.localDesc().Buffers, 3)
+	require.Len(t, descOf(t, e).Buffers, 3)
 	require.NoError(t, e.UnregisterMemoryBatch([]uintptr{a, a + 8192}))
 	require.NoError(t, e.UnregisterMemory(a+16384))
 	require.ErrorIs(t, e.UnregisterMemory(a), ErrAddressNotRegistered)
-	require.Empty(t, e.localDesc().Buffers)
+	require.Empty(t, descOf(t, e).Buffers)
 }
 
 func TestPeerSeesNewRegistrations(t *testing.T) {
@@ -355,7 +344,7 @@ func TestManagedBuffers(t *testing.T) {
 	a, err := e.AllocateManaged(4096)
 	require.NoError(t, err)
 	require.NoError(t, e.CheckLocal(a, 8<<10), "a 4 KiB request gets an 8 KiB block")
-	d := e.localDesc()
+	d := descOf(t, e)
 	require.Len(t, d.Buffers, 1)
 	require.EqualValues(t, 2<<30, d.Buffers[0].Length, "one 2 GiB pool, as Mooncake publishes it")
 	b, err := e.AllocateManaged(8 << 10)
@@ -369,16 +358,16 @@ func TestManagedBuffers(t *testing.T) {
 	require.Equal(t, a, c, "freed block is reused")
 	big, err := e.AllocateManaged(300 << 20)
 	require.NoError(t, err)
-	require.Len(t, e.localDesc().Buffers, 2)
+	require.Len(t, descOf(t, e).Buffers, 2)
 	require.NoError(t, e.FreeManaged(big, 300<<20))
-	require.Len(t, e.localDesc().Buffers, 1)
+	require.Len(t, descOf(t, e).Buffers, 1)
 	_, err = e.AllocateManaged(0)
 	require.ErrorIs(t, err, ErrInvalidArgument)
 }
 
 func TestCloseIsIdempotentAndFailsCalls(t *testing.T) {
 	testutil.ResourceCheck(t)
-	e, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: config.Defaults()})
+	e, err := testEngine{}.start(t)
 	require.NoError(t, err)
 	require.NoError(t, e.Close())
 	require.NoError(t, e.Close())
@@ -393,10 +382,10 @@ func TestInitErrors(t *testing.T) {
 	for _, tc := range []struct{ name, local, meta string }{
 		{"redis", "127.0.0.1", "redis://127.0.0.1:6379"},
 		{"unknown scheme", "127.0.0.1", "foo://x"},
-		{"no host", "", "P2PHANDSHAKE"},
+		{"no host", ":15000", "P2PHANDSHAKE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := New(context.Background(), Config{LocalName: tc.local, Metadata: tc.meta, Env: config.Defaults()})
+			_, err := testEngine{local: tc.local, meta: tc.meta}.start(t)
 			require.Error(t, err)
 		})
 	}
@@ -412,7 +401,12 @@ func TestMain(m *testing.M) {
 }
 
 func runTarget() int {
-	e, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: config.Defaults()})
+	cfg, err := testEngine{}.config()
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 1
+	}
+	e, err := New(context.Background(), cfg)
 	if err != nil {
 		fmt.Println("ERR", err)
 		return 1
@@ -525,4 +519,11 @@ func testLogger(tb testing.TB) *zap.Logger {
 		return zap.NewNop()
 	}
 	return zaptest.NewLogger(tb)
+}
+
+func TestTransferTimeout(t *testing.T) {
+	e := &Engine{cfg: Config{Env: config.Env{TransferTimeout: 30 * time.Second}}}
+	require.Equal(t, 30*time.Second, e.TransferTimeout(0))
+	require.Equal(t, 30*time.Second+time.Duration(1<<30), e.TransferTimeout(1<<30), "1 ns per byte")
+	require.Equal(t, time.Duration(math.MaxInt64), e.TransferTimeout(math.MaxUint64), "saturates")
 }

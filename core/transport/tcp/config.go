@@ -1,0 +1,50 @@
+package tcp
+
+import (
+	"strings"
+	"time"
+
+	"github.com/pymooncake/pymooncake/core/config"
+)
+
+// ConfigFromEnv reads the TCP transport's variables, strictly: a malformed
+// or out-of-range value is an error naming the variable and its value.
+//
+//	MC_TCP_PROTO                     1 speaks the v1 framing even to v2 peers (ForceV1)
+//	MC_TCP_STATUS_TIMEOUT_SEC        StatusTimeout and IOTimeout, seconds (default 30)
+//	MC_TCP_LANES_PER_PEER            Lanes, 1 to 16 (default 4); the older name
+//	                                 MC_TCP_MAX_CONNECTIONS_PER_PEER is read when unset
+//	PYMOONCAKE_TCP_POLL_US           PollBudget, microseconds, 0 to 10000 (default 50;
+//	                                 0 never polls)
+//
+// The fields that come from elsewhere (DialTimeout from
+// MC_HANDSHAKE_CONNECT_TIMEOUT, Logger, GPU) are left for the caller.
+func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
+	var c Config
+	p := config.NewParser(lookup)
+	if v, ok := p.Lookup("MC_TCP_PROTO"); ok {
+		switch strings.TrimSpace(v) {
+		case "1":
+			c.ForceV1 = true
+		case "2", "":
+		default:
+			p.Fail("MC_TCP_PROTO", v, "want 1 or 2")
+		}
+	}
+	if p.Seconds(&c.StatusTimeout, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 86400) {
+		c.IOTimeout = c.StatusTimeout
+	}
+	lanesKey := "MC_TCP_LANES_PER_PEER"
+	if _, ok := p.Lookup(lanesKey); !ok {
+		lanesKey = "MC_TCP_MAX_CONNECTIONS_PER_PEER"
+	}
+	p.Int(&c.Lanes, lanesKey, 1, MaxLanes)
+	var pollUS int
+	if p.Int(&pollUS, "PYMOONCAKE_TCP_POLL_US", 0, int(MaxPollBudget/time.Microsecond)) {
+		c.PollBudget = time.Duration(pollUS) * time.Microsecond
+		if pollUS == 0 {
+			c.PollBudget = -1 // Config's "never poll"; zero there means the default
+		}
+	}
+	return c, p.Err()
+}
