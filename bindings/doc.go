@@ -1,5 +1,6 @@
 // Package bindings is the only Go package gopy sees: a flat adapter that
-// exposes core.Engine to Python as the extension pymooncake._gopy.
+// exposes the engine (core/engine, built by the composition root, package
+// core) to Python as the extension pymooncake._gopy.
 //
 // Its surface is shaped by gopy's limits (reference/gopy.md): methods take
 // only string, int, int64 and uintptr, and return (int, error),
@@ -15,12 +16,15 @@
 // ("mc:<code>:<kind>: <message>") and pymooncake/_errors.py parses it. That
 // file is the only place that maps errors to codes.
 //
-// The package holds no engine logic; what it adds to core is what Mooncake's
-// Python binding adds to its engine: the MC_TRANSFER_TIMEOUT deadline of
-// synchronous calls (plus 1 ns per byte) and of asynchronous batches.
+// The package holds no engine logic: each method validates its arguments,
+// converts them, calls the engine and classifies the error. The policies
+// (deadlines of synchronous calls and asynchronous batches, retries,
+// recovery, reaping) are the engine's; this package only gives each
+// synchronous call its context, with the engine's TransferTimeout. It names
+// no transport: errors are classified by the sentinels of core/transport.
 //
-// Ownership: NewEngine starts a core.Engine; Close stops it and every
-// goroutine this package started for it. A closed Engine stays usable as a
+// Ownership: NewEngine starts an engine; Close stops it, and with it every
+// goroutine started for it. A closed Engine stays usable as a
 // handle: every call then fails with ErrClosed's code, so a Python handle is
 // never stale. NewMetadataServer's server runs until Stop.
 package bindings

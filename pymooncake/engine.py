@@ -61,10 +61,13 @@ Differences from Mooncake
   again and retries once within its deadline, so once a peer has finished
   restarting no call fails. A stopped or unreachable peer makes calls fail
   after ``MC_TRANSFER_TIMEOUT`` (plus 1 ns per byte), never hang.
-- Only the TCP transport exists in this build; ``protocol`` selects nothing
-  (as in Mooncake, where it selects the memory allocator at most).
+- The transport is chosen as Mooncake chooses it, not by ``protocol``:
+  accl-barex with ``USE_BAREX=1``, RDMA when an HCA is present and
+  ``MC_FORCE_TCP`` is unset, TCP otherwise; a peer is reached by the
+  transport of the protocol its descriptor publishes. ``protocol`` selects
+  nothing (as in Mooncake, where it selects the memory allocator at most).
 - GPU memory is detected at registration (``cuda:<n>``) when the NVIDIA
-  driver is present, and moved over TCP through page-locked buffers. The
+  driver is present; TCP moves it through page-locked buffers. The
   ``*_on_cuda`` methods return a ticket for :meth:`TransferEngine.cuda_transfer_status`
   and report a failed transfer there instead of ending the process; without
   a driver they raise :class:`pymooncake.NotSupportedError`.
@@ -317,10 +320,12 @@ class TransferEngine:
             (several endpoints separated by ``,``), ``"http://host:port/metadata"``,
             or a bare ``"host:port"``, meaning etcd.
         protocol : str
-            Accepted for compatibility (``"tcp"``, ``"rdma"``, ...); this
-            build always uses TCP. ``"xgmi"`` is refused, as by Mooncake.
+            Accepted for compatibility (``"tcp"``, ``"rdma"``, ...); it does
+            not select the transport, which is chosen as Mooncake chooses
+            it (see the module docs). ``"xgmi"`` is refused, as by Mooncake.
         device_name : str or None
-            Comma-separated NIC filter; TCP ignores it.
+            Comma-separated NIC filter: the HCAs RDMA and barex may use
+            (TCP ignores it).
 
         Returns
         -------
@@ -548,7 +553,8 @@ class TransferEngine:
         capacity : int
             Length in bytes, > 0.
         location : str
-            ``"*"`` (detect), ``"cpu:<numa>"`` or ``"cuda:<dev>"``; TCP ignores it.
+            ``"*"`` (detect), ``"cpu:<numa>"`` or ``"cuda:<dev>"``. GPU memory
+            is detected whatever is given; RDMA and barex pick NICs by it.
 
         Returns
         -------
