@@ -47,7 +47,7 @@ func TestRemoteContains(t *testing.T) {
 	s := tb.Put("p", peerWith("p",
 		metadata.BufferDesc{Addr: 0x3000, Length: 0x1000},
 		metadata.BufferDesc{Addr: 0x1000, Length: 0x1000},
-		metadata.BufferDesc{Addr: 0x2000, Length: 0x800}, // touches the one before
+		metadata.BufferDesc{Addr: 0x2000, Length: 0x800},  // touches the one before
 		metadata.BufferDesc{Addr: 1<<64 - 16, Length: 32}, // wraps: ignored
 	), nil, 0)
 	for _, tc := range []struct {
