@@ -1013,6 +1013,20 @@ class TransferEngine:
         h = self._h
         if h is None:
             return self._unusable(op, -1)
+        if (
+            type(buffers) is list
+            and type(peers) is list
+            and type(lengths) is list
+            and len(buffers) == len(peers) == len(lengths) == 1
+            and type(buffers[0]) is int
+            and type(peers[0]) is int
+            and type(lengths[0]) is int
+        ):
+            # One entry of plain ints (what KV connectors send for aux
+            # data): the single transfer's path, without packing three
+            # arrays. The same checks apply; anything else takes the
+            # general path and its errors.
+            return self._sync_one(op, opcode, target, buffers[0], peers[0], lengths[0], hint, notify)
         try:
             t, b, p, n = self._lists(op, target, buffers, peers, lengths, hint)
         except _NoneArgument as e:

@@ -2,9 +2,11 @@ package engine
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/stretchr/testify/require"
 )
 
 // Throughput between two engines over loopback, with depth requests of
@@ -44,6 +46,61 @@ func BenchmarkEngineWrite4KLatency(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if err := p.ini.Transfer(ctx, reqs, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEngineScattered moves KV-cache-shaped batches between two
+// engines over loopback: entries blocks of block bytes, in one synchronous
+// batch, spread over regions registered regions per side, the remote slots
+// unrelated to the local ones (SGLang and vLLM call this way; see
+// python/bench/compare.py --clients for the side-by-side with Mooncake).
+func BenchmarkEngineScattered(b *testing.B) {
+	for _, c := range []struct {
+		name           string
+		block, entries int
+	}{
+		{"2KiBx16384", 2 << 10, 16384},
+		{"32KiBx2048", 32 << 10, 2048},
+		{"256KiBx256", 256 << 10, 256},
+	} {
+		for _, op := range []transport.Opcode{transport.Write, transport.Read} {
+			b.Run(fmt.Sprintf("%s/%s", op, c.name), func(b *testing.B) { benchScattered(b, op, c.block, c.entries, 32) })
+		}
+	}
+}
+
+func benchScattered(b *testing.B, op transport.Opcode, block, entries, regions int) {
+	per := (entries*block + regions - 1) / regions * 2 // room for the slots to be scattered
+	per = (per + 4095) &^ 4095
+	tgt, ini := newEngine(b, nil), newEngine(b, nil)
+	var locals, remotes []uintptr
+	for range regions {
+		l, r := mmapBuf(b, per), mmapBuf(b, per)
+		require.NoError(b, ini.RegisterMemory(addr(l), uint64(per), "*"))
+		require.NoError(b, tgt.RegisterMemory(addr(r), uint64(per), "*"))
+		locals, remotes = append(locals, addr(l)), append(remotes, addr(r))
+	}
+	seg, err := ini.OpenSegment(ctxT(b), tgt.Name())
+	require.NoError(b, err)
+	slotsPer := per / block
+	rnd := rand.New(rand.NewPCG(7, 11))
+	lslots, rslots := rnd.Perm(regions * slotsPer)[:entries], rnd.Perm(regions * slotsPer)[:entries]
+	reqs := make([]Request, entries)
+	for i := range reqs {
+		ls, rs := lslots[i], rslots[i]
+		reqs[i] = Request{Opcode: op, Segment: seg, Length: uint64(block),
+			Local:  locals[ls/slotsPer] + uintptr(ls%slotsPer*block),
+			Remote: uint64(remotes[rs/slotsPer] + uintptr(rs%slotsPer*block))}
+	}
+	ctx := ctxT(b)
+	require.NoError(b, ini.Transfer(ctx, reqs, nil)) // warm up: connections, descriptors
+	b.SetBytes(int64(block * entries))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := ini.Transfer(ctx, reqs, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

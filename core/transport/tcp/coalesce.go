@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"cmp"
+	"encoding/json"
 	"slices"
 
 	"github.com/pymooncake/pymooncake/core/metadata"
@@ -26,11 +27,10 @@ const (
 // keeps its own status and byte count; a failure of the carrier fails every
 // task it carries. A batch with no such run is returned as it is, with no
 // allocation.
-func (p *peer) coalesce(desc *metadata.SegmentDesc, tasks []*transport.Task) []*transport.Task {
+func (p *peer) coalesce(bufs *descInfo, tasks []*transport.Task) []*transport.Task {
 	if !anyRun(tasks) {
 		return tasks
 	}
-	bufs := p.buffers(desc)
 	wire := make([]*transport.Task, 0, len(tasks))
 	for i := 0; i < len(tasks); {
 		head := tasks[i]
@@ -76,29 +76,36 @@ func follows(a, b *transport.Request) bool {
 		uint64(a.Local)+a.Length == uint64(b.Local) && a.Remote+a.Length == b.Remote
 }
 
-// bufferIndex is a descriptor's buffers sorted by address, for the
-// one-buffer check of coalesce. It is built once per descriptor.
-type bufferIndex struct {
+// descInfo is what Submit needs to know of a peer's descriptor, worked out
+// once per descriptor: its buffers sorted by address (for the one-buffer
+// check of coalesce), and whether the peer serves the scatter-gather
+// framing.
+type descInfo struct {
 	desc  *metadata.SegmentDesc
 	spans []span // sorted by start; buffers may overlap or touch
+	sg    bool
 }
 
 type span struct{ start, end uint64 }
 
-// buffers returns the index of desc, from the peer's cache when desc is the
-// descriptor it was built for.
-func (p *peer) buffers(desc *metadata.SegmentDesc) *bufferIndex {
-	if ix := p.bufs.Load(); ix != nil && ix.desc == desc {
+// describe returns the descInfo of desc, from the peer's cache when desc is
+// the descriptor it was built for.
+func (p *peer) describe(desc *metadata.SegmentDesc) *descInfo {
+	if ix := p.info.Load(); ix != nil && ix.desc == desc {
 		return ix
 	}
-	ix := &bufferIndex{desc: desc, spans: make([]span, 0, len(desc.Buffers))}
+	ix := &descInfo{desc: desc, spans: make([]span, 0, len(desc.Buffers))}
+	if raw, ok := desc.Extra[SGKey]; ok {
+		var v int
+		ix.sg = json.Unmarshal(raw, &v) == nil && v >= SGVersion
+	}
 	for _, b := range desc.Buffers {
 		if b.Addr+b.Length >= b.Addr {
 			ix.spans = append(ix.spans, span{b.Addr, b.Addr + b.Length})
 		}
 	}
 	slices.SortFunc(ix.spans, func(a, b span) int { return cmp.Compare(a.start, b.start) })
-	p.bufs.Store(ix)
+	p.info.Store(ix)
 	return ix
 }
 
@@ -106,7 +113,7 @@ func (p *peer) buffers(desc *metadata.SegmentDesc) *bufferIndex {
 // starts nearest at or below addr. Registrations do not overlap, so that is
 // the only candidate; should a peer publish overlapping buffers, a missed
 // run only goes out uncoalesced.
-func (ix *bufferIndex) oneBuffer(addr, size uint64) bool {
+func (ix *descInfo) oneBuffer(addr, size uint64) bool {
 	if addr+size < addr {
 		return false
 	}

@@ -52,7 +52,7 @@ func TestCoalescedRequests(t *testing.T) {
 		tasks[i] = new(transport.Task)
 		tasks[i].Init(r, nil)
 	}
-	wire := p.coalesce(pe.Desc, tasks)
+	wire := p.coalesce(p.describe(pe.Desc), tasks)
 	require.Len(t, wire, 4, "one request per contiguous run within one registration, the zero-length one alone")
 	require.EqualValues(t, 2<<20, wire[0].Length, "the run is cut where the target's registration ends")
 	require.EqualValues(t, 1<<20, wire[1].Length)
@@ -68,7 +68,7 @@ func TestCoalescedRequests(t *testing.T) {
 
 	// Scattered requests are returned as they are.
 	scattered := []*transport.Task{tasks[3], tasks[1]}
-	require.Equal(t, scattered, p.coalesce(pe.Desc, scattered))
+	require.Equal(t, scattered, p.coalesce(p.describe(pe.Desc), scattered))
 }
 
 // A failed coalesced request fails every request it carried.

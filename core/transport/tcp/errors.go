@@ -29,6 +29,10 @@ var (
 	ErrUnknownStatus = errors.New("tcp: unknown v2 status code")
 	// ErrInvalidConfig means New was given a bad Config.
 	ErrInvalidConfig = errors.New("tcp: invalid config")
+	// ErrMalformed means a peer sent a frame that cannot be trusted: a
+	// scatter-gather header or table out of bounds, or lengths that do not
+	// add up. The connection is dropped.
+	ErrMalformed = errors.New("tcp: malformed frame")
 	// ErrStaging means GPU memory could not be copied through host memory
 	// (no staging buffers, or a device copy failed). Only that task fails;
 	// the peer is not blamed.

@@ -18,6 +18,7 @@ const serverIdle = 10 * time.Minute
 var (
 	okFrame       = EncodeStatus(StatusOK)
 	rejectedFrame = EncodeStatus(StatusRejected)
+	partialFrame  = EncodeStatus(StatusPartial)
 )
 
 // server answers requests against the local registered memory.
@@ -124,7 +125,7 @@ func (s *server) serveConn(c net.Conn) {
 				zap.Stringer("peer", c.RemoteAddr()), zap.Any("panic", r), zap.StackSkip("stack", 1))
 		}
 	}()
-	st := &serverConn{stream: stream{c: c}}
+	st := &serverConn{stream: newStream(c, nil)}
 	// After each reply, the client's next header usually follows within
 	// microseconds: poll for it before parking in the netpoller.
 	pl := newPoller(c, s.poll, s.stopping.Load)
@@ -139,6 +140,14 @@ func (s *server) serveConn(c net.Conn) {
 			return
 		}
 		h := DecodeHeader(&st.hdr)
+		if h.isSG() {
+			if err := s.serveSG(st, h); err != nil {
+				s.log.Debug("tcp server: scatter-gather request failed", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
+				return
+			}
+			s.pollNext(pl, h.Size)
+			continue
+		}
 		if !s.allowed(h) {
 			s.log.Warn("tcp server: request rejected: address range not registered",
 				zap.Stringer("peer", c.RemoteAddr()), zap.Uint64("addr", h.Addr),
@@ -184,17 +193,29 @@ func (s *server) serveConn(c net.Conn) {
 				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode), zap.Error(err))
 			return
 		}
-		// Only after small requests: a large one's client takes long to
-		// come back, and meanwhile needs the cores.
-		if pl != nil && h.Size <= InlineMax && s.polling.CompareAndSwap(false, true) {
-			pl.wait()
-			s.polling.Store(false)
-		}
+		s.pollNext(pl, h.Size)
 	}
 }
 
-// serverConn is the per-connection state, allocated once per connection.
+// pollNext polls for the next header after a reply of size bytes: only
+// after small requests, since a large one's client takes long to come
+// back, and meanwhile needs the cores.
+func (s *server) pollNext(pl *poller, size uint64) {
+	if pl != nil && size <= InlineMax && s.polling.CompareAndSwap(false, true) {
+		pl.wait()
+		s.polling.Store(false)
+	}
+}
+
+// serverConn is the per-connection state, allocated once per connection;
+// its buffers grow to the largest request served and are reused.
 type serverConn struct {
 	stream
-	hdr [HeaderSize]byte
+	hdr     [HeaderSize]byte
+	table   []byte   // a scatter-gather table as read
+	ranges  []Range  // ... decoded
+	refused []byte   // ... and the bitmap of the refused ones
+	bufs    [][]byte // the memory of a request's ranges
+	out     [][]byte // a reply: status, bitmap, data
+	scratch []byte   // where refused WRITE ranges are read and dropped
 }

@@ -3,6 +3,7 @@ package tcp
 import (
 	"io"
 	"net"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -28,19 +29,36 @@ func memory(addr uintptr, n uint64) []byte {
 }
 
 // stream does deadline-bounded I/O on one connection, reusing its buffers
-// so that a request allocates nothing.
+// so that a request allocates nothing. A connection has one stream per
+// direction of use (the client's writer and reader are different
+// goroutines).
 type stream struct {
-	c net.Conn
-	// owner, on the client, is the lane whose cancellation is checked each
-	// time a deadline is armed; nil on the server.
-	owner *lane
-	vec   [2][]byte
-	bufs  net.Buffers
+	c   net.Conn
+	raw syscall.RawConn // nil when c exposes no descriptor
+	// stopped, on the client, says why I/O must stop (the request was
+	// cancelled, the connection interrupted); it is checked each time a
+	// deadline is armed. nil on the server.
+	stopped func() error
+	vec     [2][]byte
+	bufs    net.Buffers
+	wv      [][]byte        // writev's vector
+	iov     []syscall.Iovec // readv's vector
+}
+
+// newStream returns a stream over c.
+func newStream(c net.Conn, stopped func() error) stream {
+	s := stream{c: c, stopped: stopped}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			s.raw = raw
+		}
+	}
+	return s
 }
 
 // arm sets the read or write deadline d from now, then checks that the
-// owner was not cancelled meanwhile: a cancellation that set a past
-// deadline before this call would otherwise be overwritten and lost.
+// I/O was not stopped meanwhile: a cancellation that set a past deadline
+// before this call would otherwise be overwritten and lost.
 func (s *stream) arm(read bool, d time.Duration) error {
 	dl := time.Now().Add(d)
 	var err error
@@ -52,8 +70,8 @@ func (s *stream) arm(read bool, d time.Duration) error {
 	if err != nil {
 		return err
 	}
-	if s.owner != nil {
-		return s.owner.stopped()
+	if s.stopped != nil {
+		return s.stopped()
 	}
 	return nil
 }

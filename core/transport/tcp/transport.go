@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
@@ -30,6 +31,8 @@ const (
 	DefaultStatusTimeout  = 30 * time.Second
 	DefaultIOTimeout      = 30 * time.Second
 	DefaultDialTimeout    = 5 * time.Second
+	DefaultWindow         = 16
+	MaxWindow             = 1024
 	// minPart is the smallest part a large request is split into.
 	minPart = 1 << 20
 )
@@ -52,6 +55,13 @@ type Config struct {
 	DialTimeout time.Duration
 	// ForceV1 speaks v1 even to targets that advertise v2 (MC_TCP_PROTO=1).
 	ForceV1 bool
+	// Window is how many requests may be in flight on one connection: the
+	// lanes write the next requests without waiting for the replies of
+	// the previous ones (PYMOONCAKE_TCP_WINDOW). Default 16, at most 1024.
+	Window int
+	// NoScatterGather keeps to Mooncake's framing with pymooncake peers too,
+	// and leaves SGKey out of the descriptor (PYMOONCAKE_TCP_SG=0).
+	NoScatterGather bool
 	// PollBudget is how long a connection is polled for its next bytes
 	// before its goroutine parks (PYMOONCAKE_TCP_POLL_US): the server's after
 	// each reply, a synchronous caller's for its status frame (see Sync).
@@ -75,6 +85,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.SplitThreshold == 0 {
 		c.SplitThreshold = DefaultSplitThreshold
+	}
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	if c.Window < 1 || c.Window > MaxWindow {
+		return c, fmt.Errorf("window %d outside [1, %d]: %w", c.Window, MaxWindow, ErrInvalidConfig)
 	}
 	for _, d := range []struct {
 		name string
@@ -179,7 +195,7 @@ func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
 	log.Info("tcp transport started", zap.Int("data_port", t.Port()), zap.Int("lanes", cfg.Lanes),
 		zap.Uint64("split_threshold", cfg.SplitThreshold), zap.Duration("status_timeout", cfg.StatusTimeout),
 		zap.Duration("io_timeout", cfg.IOTimeout), zap.Duration("dial_timeout", cfg.DialTimeout),
-		zap.Bool("force_v1", cfg.ForceV1), zap.Duration("poll_budget", cfg.PollBudget), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil))
+		zap.Bool("force_v1", cfg.ForceV1), zap.Int("window", cfg.Window), zap.Bool("scatter_gather", !cfg.NoScatterGather), zap.Duration("poll_budget", cfg.PollBudget), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil))
 	return t, nil
 }
 
@@ -211,13 +227,21 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 	d.Protocol = metadata.ProtocolTCP
 	d.TCPDataPort = t.Port()
 	d.TCPProtoVersion = t.ProtoVersion()
+	if !t.cfg.NoScatterGather {
+		if d.Extra == nil {
+			d.Extra = map[string]json.RawMessage{}
+		}
+		d.Extra[SGKey] = json.RawMessage(strconv.Itoa(SGVersion))
+	}
 }
 
 // Submit queues the tasks for peer and returns at once, except that with
-// opts.Sync a lone small request may run to its end first (see inline).
-// Requests contiguous on both sides travel as one (see coalesce). Every
-// task is finished through PartDone: completed, rejected, failed with its
-// peer's connection, failed with ctx's error when ctx ends first, or with
+// opts.Sync one small request may run to its end first (see inline).
+// Requests contiguous on both sides travel as one (see coalesce); to a
+// pymooncake peer, small requests travel many to a scatter-gather request
+// (see group); large ones are split over the lanes. Every task is
+// finished through PartDone: completed, rejected, failed with its peer's
+// connection, failed with ctx's error when ctx ends first, or with
 // ErrClosed. Zero-length tasks complete without touching the network.
 func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*transport.Task, opts transport.SubmitOptions) {
 	if len(tasks) == 0 {
@@ -234,42 +258,36 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 		return
 	}
 	v1 := t.cfg.ForceV1 || pe.Desc.TCPProtoVersion < 2
-	tasks = p.coalesce(pe.Desc, tasks)
-	for _, task := range tasks {
+	info := p.describe(pe.Desc)
+	tasks = p.coalesce(info, tasks)
+	b := builder{t: t, p: p, ctx: ctx, v1: v1, sg: !v1 && info.sg && !t.cfg.NoScatterGather}
+	b.start(tasks)
+	for i, task := range tasks {
 		n := task.Length
-		if n == 0 {
+		switch {
+		case n == 0:
+			b.flush(i)
 			task.Start(1)
 			task.PartDone(0, nil)
-			continue
-		}
-		if task.Opcode != transport.Read && task.Opcode != transport.Write {
+		case task.Opcode != transport.Read && task.Opcode != transport.Write:
+			b.flush(i)
 			task.Fail(submitError(pe, task, fmt.Errorf("tcp: invalid opcode %d", task.Opcode)))
-			continue
-		}
-		if n >= maxSize {
+		case n >= maxSize:
+			b.flush(i)
 			task.Fail(submitError(pe, task, fmt.Errorf("tcp: length %d too large", n)))
-			continue
+		case b.groupable(task):
+			b.add(tasks, i)
+		default:
+			b.flush(i)
+			b.plain(task)
 		}
-		size := n
-		if n >= t.cfg.SplitThreshold {
-			parts := max(1, min(uint64(t.cfg.Lanes), n/minPart))
-			size = (n + parts - 1) / parts
-		}
-		if !v1 && opts.Sync && len(tasks) == 1 && p.inline(ctx, task) {
-			continue
-		}
-		task.Start(int((n + size - 1) / size))
-		for off := uint64(0); off < n; off += size {
-			p.enqueue(part{
-				ctx:    ctx,
-				task:   task,
-				local:  task.Local + uintptr(off),
-				remote: task.Remote + off,
-				n:      min(size, n-off),
-				write:  task.Opcode == transport.Write,
-				v1:     v1,
-			})
-		}
+	}
+	b.flush(len(tasks))
+	if opts.Sync && len(b.reqs) == 1 && p.inline(&b.reqs[0]) {
+		return
+	}
+	for _, w := range b.reqs {
+		p.enqueue(w)
 	}
 }
 

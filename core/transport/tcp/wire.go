@@ -90,6 +90,100 @@ func (s StatusFrame) String() string {
 		return "ok"
 	case StatusRejected:
 		return "rejected"
+	case StatusPartial:
+		return "partial"
 	}
 	return fmt.Sprintf("status(%#x)", uint32(s))
 }
+
+// The scatter-gather framing, spoken only between pymooncake engines that
+// both publish SGKey (Mooncake peers never see it): one request carries
+// many (address, length) ranges of the target and one body.
+//
+//	header    24 bytes: Size = the body's length (the ranges' sum),
+//	          Addr = the number of ranges n, Opcode = FlagV2|FlagSG|op
+//	table     n x 16 bytes: u64 LE address, u64 LE length, in body order
+//	body      WRITE only: the ranges' bytes, back to back
+//
+// The target validates every range before it touches any byte. It answers
+// with StatusOK when it accepts them all, or with StatusPartial followed
+// by a bitmap of ceil(n/8) bytes in which bit i (byte i/8, bit i%8) is set
+// for each range it refused; a WRITE's refused ranges are read and thrown
+// away, a READ's are left out of the data that follows the status. Either
+// way the connection stays usable and only the requests of the refused
+// ranges fail. A table the target cannot trust (n or Size out of bounds,
+// lengths that do not add up to Size) gets StatusRejected and a close.
+const (
+	// FlagSG marks a scatter-gather request; it is only sent with FlagV2.
+	FlagSG = 0x40
+	// SGKey is the descriptor key under which a pymooncake engine
+	// publishes the version of the scatter-gather framing it serves.
+	SGKey = "pymooncake_tcp_sg"
+	// SGVersion is the framing version this package speaks.
+	SGVersion = 1
+	// MaxSGRanges bounds the ranges of one scatter-gather request.
+	MaxSGRanges = 1 << 16
+	// MaxSGBytes bounds the body of one scatter-gather request.
+	MaxSGBytes = 1 << 30
+	// sgEntrySize is the size of one table entry.
+	sgEntrySize = 16
+)
+
+// StatusPartial answers a scatter-gather request of which the target
+// refused some ranges; a bitmap of the refused ones follows.
+const StatusPartial StatusFrame = 0x4D43545600000002
+
+// isSG reports whether the header opens a scatter-gather request.
+func (h Header) isSG() bool { return h.Opcode&(FlagV2|FlagSG) == FlagV2|FlagSG }
+
+// opcode is the header's operation with the framing flags cleared.
+func (h Header) opcode() uint8 { return h.Opcode &^ (FlagV2 | FlagSG) }
+
+// Range is one entry of a scatter-gather table.
+type Range struct{ Addr, Len uint64 }
+
+// AppendSGTable appends the wire form of ranges to b.
+func AppendSGTable(b []byte, ranges []Range) []byte {
+	for _, r := range ranges {
+		b = binary.LittleEndian.AppendUint64(b, r.Addr)
+		b = binary.LittleEndian.AppendUint64(b, r.Len)
+	}
+	return b
+}
+
+// DecodeSGTable parses a table read off the wire into out (reused), and
+// checks it against the header: every length positive, no range wrapping
+// the address space, and the lengths adding up to size exactly.
+func DecodeSGTable(b []byte, size uint64, out []Range) ([]Range, error) {
+	if len(b)%sgEntrySize != 0 {
+		return nil, fmt.Errorf("scatter-gather table of %d bytes: %w", len(b), ErrMalformed)
+	}
+	out = out[:0]
+	var sum uint64
+	for off := 0; off < len(b); off += sgEntrySize {
+		r := Range{Addr: binary.LittleEndian.Uint64(b[off:]), Len: binary.LittleEndian.Uint64(b[off+8:])}
+		if r.Len == 0 || r.Addr+r.Len < r.Addr || r.Len > size-sum {
+			return nil, fmt.Errorf("scatter-gather range %d [%#x, +%d) of a %d-byte request: %w", off/sgEntrySize, r.Addr, r.Len, size, ErrMalformed)
+		}
+		sum += r.Len
+		out = append(out, r)
+	}
+	if sum != size {
+		return nil, fmt.Errorf("scatter-gather ranges add up to %d bytes, header says %d: %w", sum, size, ErrMalformed)
+	}
+	return out, nil
+}
+
+// checkSGHeader bounds what a scatter-gather header may ask for before its
+// table is read.
+func checkSGHeader(h Header) error {
+	if h.Addr == 0 || h.Addr > MaxSGRanges || h.Size == 0 || h.Size > MaxSGBytes || h.Size < h.Addr {
+		return fmt.Errorf("scatter-gather request of %d ranges and %d bytes: %w", h.Addr, h.Size, ErrMalformed)
+	}
+	return nil
+}
+
+// bitmapSize is the size of the refusal bitmap of n ranges.
+func bitmapSize(n int) int { return (n + 7) / 8 }
+
+func bitSet(b []byte, i int) bool { return b[i/8]&(1<<(i%8)) != 0 }
