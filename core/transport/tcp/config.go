@@ -16,6 +16,9 @@ import (
 //	                                 MC_TCP_MAX_CONNECTIONS_PER_PEER is read when unset
 //	PYMOONCAKE_TCP_POLL_US           PollBudget, microseconds, 0 to 10000 (default 50;
 //	                                 0 never polls)
+//	PYMOONCAKE_TCP_WINDOW            Window, requests in flight per connection, 1 to
+//	                                 1024 (default 16)
+//	PYMOONCAKE_TCP_SG                0 turns the scatter-gather framing off (default 1)
 //
 // The fields that come from elsewhere (DialTimeout from
 // MC_HANDSHAKE_CONNECT_TIMEOUT, Logger, GPU) are left for the caller.
@@ -46,5 +49,9 @@ func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 			c.PollBudget = -1 // Config's "never poll"; zero there means the default
 		}
 	}
+	p.Int(&c.Window, "PYMOONCAKE_TCP_WINDOW", 1, MaxWindow)
+	sg := true
+	p.Bool(&sg, "PYMOONCAKE_TCP_SG")
+	c.NoScatterGather = !sg
 	return c, p.Err()
 }
