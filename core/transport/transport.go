@@ -1,246 +1,103 @@
-// Package transport defines what every data transport (tcp, rdma, barex)
-// implements and the completion state the engine and a transport share.
-//
-// The engine owns Tasks and Groups; a transport only moves bytes and reports
-// each Task's outcome through PartDone. Completion is tracked with atomics so
-// that polling a status never takes a lock (Mooncake lost half its throughput
-// to a global lock in status polling, issue #1303).
 package transport
 
 import (
 	"context"
-	"sync/atomic"
+
+	"github.com/pymooncake/pymooncake/core/handshake"
+	"github.com/pymooncake/pymooncake/core/metadata"
 )
 
-// Opcode is the direction of a transfer, numbered as Mooncake's
-// TransferRequest::OpCode (READ=0, WRITE=1).
-type Opcode uint8
-
-const (
-	// Read copies remote memory into local memory.
-	Read Opcode = 0
-	// Write copies local memory into remote memory.
-	Write Opcode = 1
-)
-
-func (o Opcode) String() string {
-	switch o {
-	case Read:
-		return "read"
-	case Write:
-		return "write"
-	}
-	return "invalid"
-}
-
-// Request is one transfer between local memory and a peer's memory.
-type Request struct {
-	Opcode Opcode
-	// Local is an address in this process, inside registered memory.
-	Local uintptr
-	// Remote is an absolute virtual address in the target process, as
-	// Mooncake's target_offset (no segment-relative translation).
-	Remote uint64
-	// Length is the number of bytes to move.
-	Length uint64
-}
-
-// Status is Mooncake's TransferStatusEnum; the values are part of the API.
-type Status int32
-
-const (
-	Waiting   Status = 0
-	Pending   Status = 1
-	Invalid   Status = 2
-	Canceled  Status = 3
-	Completed Status = 4
-	Timeout   Status = 5
-	Failed    Status = 6
-)
-
-func (s Status) String() string {
-	switch s {
-	case Waiting:
-		return "waiting"
-	case Pending:
-		return "pending"
-	case Invalid:
-		return "invalid"
-	case Canceled:
-		return "canceled"
-	case Completed:
-		return "completed"
-	case Timeout:
-		return "timeout"
-	case Failed:
-		return "failed"
-	}
-	return "unknown"
-}
-
-// Peer says where a target segment's data endpoint is.
+// Peer is a target segment as a transport sees it. The engine builds one
+// each time it (re)learns the target's descriptor; a restarted peer gets a
+// new Peer, never a mutated one.
 type Peer struct {
-	// Name is the target descriptor's name (not the string that was opened).
+	// Name is the target descriptor's name (not the string that was
+	// opened): the key of the transport's per-peer state.
 	Name string
-	// Host is the host to connect to for data.
+	// Host is where the target's data endpoints listen: its descriptor's
+	// tcp_data_host, else the host of its name (P2P) or of its rpc_meta.
 	Host string
-	// DataPort is the descriptor's tcp_data_port.
-	DataPort int
-	// ProtoVersion is the descriptor's tcp_proto_version (absent = 1).
-	ProtoVersion int
+	// Desc is the target's descriptor. It is shared and must not be
+	// modified.
+	Desc *metadata.SegmentDesc
 }
 
-// Transport moves bytes for Tasks. Submit never blocks on the network: it
-// queues the work and returns; every Task handed to it is eventually finished
-// through PartDone, with an error if the transport is closed first.
+// SubmitOptions say how the engine will wait for the tasks of one Submit.
+type SubmitOptions struct {
+	// Sync says the caller waits for the tasks as soon as Submit returns
+	// (a synchronous Python call). A transport may then run small
+	// requests on the calling goroutine instead of handing them to one of
+	// its own, saving a wake-up on each side.
+	Sync bool
+}
+
+// Transport moves bytes between this process's registered memory and the
+// registered memory of peers. The engine holds several, in order of
+// preference, and picks for each peer the first that accepts it (Accept).
+//
+// Submit never blocks on the network: it starts the work and returns, and
+// every Task handed to it is eventually finished through PartDone, with an
+// error if ctx ends or the transport is closed first. A transport reports
+// failures with its own error types, which match this package's sentinels
+// (ErrPeer, ErrRejected, ErrClosed) through errors.Is: that is all the
+// engine's recovery looks at.
 type Transport interface {
-	// Protocol is the descriptor protocol name, e.g. "tcp".
-	Protocol() string
-	// Submit starts the tasks. Each task must have been Init'ed by the caller.
-	// ctx bounds the whole transfer; its cancellation fails unfinished tasks.
-	Submit(ctx context.Context, peer Peer, tasks []*Task)
-	// Close stops the transport, fails queued work and waits for its goroutines.
+	// Name names the transport in logs and metrics: "tcp", "rdma", ...
+	Name() string
+	// Accept reports whether the transport can reach the peer that
+	// published desc: nil if it can, else an error saying why not.
+	Accept(desc *metadata.SegmentDesc) error
+	// Submit starts the tasks, each Init'ed by the caller, against peer.
+	// ctx bounds them (cancellation and deadline): when it ends,
+	// unfinished tasks fail with its error, once the transport can no
+	// longer touch their memory.
+	Submit(ctx context.Context, peer Peer, tasks []*Task, opts SubmitOptions)
+	// ClosePeer drops every connection to the peer called name: its queued
+	// and in-flight tasks fail with an error matching ErrClosed, and the
+	// next Submit to it starts afresh.
+	ClosePeer(name string)
+	// Close stops the transport, fails queued work with ErrClosed and
+	// waits for its goroutines. It is idempotent.
 	Close() error
 }
 
-// Group counts the unfinished tasks of one batch, so a waiter can sleep
-// instead of polling and a poller reads two atomics.
-type Group struct {
-	pending atomic.Int64
-	failed  atomic.Int64
-	wake    chan struct{}
-}
-
-// NewGroup returns an empty group.
-func NewGroup() *Group { return &Group{wake: make(chan struct{}, 1)} }
-
-// Add records n more unfinished tasks. Call it before handing them out.
-func (g *Group) Add(n int) { g.pending.Add(int64(n)) }
-
-// Pending is the number of unfinished tasks.
-func (g *Group) Pending() int64 { return g.pending.Load() }
-
-// Failed is the number of tasks that finished with an error.
-func (g *Group) Failed() int64 { return g.failed.Load() }
-
-// Wait blocks until no task is pending or ctx ends, whichever is first.
-func (g *Group) Wait(ctx context.Context) error {
-	for g.pending.Load() > 0 {
-		select {
-		case <-g.wake:
-		case <-ctx.Done():
-			if g.pending.Load() == 0 {
-				return nil
-			}
-			return ctx.Err()
-		}
+// The optional parts of a transport: the engine asks for them with a type
+// assertion, so a transport implements only what it does.
+type (
+	// Describer fills the transport's part of this engine's descriptor:
+	// the protocol and its fields (data port, devices, keys), or
+	// capability keys of its own.
+	Describer interface {
+		Describe(d *metadata.SegmentDesc)
 	}
-	return nil
-}
 
-func (g *Group) taskDone(failed bool) {
-	if failed {
-		g.failed.Add(1)
+	// Registrar registers local memory with the transport's hardware
+	// (RDMA memory regions, barex keys). The engine registers every region
+	// with every Registrar, all or none, and the bounce buffers of
+	// stream-ordered transfers too.
+	Registrar interface {
+		RegisterMemory(addr, length uint64, location string) error
+		UnregisterMemory(addr uint64) error
 	}
-	if g.pending.Add(-1) == 0 {
-		select {
-		case g.wake <- struct{}{}:
-		default:
-		}
+
+	// Connector answers the Connection handshakes peers send to this
+	// engine's RPC listener (queue pair or channel setup).
+	Connector interface {
+		OnConnection(ctx context.Context, req handshake.HandShakeDesc) handshake.HandShakeDesc
 	}
-}
 
-// Task is a Request plus its completion state. A transport may split a task
-// into parts (slices, lanes); the task finishes when its last part does.
-type Task struct {
-	Request
-	group       *Group
-	parts       atomic.Int32
-	status      atomic.Int32
-	transferred atomic.Uint64
-	err         atomic.Pointer[error]
-	// members are the tasks this one carries: requests that were
-	// contiguous on both sides and go out as this single request. They
-	// finish when it does (see Carry).
-	members []*Task
-}
-
-// Carry makes t, a task in no group whose Request covers exactly the
-// members' ranges back to back, carry them: they become Pending now and
-// finish with t, each with its own length or t's error.
-func (t *Task) Carry(members []*Task) {
-	t.members = members
-	for _, m := range members {
-		m.Start(1)
+	// HealthReporter says, without blocking, whether the transport's
+	// connections to the peer called name work: nil while they do (or
+	// none was made yet), else an error matching ErrPeer.
+	HealthReporter interface {
+		PeerHealth(name string) error
 	}
-}
 
-// Init prepares t for req, reporting to g (which may be nil). It must not be
-// called while t is in flight.
-func (t *Task) Init(req Request, g *Group) {
-	t.Request = req
-	t.group = g
-	t.parts.Store(0)
-	t.status.Store(int32(Waiting))
-	t.transferred.Store(0)
-	t.err.Store(nil)
-	t.members = nil
-}
-
-// Start declares that the task will finish after n calls of PartDone.
-// A transport calls it once, before handing the parts to workers.
-func (t *Task) Start(parts int) {
-	t.parts.Store(int32(parts))
-	t.status.Store(int32(Pending))
-}
-
-// PartDone reports one finished part: n bytes moved, or err. The first error
-// wins; the task completes, or fails, when its last part is done.
-func (t *Task) PartDone(n uint64, err error) {
-	if err != nil {
-		e := err
-		t.err.CompareAndSwap(nil, &e)
-	} else {
-		t.transferred.Add(n)
+	// CloseCounter counts the idle connections to peer that the peer
+	// closed: it died, restarted, or dropped them. The engine remembers
+	// the count when it learns a descriptor, and fetches the descriptor
+	// again once the count moved.
+	CloseCounter interface {
+		PeerCloses(peer Peer) uint64
 	}
-	if t.parts.Add(-1) > 0 {
-		return
-	}
-	failed := t.err.Load() != nil
-	if failed {
-		t.status.Store(int32(Failed))
-	} else {
-		t.status.Store(int32(Completed))
-	}
-	if t.group != nil {
-		t.group.taskDone(failed)
-	}
-	for _, m := range t.members {
-		if failed {
-			m.PartDone(0, *t.err.Load())
-		} else {
-			m.PartDone(m.Length, nil)
-		}
-	}
-}
-
-// Fail finishes a task that was never started (or whose remaining parts will
-// not run) with err.
-func (t *Task) Fail(err error) {
-	t.parts.Store(1)
-	t.PartDone(0, err)
-}
-
-// Status is the task's current status.
-func (t *Task) Status() Status { return Status(t.status.Load()) }
-
-// Transferred is the number of bytes moved so far.
-func (t *Task) Transferred() uint64 { return t.transferred.Load() }
-
-// Err is the task's first error, or nil.
-func (t *Task) Err() error {
-	if p := t.err.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
+)

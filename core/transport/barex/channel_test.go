@@ -46,7 +46,7 @@ func TestChannelSetupFailure(t *testing.T) {
 	require.Zero(t, counter(t, a.t, "open_chans"), "the two channels that opened were closed")
 	require.EqualValues(t, 2, counter(t, a.t, "closes"))
 	require.ErrorIs(t, a.t.CheckStatus(b.name), ErrChannel)
-	require.False(t, a.t.PeerHealthy(b.name))
+	require.ErrorIs(t, a.t.PeerHealth(b.name), transport.ErrPeer)
 
 	requireDone(t, a.transfer(t, context.Background(), b, write(a.addr(0), b.addr(0), 1000)))
 	require.EqualValues(t, 4, counter(t, a.t, "open_chans"))
@@ -230,7 +230,7 @@ func TestCheckStatusAndReplacement(t *testing.T) {
 	hs := a.channels(t, "b", 0)
 	require.EqualValues(t, 1, knob(t, a.t, "deactivate", int64(hs[0])))
 	require.ErrorIs(t, a.t.CheckStatus(b.name), ErrChannel)
-	require.False(t, a.t.PeerHealthy(b.name))
+	require.ErrorIs(t, a.t.PeerHealth(b.name), transport.ErrPeer)
 
 	fill(a.mem[:4096], 8)
 	for i := range 4 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/pymooncake/pymooncake/core/internal/dl"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 var (
@@ -24,7 +25,7 @@ var (
 	ErrInvalidConfig = errors.New("barex: invalid config")
 	// ErrClosed fails work submitted to, or queued in, a closed transport,
 	// and work queued for a peer that ClosePeer closed.
-	ErrClosed = errors.New("barex: transport closed")
+	ErrClosed = transport.ErrClosed
 	// ErrAddressNotRegistered means a local or remote range is not inside
 	// memory registered with the transport (or published by the peer).
 	ErrAddressNotRegistered = errors.New("barex: address not registered")
@@ -32,12 +33,13 @@ var (
 	ErrRegistered = errors.New("barex: memory already registered")
 	// ErrHandshake matches barex_port exchange failures: the RPC failed,
 	// the peer refused (reply_msg), or it sent no usable barex_port (it is
-	// not a barex engine).
-	ErrHandshake = errors.New("barex: connection handshake failed")
+	// not a barex engine). It matches transport.ErrPeer.
+	ErrHandshake = fmt.Errorf("barex: connection handshake failed: %w", transport.ErrPeer)
 	// ErrChannel matches channel failures: a setup that failed, a channel
 	// placed on another NIC than asked, a peer with fewer healthy channels
-	// than MC_NUM_QP_PER_EP on some device (CheckStatus).
-	ErrChannel = errors.New("barex: channel failure")
+	// than MC_NUM_QP_PER_EP on some device (CheckStatus). It matches
+	// transport.ErrPeer.
+	ErrChannel = fmt.Errorf("barex: channel failure: %w", transport.ErrPeer)
 	// ErrNoKey means the peer published no remote key for the NIC a
 	// channel reached.
 	ErrNoKey = errors.New("barex: peer published no key for the nic")
@@ -89,14 +91,20 @@ func (c Code) Error() string {
 	return fmt.Sprintf("barex shim error %d", int32(c))
 }
 
-// Is lets a timeout match context.DeadlineExceeded (STYLE (c).5) and a
-// closing engine match ErrClosed.
+// Is lets a timeout match context.DeadlineExceeded (STYLE (c).5), a
+// closing engine match ErrClosed, a rejected key or range match
+// transport.ErrRejected, and a failed channel (setup, inactive, i/o, a
+// handle barex no longer knows) match transport.ErrPeer.
 func (c Code) Is(target error) bool {
 	switch target {
 	case context.DeadlineExceeded:
 		return c == CodeTimedOut
 	case ErrClosed:
 		return c == CodeClosed
+	case transport.ErrRejected:
+		return c == CodeAccess
+	case transport.ErrPeer:
+		return c == CodeConnect || c == CodeInactive || c == CodeIO || c == CodeBadChannel
 	}
 	return false
 }

@@ -352,7 +352,9 @@ func (h *host) submitDesc(ctx context.Context, target *host, desc *metadata.Segm
 		tasks[i] = &transport.Task{}
 		tasks[i].Init(r, g)
 	}
-	h.t.Submit(ctx, target.peer(), desc, tasks)
+	pe := target.peer()
+	pe.Desc = desc
+	h.t.Submit(ctx, pe, tasks, transport.SubmitOptions{})
 	return tasks, g
 }
 

@@ -150,7 +150,8 @@ func finishAll(ps []*piece, err error) {
 // use. Submit never blocks on the network. When ctx ends, pieces not yet
 // posted fail with its error; posted ones complete as barex reports them,
 // so a task never finishes while barex may still write its memory.
-func (t *Transport) Submit(ctx context.Context, peer transport.Peer, desc *metadata.SegmentDesc, tasks []*transport.Task) {
+func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*transport.Task, _ transport.SubmitOptions) {
+	desc := peer.Desc
 	name := peer.Name
 	if desc != nil && desc.Name != "" {
 		name = desc.Name

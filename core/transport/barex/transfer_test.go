@@ -37,7 +37,7 @@ func TestTwoEngines(t *testing.T) {
 		requireDone(t, a.transfer(t, context.Background(), b, read(a.addr(xferSize-7*i), b.addr(0), xferSize)))
 		requireEqualBytes(t, b.mem[:xferSize], a.mem[xferSize-7*i:2*xferSize-7*i])
 	}
-	require.True(t, a.t.PeerHealthy(b.name))
+	require.NoError(t, a.t.PeerHealth(b.name))
 	require.Equal(t, 1, c.handshakeCount(b.name), "one barex_port exchange per peer")
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 // Protocol is the descriptor protocol this transport publishes.
@@ -47,6 +48,14 @@ type device struct {
 	name  string // the HCA name
 	nic   int    // barex NIC id: the index of its keys
 }
+
+var (
+	_ transport.Transport      = (*Transport)(nil)
+	_ transport.Describer      = (*Transport)(nil)
+	_ transport.Registrar      = (*Transport)(nil)
+	_ transport.Connector      = (*Transport)(nil)
+	_ transport.HealthReporter = (*Transport)(nil)
+)
 
 // Transport is the barex transport. Its methods are safe for concurrent
 // use.
@@ -226,8 +235,17 @@ func (t *Transport) start(topo *topology.Topology) error {
 	return nil
 }
 
-// Protocol is "barex".
-func (t *Transport) Protocol() string { return Protocol }
+// Name is "barex".
+func (t *Transport) Name() string { return Protocol }
+
+// Accept takes the peers whose descriptor says "barex": Mooncake routes a
+// request by the target's protocol, and an RDMA peer cannot talk to barex.
+func (t *Transport) Accept(desc *metadata.SegmentDesc) error {
+	if desc.Protocol != Protocol {
+		return fmt.Errorf("barex: the peer runs %q", desc.Protocol)
+	}
+	return nil
+}
 
 // Port is the barex listen port this engine holds and announces.
 func (t *Transport) Port() int { return t.port }
@@ -287,8 +305,9 @@ func (t *Transport) OnConnection(_ context.Context, req handshake.HandShakeDesc)
 	return reply
 }
 
-// PeerHealthy is CheckStatus(name) == nil.
-func (t *Transport) PeerHealthy(name string) bool { return t.CheckStatus(name) == nil }
+// PeerHealth is CheckStatus(name): nil, or an error matching ErrChannel
+// (and transport.ErrPeer).
+func (t *Transport) PeerHealth(name string) error { return t.CheckStatus(name) }
 
 // CheckStatus is Mooncake's CheckStatus the right way round: an error
 // matching ErrChannel iff, on some local device, the peer has fewer healthy

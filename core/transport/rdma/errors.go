@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
@@ -16,16 +17,17 @@ var (
 	// matches ErrUnavailable.
 	ErrNoDevices = verbs.ErrNoDevices
 	// ErrClosed fails work submitted to, or still queued in, a closed
-	// transport.
-	ErrClosed = errors.New("rdma: transport closed")
+	// transport, or queued for a peer that ClosePeer closed.
+	ErrClosed = transport.ErrClosed
 	// ErrAddressNotRegistered means a local or remote range is not inside
 	// memory registered with the transport (or published by the peer).
 	ErrAddressNotRegistered = errors.New("rdma: address not registered")
 	// ErrNoPath means no usable local or remote NIC could be chosen.
 	ErrNoPath = errors.New("rdma: no usable nic path")
 	// ErrHandshake matches connection setup failures: the RPC failed, the
-	// peer refused (reply_msg), or its reply did not match.
-	ErrHandshake = errors.New("rdma: connection handshake failed")
+	// peer refused (reply_msg), or its reply did not match. It matches
+	// transport.ErrPeer.
+	ErrHandshake = fmt.Errorf("rdma: connection handshake failed: %w", transport.ErrPeer)
 	// ErrRetriesExhausted means a slice failed on every try MC_RETRY_CNT
 	// allowed; the *SliceError says the last cause.
 	ErrRetriesExhausted = errors.New("rdma: retries exhausted")
@@ -39,7 +41,12 @@ var (
 // SliceError is how a failed task reports its cause: the peer, the range,
 // the NICs of the last try and what went wrong (a verbs.WCStatus, a post
 // error, a handshake error, ErrClosed, a context error). It matches
-// ErrRetriesExhausted when the slice used up its retries.
+// ErrRetriesExhausted when the slice used up its retries, and then the
+// transport-neutral sentinel of its last cause: transport.ErrRejected for a
+// remote access error (the peer no longer accepts the key and range its
+// descriptor published: it restarted, or unregistered the memory), and
+// transport.ErrPeer for every other completion error (the queue pair or
+// the path to the peer failed).
 type SliceError struct {
 	// Peer is the target segment name.
 	Peer string
@@ -66,5 +73,21 @@ func (e *SliceError) Error() string {
 // Unwrap returns the cause.
 func (e *SliceError) Unwrap() error { return e.Err }
 
-// Is makes errors.Is(err, ErrRetriesExhausted) true when retries ran out.
-func (e *SliceError) Is(target error) bool { return target == ErrRetriesExhausted && e.Exhausted }
+// Is makes errors.Is(err, ErrRetriesExhausted) true when retries ran out,
+// and maps the last cause to transport.ErrRejected or transport.ErrPeer
+// then (see SliceError).
+func (e *SliceError) Is(target error) bool {
+	if !e.Exhausted {
+		return false
+	}
+	var st verbs.WCStatus
+	switch target {
+	case ErrRetriesExhausted:
+		return true
+	case transport.ErrRejected:
+		return errors.As(e.Err, &st) && st == verbs.WCRemAccessErr
+	case transport.ErrPeer:
+		return !errors.As(e.Err, &st) || st != verbs.WCRemAccessErr
+	}
+	return false
+}

@@ -72,7 +72,7 @@ func TestRetriesRotateNICs(t *testing.T) {
 	requireDone(t, a.transfer(t, context.Background(), b, write(a, b, 0, 2<<20)))
 	requireEqualBytes(t, a.mem[:2<<20], b.mem[:2<<20])
 	require.Positive(t, a.nics[0].Completions(verbs.WCRetryExcErr)+a.nics[1].Completions(verbs.WCRetryExcErr))
-	require.True(t, a.t.PeerHealthy("b"))
+	require.NoError(t, a.t.PeerHealth("b"))
 
 	// Now nothing is reachable: every slice tries every (local, remote)
 	// pair and gives up after RetryCnt retries.
@@ -92,7 +92,7 @@ func TestRetriesRotateNICs(t *testing.T) {
 	for i := range 2 {
 		require.Greater(t, a.nics[i].Completions(verbs.WCRetryExcErr), before[i], "retries used a's nic %d", i)
 	}
-	require.False(t, a.t.PeerHealthy("b"))
+	require.ErrorIs(t, a.t.PeerHealth("b"), transport.ErrPeer)
 }
 
 func TestPartialPostFailure(t *testing.T) {
@@ -283,13 +283,13 @@ func TestPeerDiesAndRestarts(t *testing.T) {
 		Opcode: transport.Write, Local: uintptr(a.addr(0)), Remote: desc.Buffers[0].Addr, Length: 1 << 20})
 	require.Equal(t, transport.Failed, tasks[0].Status())
 	require.Less(t, time.Since(start), 5*time.Second)
-	require.False(t, a.t.PeerHealthy("b"))
+	require.ErrorIs(t, a.t.PeerHealth("b"), transport.ErrPeer)
 
 	b2 := c.addHost("b", spec)
 	fill(a.mem[:1<<20], 12)
 	requireDone(t, a.transfer(t, context.Background(), b2, write(a, b2, 0, 1<<20)))
 	requireEqualBytes(t, a.mem[:1<<20], b2.mem[:1<<20])
-	require.True(t, a.t.PeerHealthy("b"))
+	require.NoError(t, a.t.PeerHealth("b"))
 }
 
 func TestCancelQueuedWork(t *testing.T) {
@@ -303,7 +303,7 @@ func TestCancelQueuedWork(t *testing.T) {
 	task := &transport.Task{}
 	task.Init(write(a, b, 0, 1<<20), g)
 	g.Add(1)
-	a.t.Submit(ctx, transport.Peer{Name: "b"}, b.desc(t), []*transport.Task{task})
+	a.t.Submit(ctx, transport.Peer{Name: "b", Desc: b.desc(t)}, []*transport.Task{task}, transport.SubmitOptions{})
 	cancel()
 	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer wcancel()
@@ -325,7 +325,7 @@ func TestCloseWithWorkInFlight(t *testing.T) {
 		tasks[i].Init(write(a, b, i<<20, 1<<20), g)
 	}
 	g.Add(len(tasks))
-	a.t.Submit(context.Background(), transport.Peer{Name: "b"}, b.desc(t), tasks)
+	a.t.Submit(context.Background(), transport.Peer{Name: "b", Desc: b.desc(t)}, tasks, transport.SubmitOptions{})
 	require.NoError(t, a.t.Close())
 	require.Zero(t, g.Pending(), "every task ends by the time Close returns")
 	for _, task := range tasks {
@@ -336,7 +336,7 @@ func TestCloseWithWorkInFlight(t *testing.T) {
 	// Submit after Close fails at once.
 	late := &transport.Task{}
 	late.Init(write(a, b, 0, 10), nil)
-	a.t.Submit(context.Background(), transport.Peer{Name: "b"}, b.desc(t), []*transport.Task{late})
+	a.t.Submit(context.Background(), transport.Peer{Name: "b", Desc: b.desc(t)}, []*transport.Task{late}, transport.SubmitOptions{})
 	require.ErrorIs(t, late.Err(), ErrClosed)
 	require.NoError(t, a.t.Close(), "idempotent")
 }

@@ -241,7 +241,7 @@ func (h *host) transferDesc(tb testing.TB, ctx context.Context, peer string, des
 		tasks[i].Init(r, g)
 	}
 	g.Add(len(tasks))
-	h.t.Submit(ctx, transport.Peer{Name: peer}, desc, tasks)
+	h.t.Submit(ctx, transport.Peer{Name: peer, Desc: desc}, tasks, transport.SubmitOptions{})
 	wctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	require.NoError(tb, g.Wait(wctx), "tasks did not finish")
@@ -288,7 +288,7 @@ func transportGroup(tb testing.TB, h, peer *host, reqs ...transport.Request) fun
 		tasks[i].Init(r, g)
 	}
 	g.Add(len(tasks))
-	h.t.Submit(context.Background(), transport.Peer{Name: peer.name}, peer.desc(tb), tasks)
+	h.t.Submit(context.Background(), transport.Peer{Name: peer.name, Desc: peer.desc(tb)}, tasks, transport.SubmitOptions{})
 	return func() []*transport.Task {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()

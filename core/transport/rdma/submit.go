@@ -148,7 +148,8 @@ func (r *route) findSpan(addr uint64) (int, uint64, bool) {
 // blocks on the network. When ctx ends, slices not yet posted fail with its
 // error; posted ones complete as the NIC completes them, so a task never
 // finishes while the NIC may still write its memory.
-func (t *Transport) Submit(ctx context.Context, peer transport.Peer, desc *metadata.SegmentDesc, tasks []*transport.Task) {
+func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*transport.Task, _ transport.SubmitOptions) {
+	desc := peer.Desc
 	name := peer.Name
 	if desc != nil && desc.Name != "" {
 		name = desc.Name

@@ -49,5 +49,5 @@ func TestTwoEngines(t *testing.T) {
 			Opcode: transport.Read, Local: uintptr(a.addr(xferSize)), Remote: b.addr(0), Length: xferSize}))
 		requireEqualBytes(t, b.mem[:xferSize], a.mem[xferSize:])
 	}
-	require.True(t, a.t.PeerHealthy(b.name))
+	require.NoError(t, a.t.PeerHealth(b.name))
 }

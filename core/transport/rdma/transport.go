@@ -16,6 +16,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
@@ -46,6 +47,14 @@ type Deps struct {
 	// Logger receives the transport's logs; nil discards them.
 	Logger *zap.Logger
 }
+
+var (
+	_ transport.Transport      = (*Transport)(nil)
+	_ transport.Describer      = (*Transport)(nil)
+	_ transport.Registrar      = (*Transport)(nil)
+	_ transport.Connector      = (*Transport)(nil)
+	_ transport.HealthReporter = (*Transport)(nil)
+)
 
 // Transport is the RDMA transport. Its methods are safe for concurrent use.
 type Transport struct {
@@ -198,8 +207,21 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Protocol is "rdma".
-func (t *Transport) Protocol() string { return Protocol }
+// Name is "rdma".
+func (t *Transport) Name() string { return Protocol }
+
+// Accept takes the peers whose descriptor says "rdma" (Mooncake routes a
+// request by the target's protocol) and lists the devices their buffers
+// are keyed by.
+func (t *Transport) Accept(desc *metadata.SegmentDesc) error {
+	if desc.Protocol != Protocol {
+		return fmt.Errorf("rdma: the peer runs %q", desc.Protocol)
+	}
+	if len(desc.Devices) == 0 {
+		return fmt.Errorf("rdma: the peer publishes no device: %w", ErrNoPath)
+	}
+	return nil
+}
 
 // Topology is the topology in use: deps.Topology less the HCAs that failed
 // to open.
@@ -240,13 +262,17 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 	}
 }
 
-// PeerHealthy reports whether the last connection attempt to the peer
-// succeeded and its slices have not been failing for good.
-func (t *Transport) PeerHealthy(name string) bool {
+// PeerHealth is nil while the last connection attempt to the peer
+// succeeded and its slices have not been failing for good, and an error
+// matching ErrPeer otherwise.
+func (t *Transport) PeerHealth(name string) error {
 	t.peersMu.Lock()
 	p, ok := t.peers[name]
 	t.peersMu.Unlock()
-	return !ok || p.healthy.Load()
+	if !ok || p.healthy.Load() {
+		return nil
+	}
+	return fmt.Errorf("rdma: connections to %q failed: %w", name, transport.ErrPeer)
 }
 
 // ClosePeer tears down every endpoint to the named peer: queued and

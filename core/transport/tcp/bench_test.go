@@ -45,7 +45,7 @@ func benchTransferPoll(b *testing.B, op transport.Opcode, size, window int, poll
 			task.Init(reqs[k][i], groups[k])
 		}
 		groups[k].Add(half)
-		client.Submit(ctx, pe, tasks[k])
+		client.Submit(ctx, pe, tasks[k], transport.SubmitOptions{})
 	}
 	wait := func(k int) {
 		if err := groups[k].Wait(ctx); err != nil || groups[k].Failed() > 0 {
@@ -97,7 +97,7 @@ func BenchmarkWrite4KLatency(b *testing.B) {
 	for b.Loop() {
 		task.Init(req, g)
 		g.Add(1)
-		client.Submit(ctx, pe, tasks)
+		client.Submit(ctx, pe, tasks, transport.SubmitOptions{Sync: true})
 		if err := g.Wait(ctx); err != nil || task.Err() != nil {
 			b.Fatalf("write failed: %v %v", err, task.Err())
 		}
@@ -118,7 +118,7 @@ func benchSyncLatency(b *testing.B, poll time.Duration) {
 	server := newTransport(b, Config{PollBudget: poll}, remote)
 	client := newTransport(b, Config{PollBudget: poll})
 	pe := peerOf(server, 2)
-	ctx := Sync(context.Background())
+	ctx := context.Background()
 	g := transport.NewGroup()
 	task := &transport.Task{}
 	tasks := []*transport.Task{task}
@@ -128,7 +128,7 @@ func benchSyncLatency(b *testing.B, poll time.Duration) {
 	for b.Loop() {
 		task.Init(req, g)
 		g.Add(1)
-		client.Submit(ctx, pe, tasks)
+		client.Submit(ctx, pe, tasks, transport.SubmitOptions{})
 		if err := g.Wait(ctx); err != nil || task.Err() != nil {
 			b.Fatalf("write failed: %v %v", err, task.Err())
 		}

@@ -24,6 +24,10 @@ type peerKey struct {
 	port       int
 }
 
+func keyOf(pe transport.Peer) peerKey {
+	return peerKey{name: pe.Name, host: pe.Host, port: pe.Desc.TCPDataPort}
+}
+
 // peer is the client side for one data endpoint: its lanes and its health.
 type peer struct {
 	t    *Transport
@@ -37,6 +41,8 @@ type peer struct {
 	unhealthy atomic.Bool
 	// closes counts idle connections the peer closed (see PeerCloses).
 	closes atomic.Uint64
+	// bufs indexes the buffers of the last descriptor seen (coalesce).
+	bufs atomic.Pointer[bufferIndex]
 
 	// Sync lanes (see Sync): no goroutine, used by one caller at a time.
 	smu      sync.Mutex
@@ -591,8 +597,12 @@ func (l *lane) rejectedEarly(err error) bool {
 
 // submitError is the error of a task refused before it reached a lane.
 func submitError(pe transport.Peer, task *transport.Task, err error) error {
+	port := 0
+	if pe.Desc != nil {
+		port = pe.Desc.TCPDataPort
+	}
 	return &PeerError{
-		Peer: pe.Name, Addr: net.JoinHostPort(pe.Host, strconv.Itoa(pe.DataPort)),
+		Peer: pe.Name, Addr: net.JoinHostPort(pe.Host, strconv.Itoa(port)),
 		Op: task.Opcode.String(), Remote: task.Remote, Size: task.Length, Err: err,
 	}
 }

@@ -3,24 +3,30 @@ package tcp
 import (
 	"errors"
 	"fmt"
+
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
+// The transport-neutral sentinels this package reports, re-exported.
 var (
 	// ErrRejected means the target refused the request's address range
 	// (v2 REJECTED status frame).
-	ErrRejected = errors.New("tcp: remote address range rejected by peer")
+	ErrRejected = transport.ErrRejected
+	// ErrClosed means the transport, or the peer's connections, were closed
+	// before the task finished.
+	ErrClosed = transport.ErrClosed
+	// ErrPeer matches connection-level failures: dial errors, resets, EOF,
+	// and I/O that made no progress within its timeout.
+	ErrPeer = transport.ErrPeer
+)
+
+var (
 	// ErrLegacyPeer means a status frame lacked the "MCTV" magic: the peer
 	// does not speak v2.
 	ErrLegacyPeer = errors.New("tcp: status frame without v2 magic (legacy peer)")
 	// ErrUnknownStatus means a status frame had the v2 magic but a code that
 	// is neither OK nor REJECTED.
 	ErrUnknownStatus = errors.New("tcp: unknown v2 status code")
-	// ErrClosed means the transport, or the peer's connections, were closed
-	// before the task finished.
-	ErrClosed = errors.New("tcp: transport closed")
-	// ErrPeer matches connection-level failures: dial errors, resets, EOF,
-	// and I/O that made no progress within its timeout.
-	ErrPeer = errors.New("tcp: peer connection failed")
 	// ErrInvalidConfig means New was given a bad Config.
 	ErrInvalidConfig = errors.New("tcp: invalid config")
 	// ErrStaging means GPU memory could not be copied through host memory

@@ -229,7 +229,7 @@ func TestGPUClientCopyFailureSparesThePeer(t *testing.T) {
 		require.Equal(t, transport.Failed, tasks[0].Status(), "%s", op)
 		require.ErrorIs(t, tasks[0].Err(), ErrStaging, "%s", op)
 		require.NotErrorIs(t, tasks[0].Err(), ErrPeer, "%s", op)
-		require.True(t, ini.PeerHealthy(pe.Name), "a local GPU failure does not blame the peer")
+		require.NoError(t, ini.PeerHealth(pe.Name), "a local GPU failure does not blame the peer")
 		iniGPU.drv.FailCopiesAfter(-1)
 		requireDone(t, transfer(t, ini, pe, request(op, local, remote))...)
 	}

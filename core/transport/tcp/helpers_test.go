@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -75,8 +76,15 @@ func newTransport(tb testing.TB, cfg Config, bufs ...[]byte) *Transport {
 	return tr
 }
 
+// tcpPeer is the Peer of a TCP target on loopback at port, speaking
+// version, as the engine builds it from the target's descriptor.
+func tcpPeer(name string, port, version int) transport.Peer {
+	return transport.Peer{Name: name, Host: "127.0.0.1", Desc: &metadata.SegmentDesc{
+		Name: name, Protocol: metadata.ProtocolTCP, TCPDataPort: port, TCPProtoVersion: version}}
+}
+
 func peerOf(tr *Transport, version int) transport.Peer {
-	return transport.Peer{Name: "target", Host: "127.0.0.1", DataPort: tr.Port(), ProtoVersion: version}
+	return tcpPeer("target", tr.Port(), version)
 }
 
 func fill(b []byte, seed uint64) {
@@ -105,7 +113,7 @@ func transferCtx(tb testing.TB, ctx context.Context, tr *Transport, pe transport
 		tasks[i].Init(r, g)
 	}
 	g.Add(len(tasks))
-	tr.Submit(ctx, pe, tasks)
+	tr.Submit(ctx, pe, tasks, transport.SubmitOptions{})
 	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	require.NoError(tb, g.Wait(wctx), "tasks did not finish")
@@ -194,7 +202,7 @@ func (f *fakePeer) close() {
 }
 
 func (f *fakePeer) peer(version int) transport.Peer {
-	return transport.Peer{Name: "fake", Host: "127.0.0.1", DataPort: f.ln.Addr().(*net.TCPAddr).Port, ProtoVersion: version}
+	return tcpPeer("fake", f.ln.Addr().(*net.TCPAddr).Port, version)
 }
 
 func zaptestNop() *zap.Logger { return zap.NewNop() }

@@ -98,7 +98,7 @@ func TestIdleLaneEndsWhenPeerCloses(t *testing.T) {
 			for i, f := range peers {
 				pe := f.peer(2)
 				pe.Name = "fake-" + string(rune('a'+i))
-				require.True(t, client.PeerHealthy(pe.Name), "an idle close is not a failure")
+				require.NoError(t, client.PeerHealth(pe.Name), "an idle close is not a failure")
 				require.Equal(t, uint64(1), client.PeerCloses(pe), "the close is counted")
 			}
 			require.Zero(t, client.PeerCloses(peers[0].peer(2)), "a peer never used has no count")

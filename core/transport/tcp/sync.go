@@ -18,22 +18,15 @@ const InlineMax = 64 << 10
 // by their peer.
 const syncSweep = 100 * time.Millisecond
 
-type syncKey struct{}
-
-// Sync marks ctx as the context of a caller that waits for its tasks as soon
-// as Submit returns (a synchronous transfer). Submit may then run a lone v2
-// request of at most InlineMax bytes on the calling goroutine, over a pooled
-// connection that nothing else uses meanwhile, polling for the status frame
-// before parking: the task has finished when Submit returns, and no other
-// goroutine is woken on the way. When no such connection is free (at most
-// Lanes per peer), the request goes to the lanes as usual. Submits without
-// the mark never wait for the network.
-func Sync(ctx context.Context) context.Context { return context.WithValue(ctx, syncKey{}, true) }
-
-// inline runs task on the calling goroutine and reports whether it did; it
-// did not when the request does not qualify or no sync connection is free.
+// inline runs task on the calling goroutine and reports whether it did: a
+// Submit with SubmitOptions.Sync whose wire request is a lone v2 request of
+// at most InlineMax bytes runs it over a pooled connection that nothing else
+// uses meanwhile, polling for the status frame before parking; the task has
+// finished when Submit returns, and no other goroutine is woken on the way.
+// When no such connection is free (at most Lanes per peer), the request goes
+// to the lanes as usual. Other Submits never wait for the network.
 func (p *peer) inline(ctx context.Context, task *transport.Task) bool {
-	if task.Length > InlineMax || ctx.Value(syncKey{}) == nil {
+	if task.Length > InlineMax {
 		return false
 	}
 	l := p.takeSync()

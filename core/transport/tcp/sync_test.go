@@ -21,7 +21,7 @@ func submitSync(ctx context.Context, tr *Transport, pe transport.Peer, req trans
 	task := &transport.Task{}
 	task.Init(req, g)
 	g.Add(1)
-	tr.Submit(Sync(ctx), pe, []*transport.Task{task})
+	tr.Submit(ctx, pe, []*transport.Task{task}, transport.SubmitOptions{Sync: true})
 	return task
 }
 
@@ -72,7 +72,7 @@ func TestSyncWriteRead(t *testing.T) {
 			waitTask(t, task)
 			requireDone(t, task)
 			require.True(t, bytes.Equal(local[:tc.size], local[tc.size:]))
-			require.True(t, client.PeerHealthy(pe.Name))
+			require.NoError(t, client.PeerHealth(pe.Name))
 		})
 	}
 }
@@ -98,7 +98,7 @@ func TestSyncRejected(t *testing.T) {
 			var pErr *PeerError
 			require.ErrorAs(t, task.Err(), &pErr)
 			require.Equal(t, bad.Remote, pErr.Remote)
-			require.True(t, client.PeerHealthy(pe.Name))
+			require.NoError(t, client.PeerHealth(pe.Name))
 			requireDone(t, submitSync(context.Background(), client, pe, write(local, addrOf(registered))))
 		})
 	}
@@ -149,7 +149,7 @@ func TestSyncPeerDies(t *testing.T) {
 			var pErr *PeerError
 			require.ErrorAs(t, task.Err(), &pErr)
 			require.Equal(t, "fake", pErr.Peer)
-			require.False(t, client.PeerHealthy(pe.Name))
+			require.ErrorIs(t, client.PeerHealth(pe.Name), ErrPeer)
 		})
 	}
 }
@@ -183,7 +183,7 @@ func TestSyncDeadline(t *testing.T) {
 			require.Less(t, time.Since(start), 5*time.Second)
 			require.ErrorIs(t, task.Err(), tc.want)
 			require.NotErrorIs(t, task.Err(), ErrPeer)
-			require.True(t, client.PeerHealthy("fake"))
+			require.NoError(t, client.PeerHealth("fake"))
 		})
 	}
 }
@@ -275,7 +275,7 @@ func TestSyncStaleConnection(t *testing.T) {
 		want := uint64(i + 1)
 		settles(t, func() bool { return client.PeerCloses(pe) == want }, "close not counted")
 	}
-	require.True(t, client.PeerHealthy("fake"))
+	require.NoError(t, client.PeerHealth("fake"))
 }
 
 // TestPoller checks the bounded poll on a connected pair.

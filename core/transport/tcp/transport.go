@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pymooncake/pymooncake/core/internal/listen"
+	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -126,7 +127,12 @@ type Transport struct {
 	closeErr  error
 }
 
-var _ transport.Transport = (*Transport)(nil)
+var (
+	_ transport.Transport      = (*Transport)(nil)
+	_ transport.Describer      = (*Transport)(nil)
+	_ transport.HealthReporter = (*Transport)(nil)
+	_ transport.CloseCounter   = (*Transport)(nil)
+)
 
 // New starts a transport serving on ln, which it takes over (Close closes
 // it); validate decides which remote requests may touch local memory.
@@ -177,9 +183,6 @@ func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
 	return t, nil
 }
 
-// Protocol is the descriptor protocol name.
-func (t *Transport) Protocol() string { return "tcp" }
-
 // Port is the data port to publish as tcp_data_port.
 func (t *Transport) Port() int { return listen.Port(t.srv.ln) }
 
@@ -187,12 +190,36 @@ func (t *Transport) Port() int { return listen.Port(t.srv.ln) }
 // tcp_proto_version.
 func (t *Transport) ProtoVersion() int { return 2 }
 
-// Submit queues the tasks for peer and returns at once, except that a lone
-// small request under a ctx marked by Sync may run to its end first. Every
+// Name is "tcp".
+func (t *Transport) Name() string { return metadata.ProtocolTCP }
+
+// Accept takes the peers that publish a TCP data endpoint: Mooncake routes a
+// request by the target's protocol, and so does this transport.
+func (t *Transport) Accept(desc *metadata.SegmentDesc) error {
+	if desc.Protocol != metadata.ProtocolTCP {
+		return fmt.Errorf("tcp: the peer runs %q", desc.Protocol)
+	}
+	if desc.TCPDataPort <= 0 || desc.TCPDataPort > 65535 {
+		return fmt.Errorf("tcp: the peer publishes tcp_data_port %d", desc.TCPDataPort)
+	}
+	return nil
+}
+
+// Describe publishes the data endpoint: protocol "tcp", tcp_data_port and
+// tcp_proto_version, as Mooncake's TCP transport does.
+func (t *Transport) Describe(d *metadata.SegmentDesc) {
+	d.Protocol = metadata.ProtocolTCP
+	d.TCPDataPort = t.Port()
+	d.TCPProtoVersion = t.ProtoVersion()
+}
+
+// Submit queues the tasks for peer and returns at once, except that with
+// opts.Sync a lone small request may run to its end first (see inline).
+// Requests contiguous on both sides travel as one (see coalesce). Every
 // task is finished through PartDone: completed, rejected, failed with its
 // peer's connection, failed with ctx's error when ctx ends first, or with
 // ErrClosed. Zero-length tasks complete without touching the network.
-func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*transport.Task) {
+func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*transport.Task, opts transport.SubmitOptions) {
 	if len(tasks) == 0 {
 		return
 	}
@@ -206,7 +233,8 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 		}
 		return
 	}
-	v1 := t.cfg.ForceV1 || pe.ProtoVersion < 2
+	v1 := t.cfg.ForceV1 || pe.Desc.TCPProtoVersion < 2
+	tasks = p.coalesce(pe.Desc, tasks)
 	for _, task := range tasks {
 		n := task.Length
 		if n == 0 {
@@ -227,7 +255,7 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 			parts := max(1, min(uint64(t.cfg.Lanes), n/minPart))
 			size = (n + parts - 1) / parts
 		}
-		if !v1 && len(tasks) == 1 && p.inline(ctx, task) {
+		if !v1 && opts.Sync && len(tasks) == 1 && p.inline(ctx, task) {
 			continue
 		}
 		task.Start(int((n + size - 1) / size))
@@ -247,7 +275,10 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 
 // peer returns the pool for pe, creating it on first use.
 func (t *Transport) peer(pe transport.Peer) (*peer, error) {
-	k := peerKey{name: pe.Name, host: pe.Host, port: pe.DataPort}
+	if pe.Desc == nil {
+		return nil, fmt.Errorf("tcp: peer %q without a descriptor: %w", pe.Name, ErrInvalidConfig)
+	}
+	k := keyOf(pe)
 	if p := (*t.peers.Load())[k]; p != nil {
 		return p, nil
 	}
@@ -260,7 +291,7 @@ func (t *Transport) peer(pe transport.Peer) (*peer, error) {
 	if p := old[k]; p != nil {
 		return p, nil
 	}
-	p := newPeer(t, k, net.JoinHostPort(pe.Host, strconv.Itoa(pe.DataPort)))
+	p := newPeer(t, k, net.JoinHostPort(pe.Host, strconv.Itoa(k.port)))
 	next := make(map[peerKey]*peer, len(old)+1)
 	for kk, v := range old {
 		next[kk] = v
@@ -318,15 +349,16 @@ func (t *Transport) ClosePeer(name string) {
 	}
 }
 
-// PeerHealthy is false once a connection to the peer named name failed
-// (refused, reset, closed, timed out) with no later success.
-func (t *Transport) PeerHealthy(name string) bool {
+// PeerHealth is an error matching ErrPeer once a connection to the peer
+// named name failed (refused, reset, closed, timed out) with no later
+// success, and nil otherwise.
+func (t *Transport) PeerHealth(name string) error {
 	for k, p := range *t.peers.Load() {
 		if k.name == name && p.unhealthy.Load() {
-			return false
+			return fmt.Errorf("tcp: connections to %q (%s) failed: %w", name, p.addr, ErrPeer)
 		}
 	}
-	return true
+	return nil
 }
 
 // PeerCloses counts the idle connections to pe's data endpoint that the
@@ -334,7 +366,10 @@ func (t *Transport) PeerHealthy(name string) bool {
 // A caller that remembers the count from when it learnt pe's descriptor
 // can tell, at no cost, that the process there may not be the one it knew.
 func (t *Transport) PeerCloses(pe transport.Peer) uint64 {
-	if p := (*t.peers.Load())[peerKey{name: pe.Name, host: pe.Host, port: pe.DataPort}]; p != nil {
+	if pe.Desc == nil {
+		return 0
+	}
+	if p := (*t.peers.Load())[keyOf(pe)]; p != nil {
 		p.reapSync()
 		return p.closes.Load()
 	}

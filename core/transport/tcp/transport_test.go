@@ -60,7 +60,7 @@ func TestConfig(t *testing.T) {
 		require.Equal(t, DefaultDialTimeout, tr.cfg.DialTimeout)
 		require.Equal(t, DefaultPollBudget, tr.cfg.PollBudget)
 		require.Equal(t, time.Duration(0), newTransport(t, Config{PollBudget: -1}).cfg.PollBudget, "disabled")
-		require.Equal(t, "tcp", tr.Protocol())
+		require.Equal(t, "tcp", tr.Name())
 		require.Equal(t, 2, tr.ProtoVersion())
 		require.NotZero(t, tr.Port())
 	})
@@ -95,7 +95,7 @@ func TestWriteRead(t *testing.T) {
 				requireDone(t, transfer(t, client, pe, read(dst[:n], addrOf(remote)))...)
 				require.True(t, bytes.Equal(src[:n], dst[:n]), "read of %d bytes", n)
 			}
-			require.True(t, client.PeerHealthy(pe.Name))
+			require.NoError(t, client.PeerHealth(pe.Name))
 		})
 	}
 }
@@ -261,7 +261,7 @@ func TestPRLikeServer(t *testing.T) {
 		require.Contains(t, []byte{0, 1}, hb[16], "v1 opcodes carry no flag")
 		require.Equal(t, make([]byte, 7), hb[17:], "padding is zero")
 	}
-	require.True(t, client.PeerHealthy(pe.Name))
+	require.NoError(t, client.PeerHealth(pe.Name))
 }
 
 // TestRejected checks that a v2 target refuses ranges outside its
@@ -305,7 +305,7 @@ func TestRejected(t *testing.T) {
 				require.Equal(t, pe.Name, pErr.Peer)
 				require.Equal(t, transport.Failed, tasks[0].Status())
 				requireDone(t, tasks[1])
-				require.True(t, client.PeerHealthy(pe.Name))
+				require.NoError(t, client.PeerHealth(pe.Name))
 				require.True(t, bytes.Equal(before[:4096], remote[:4096]))
 				require.True(t, bytes.Equal(before[8<<20:], remote[8<<20:]))
 				copy(before[4096:8192], src[:4096]) // the good write
@@ -491,7 +491,7 @@ func TestPeerDies(t *testing.T) {
 				return
 			}
 			require.ErrorIs(t, tasks[0].Err(), ErrPeer)
-			require.False(t, client.PeerHealthy(pe.Name))
+			require.ErrorIs(t, client.PeerHealth(pe.Name), ErrPeer)
 		})
 	}
 }
@@ -533,7 +533,7 @@ func TestPeerStops(t *testing.T) {
 			require.Less(t, time.Since(start), 3*time.Second)
 			require.ErrorIs(t, tasks[0].Err(), ErrPeer)
 			require.ErrorIs(t, tasks[0].Err(), os.ErrDeadlineExceeded)
-			require.False(t, client.PeerHealthy("fake"))
+			require.ErrorIs(t, client.PeerHealth("fake"), ErrPeer)
 		})
 	}
 }
@@ -544,17 +544,17 @@ func TestDialRefused(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, ln.Close())
 	client := newTransport(t, Config{})
-	pe := transport.Peer{Name: "gone", Host: "127.0.0.1", DataPort: port, ProtoVersion: 2}
+	pe := tcpPeer("gone", port, 2)
 	local := mmapBuf(t, 4096)
 	tasks := transfer(t, client, pe, write(local, 0x1000), read(local, 0x1000))
 	for _, task := range tasks {
 		require.ErrorIs(t, task.Err(), ErrPeer)
 		require.ErrorIs(t, task.Err(), syscall.ECONNREFUSED)
 	}
-	require.False(t, client.PeerHealthy("gone"))
-	require.True(t, client.PeerHealthy("other"))
+	require.ErrorIs(t, client.PeerHealth("gone"), ErrPeer)
+	require.NoError(t, client.PeerHealth("other"))
 	client.ClosePeer("gone")
-	require.True(t, client.PeerHealthy("gone"))
+	require.NoError(t, client.PeerHealth("gone"))
 }
 
 // TestHealthRecovers checks that a success after a failure makes the peer
@@ -568,13 +568,12 @@ func TestHealthRecovers(t *testing.T) {
 	local := mmapBuf(t, 4096)
 	// A v1 read that the server refuses closes the connection: to the
 	// client it is a connection failure.
-	v1 := pe
-	v1.ProtoVersion = 1
+	v1 := peerOf(server, 1)
 	tasks := transfer(t, client, v1, read(local, addrOf(remote)+1))
 	require.ErrorIs(t, tasks[0].Err(), ErrPeer)
-	require.False(t, client.PeerHealthy(pe.Name))
+	require.ErrorIs(t, client.PeerHealth(pe.Name), ErrPeer)
 	requireDone(t, transfer(t, client, pe, read(local, addrOf(remote)))...)
-	require.True(t, client.PeerHealthy(pe.Name))
+	require.NoError(t, client.PeerHealth(pe.Name))
 }
 
 // TestStaleConnection checks that a pooled connection the peer closed while
@@ -603,7 +602,7 @@ func TestStaleConnection(t *testing.T) {
 		<-served
 		time.Sleep(10 * time.Millisecond) // let the close reach the client
 	}
-	require.True(t, client.PeerHealthy("fake"))
+	require.NoError(t, client.PeerHealth("fake"))
 }
 
 // TestContextCancel checks that ending the Submit ctx fails in-flight and
@@ -621,7 +620,7 @@ func TestContextCancel(t *testing.T) {
 		tasks[i].Init(write(local[i<<20:(i+1)<<20], 0x1000), g)
 	}
 	g.Add(len(tasks))
-	client.Submit(ctx, f.peer(2), tasks)
+	client.Submit(ctx, f.peer(2), tasks, transport.SubmitOptions{})
 	time.Sleep(50 * time.Millisecond)
 	start := time.Now()
 	cancel()
@@ -667,7 +666,7 @@ func TestCloseInFlight(t *testing.T) {
 			batch[i].Init(write(local[i<<23:(i+1)<<23], addrOf(remote)), g)
 		}
 		g.Add(len(batch))
-		client.Submit(context.Background(), pe, batch)
+		client.Submit(context.Background(), pe, batch, transport.SubmitOptions{})
 		tasks = append(tasks, batch...)
 	}
 	time.Sleep(20 * time.Millisecond)
@@ -700,7 +699,7 @@ func TestClosePeer(t *testing.T) {
 		tasks[i].Init(write(local[i<<24:(i+1)<<24], 0x1000), g)
 	}
 	g.Add(len(tasks))
-	client.Submit(context.Background(), f.peer(2), tasks)
+	client.Submit(context.Background(), f.peer(2), tasks, transport.SubmitOptions{})
 	time.Sleep(20 * time.Millisecond)
 	client.ClosePeer("fake")
 	wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -715,7 +714,7 @@ func TestClosePeer(t *testing.T) {
 func TestInvalidRequest(t *testing.T) {
 	testutil.ResourceCheck(t)
 	client := newTransport(t, Config{})
-	pe := transport.Peer{Name: "x", Host: "127.0.0.1", DataPort: 1, ProtoVersion: 2}
+	pe := tcpPeer("x", 1, 2)
 	tasks := transfer(t, client, pe, transport.Request{Opcode: 9, Local: 0x1000, Remote: 0x1000, Length: 10})
 	require.Error(t, tasks[0].Err())
 	require.Equal(t, transport.Failed, tasks[0].Status())
