@@ -147,79 +147,80 @@ type LookupFunc func(key string) (string, bool)
 // together, each naming the variable and its value.
 func FromEnv(lookup LookupFunc) (Env, error) {
 	e := Defaults()
-	p := parser{lookup: lookup, set: e.Set}
+	p := NewParser(lookup)
+	e.Set = p.set
 
 	minKey, maxKey := "MC_MIN_RPC_PORT", "MC_MAX_RPC_PORT"
-	if _, ok := p.get(minKey); !ok {
+	if _, ok := p.Lookup(minKey); !ok {
 		minKey = "MC_MIN_PRC_PORT"
 	}
-	if _, ok := p.get(maxKey); !ok {
+	if _, ok := p.Lookup(maxKey); !ok {
 		maxKey = "MC_MAX_PRC_PORT"
 	}
-	p.intVar(&e.MinPort, minKey, 1, 65535)
-	p.intVar(&e.MaxPort, maxKey, 1, 65535)
-	p.intVar(&e.HandshakePort, "MC_HANDSHAKE_PORT", 1, 65535)
-	p.boolVar(&e.IPv6, "MC_USE_IPV6")
+	p.Int(&e.MinPort, minKey, 1, 65535)
+	p.Int(&e.MaxPort, maxKey, 1, 65535)
+	p.Int(&e.HandshakePort, "MC_HANDSHAKE_PORT", 1, 65535)
+	p.Bool(&e.IPv6, "MC_USE_IPV6")
 	var maxFrame int
-	if p.intVar(&maxFrame, "MC_HANDSHAKE_MAX_LENGTH", 1, 128<<20) {
+	if p.Int(&maxFrame, "MC_HANDSHAKE_MAX_LENGTH", 1, 128<<20) {
 		e.HandshakeMaxFrame = uint64(maxFrame)
 	}
-	p.secondsVar(&e.HandshakeConnectTimeout, "MC_HANDSHAKE_CONNECT_TIMEOUT", 1, 3600)
-	if v, ok := p.get("MC_TCP_BIND_ADDRESS"); ok {
+	p.Seconds(&e.HandshakeConnectTimeout, "MC_HANDSHAKE_CONNECT_TIMEOUT", 1, 3600)
+	if v, ok := p.Lookup("MC_TCP_BIND_ADDRESS"); ok {
 		e.TCPBindAddress = strings.TrimSpace(v)
 	}
-	if v, ok := p.get("MC_METADATA_CLUSTER_ID"); ok {
+	if v, ok := p.Lookup("MC_METADATA_CLUSTER_ID"); ok {
 		e.ClusterID = v
 	}
-	p.secondsVar(&e.MetadataLeaseTTL, "MC_METADATA_LEASE_TTL", 0, 86400)
-	p.presenceVar(&e.DisableMetaCache, "MC_DISABLE_METACACHE")
-	if v, ok := p.get("MC_TCP_PROTO"); ok {
+	p.Seconds(&e.MetadataLeaseTTL, "MC_METADATA_LEASE_TTL", 0, 86400)
+	p.Presence(&e.DisableMetaCache, "MC_DISABLE_METACACHE")
+	if v, ok := p.Lookup("MC_TCP_PROTO"); ok {
 		switch strings.TrimSpace(v) {
 		case "1":
 			e.TCPForceV1 = true
 		case "2", "":
 		default:
-			p.fail("MC_TCP_PROTO", v, "want 1 or 2")
+			p.Fail("MC_TCP_PROTO", v, "want 1 or 2")
 		}
 	}
-	p.secondsVar(&e.TCPStatusTimeout, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 86400)
+	p.Seconds(&e.TCPStatusTimeout, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 86400)
 	lanesKey := "MC_TCP_LANES_PER_PEER"
-	if _, ok := p.get(lanesKey); !ok {
+	if _, ok := p.Lookup(lanesKey); !ok {
 		lanesKey = "MC_TCP_MAX_CONNECTIONS_PER_PEER"
 	}
-	p.intVar(&e.TCPLanes, lanesKey, 1, 16)
+	p.Int(&e.TCPLanes, lanesKey, 1, 16)
 	var pollUS int
-	if p.intVar(&pollUS, "PYMOONCAKE_TCP_POLL_US", 0, 10000) {
+	if p.Int(&pollUS, "PYMOONCAKE_TCP_POLL_US", 0, 10000) {
 		e.TCPPoll = time.Duration(pollUS) * time.Microsecond
 	}
-	p.presenceVar(&e.ForceTCP, "MC_FORCE_TCP")
-	p.presenceVar(&e.ForceHCA, "MC_FORCE_HCA")
-	if v, ok := p.get("MC_CUSTOM_TOPO_JSON"); ok {
+	p.Presence(&e.ForceTCP, "MC_FORCE_TCP")
+	p.Presence(&e.ForceHCA, "MC_FORCE_HCA")
+	if v, ok := p.Lookup("MC_CUSTOM_TOPO_JSON"); ok {
 		e.CustomTopoJSON = strings.TrimSpace(v)
 	}
 	p.rdma(&e.RDMA)
-	if v, ok := p.get("USE_BAREX"); ok {
+	if v, ok := p.Lookup("USE_BAREX"); ok {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err != nil {
-			p.fail("USE_BAREX", v, "not an integer")
+			p.Fail("USE_BAREX", v, "not an integer")
 		} else {
 			e.UseBarex = n != 0
 		}
 	}
 	e.Barex = map[string]string{}
 	for _, k := range barexVars {
-		if v, ok := p.get(k); ok {
+		if v, ok := p.Lookup(k); ok {
 			e.Barex[k] = v
 		}
 	}
-	e.CUDAVisibleDevices, e.CUDAVisibleDevicesSet = p.get("CUDA_VISIBLE_DEVICES")
-	if v, ok := p.get("CUDA_DEVICE_ORDER"); ok {
+	e.CUDAVisibleDevices, e.CUDAVisibleDevicesSet = p.Lookup("CUDA_VISIBLE_DEVICES")
+	if v, ok := p.Lookup("CUDA_DEVICE_ORDER"); ok {
 		e.CUDADeviceOrder = strings.TrimSpace(v)
 	}
-	p.secondsVar(&e.TransferTimeout, "MC_TRANSFER_TIMEOUT", 5, 86400)
-	if v, ok := p.get("MC_LOG_LEVEL"); ok {
+	p.Seconds(&e.TransferTimeout, "MC_TRANSFER_TIMEOUT", 5, 86400)
+	if v, ok := p.Lookup("MC_LOG_LEVEL"); ok {
 		lvl, err := ParseLogLevel(v)
 		if err != nil {
-			p.fail("MC_LOG_LEVEL", v, err.Error())
+			p.Fail("MC_LOG_LEVEL", v, err.Error())
 		} else {
 			e.LogLevel = lvl
 		}
@@ -283,58 +284,72 @@ var barexVars = []string{
 }
 
 // rdma parses the RDMA transport's variables.
-func (p *parser) rdma(r *RDMAEnv) {
-	p.intVar(&r.Port, "MC_IB_PORT", 1, 255)
+func (p *Parser) rdma(r *RDMAEnv) {
+	p.Int(&r.Port, "MC_IB_PORT", 1, 255)
 	gidKey := "MC_GID_INDEX"
-	if _, ok := p.get(gidKey); !ok {
+	if _, ok := p.Lookup(gidKey); !ok {
 		gidKey = "NCCL_IB_GID_INDEX"
 	}
-	r.GIDIndexSet = p.intVar(&r.GIDIndex, gidKey, 0, 255)
-	p.intVar(&r.NumCQPerCtx, "MC_NUM_CQ_PER_CTX", 1, 255)
-	p.intVar(&r.NumCompChannelsPerCtx, "MC_NUM_COMP_CHANNELS_PER_CTX", 1, 255)
-	p.intVar(&r.MaxCQE, "MC_MAX_CQE_PER_CTX", 1, 1<<20)
-	p.intVar(&r.MaxEPPerCtx, "MC_MAX_EP_PER_CTX", 1, 1<<24)
-	p.intVar(&r.NumQPPerEP, "MC_NUM_QP_PER_EP", 1, 255)
-	p.intVar(&r.MaxSGE, "MC_MAX_SGE", 1, 1<<10)
-	p.intVar(&r.MaxWR, "MC_MAX_WR", 1, 1<<16)
-	p.intVar(&r.MaxInline, "MC_MAX_INLINE", 0, 65535)
-	if p.intVar(&r.MTU, "MC_MTU", 512, 4096) {
+	r.GIDIndexSet = p.Int(&r.GIDIndex, gidKey, 0, 255)
+	p.Int(&r.NumCQPerCtx, "MC_NUM_CQ_PER_CTX", 1, 255)
+	p.Int(&r.NumCompChannelsPerCtx, "MC_NUM_COMP_CHANNELS_PER_CTX", 1, 255)
+	p.Int(&r.MaxCQE, "MC_MAX_CQE_PER_CTX", 1, 1<<20)
+	p.Int(&r.MaxEPPerCtx, "MC_MAX_EP_PER_CTX", 1, 1<<24)
+	p.Int(&r.NumQPPerEP, "MC_NUM_QP_PER_EP", 1, 255)
+	p.Int(&r.MaxSGE, "MC_MAX_SGE", 1, 1<<10)
+	p.Int(&r.MaxWR, "MC_MAX_WR", 1, 1<<16)
+	p.Int(&r.MaxInline, "MC_MAX_INLINE", 0, 65535)
+	if p.Int(&r.MTU, "MC_MTU", 512, 4096) {
 		switch r.MTU {
 		case 512, 1024, 2048, 4096:
 		default:
-			p.fail("MC_MTU", strconv.Itoa(r.MTU), "want 512, 1024, 2048 or 4096")
+			p.Fail("MC_MTU", strconv.Itoa(r.MTU), "want 512, 1024, 2048 or 4096")
 		}
 	}
-	p.intVar(&r.SliceSize, "MC_SLICE_SIZE", 1, 1<<30)
-	p.intVar(&r.FragmentRatio, "MC_FRAGMENT_RATIO", 1, 1<<20)
-	p.intVar(&r.RetryCnt, "MC_RETRY_CNT", 1, 127)
-	p.intVar(&r.PKeyIndex, "MC_PKEY_INDEX", 0, 65535)
-	r.TrafficClassSet = p.intVar(&r.TrafficClass, "MC_IB_TC", 0, 255)
-	p.intVar(&r.ServiceLevel, "MC_IB_SL", 0, 15)
+	p.Int(&r.SliceSize, "MC_SLICE_SIZE", 1, 1<<30)
+	p.Int(&r.FragmentRatio, "MC_FRAGMENT_RATIO", 1, 1<<20)
+	p.Int(&r.RetryCnt, "MC_RETRY_CNT", 1, 127)
+	p.Int(&r.PKeyIndex, "MC_PKEY_INDEX", 0, 65535)
+	r.TrafficClassSet = p.Int(&r.TrafficClass, "MC_IB_TC", 0, 255)
+	p.Int(&r.ServiceLevel, "MC_IB_SL", 0, 15)
 	var mr int
-	if p.intVar(&mr, "MC_MAX_MR_SIZE", 1, math.MaxInt) {
+	if p.Int(&mr, "MC_MAX_MR_SIZE", 1, math.MaxInt) {
 		r.MaxMRSize = uint64(mr)
 	}
-	p.presenceVar(&r.RelaxedOrdering, "MC_IB_PCI_RELAXED_ORDERING")
-	if v, ok := p.get("MC_ENDPOINT_STORE_TYPE"); ok {
+	p.Presence(&r.RelaxedOrdering, "MC_IB_PCI_RELAXED_ORDERING")
+	if v, ok := p.Lookup("MC_ENDPOINT_STORE_TYPE"); ok {
 		switch s := strings.ToUpper(strings.TrimSpace(v)); s {
 		case "SIEVE", "FIFO":
 			r.EndpointStore = s
 		default:
-			p.fail("MC_ENDPOINT_STORE_TYPE", v, "want SIEVE or FIFO")
+			p.Fail("MC_ENDPOINT_STORE_TYPE", v, "want SIEVE or FIFO")
 		}
 	}
-	p.presenceVar(&r.PathRoundRobin, "MC_PATH_ROUNDROBIN")
-	p.presenceVar(&r.DestDeviceAffinity, "MC_ENABLE_DEST_DEVICE_AFFINITY")
+	p.Presence(&r.PathRoundRobin, "MC_PATH_ROUNDROBIN")
+	p.Presence(&r.DestDeviceAffinity, "MC_ENABLE_DEST_DEVICE_AFFINITY")
 }
 
-type parser struct {
+// Parser reads variables through a lookup function, strictly: each typed
+// method parses one variable when it is set, and a malformed or
+// out-of-range value becomes an error naming the variable and its value.
+// All problems are kept, so one call reports every bad variable. The
+// transports parse their own variables with it (tcp.ConfigFromEnv,
+// rdma.ConfigFromEnv, barex.ConfigFromEnv).
+type Parser struct {
 	lookup LookupFunc
 	set    map[string]string
 	errs   []error
 }
 
-func (p *parser) get(key string) (string, bool) {
+// NewParser returns a parser over lookup (nil: no variable is set).
+func NewParser(lookup LookupFunc) *Parser {
+	return &Parser{lookup: lookup, set: map[string]string{}}
+}
+
+// Lookup returns a variable and records that it was set. A Parser's Lookup
+// is itself a LookupFunc: hand it to another parser to record what that
+// one reads.
+func (p *Parser) Lookup(key string) (string, bool) {
 	if p.lookup == nil {
 		return "", false
 	}
@@ -345,55 +360,66 @@ func (p *parser) get(key string) (string, bool) {
 	return v, ok
 }
 
-func (p *parser) fail(key, value, why string) {
+// Fail records that key's value is bad, and why.
+func (p *Parser) Fail(key, value, why string) {
 	p.errs = append(p.errs, fmt.Errorf("%w: %s=%q: %s", ErrInvalid, key, value, why))
 }
 
-// intVar parses key into dst when set; it reports whether it was set and valid.
-func (p *parser) intVar(dst *int, key string, lo, hi int) bool {
-	v, ok := p.get(key)
+// Err joins every problem found so far, or is nil.
+func (p *Parser) Err() error { return errors.Join(p.errs...) }
+
+// Set returns the variables that were looked up and present.
+func (p *Parser) Set() map[string]string { return p.set }
+
+// Int parses key into dst when set; it reports whether it was set and
+// valid.
+func (p *Parser) Int(dst *int, key string, lo, hi int) bool {
+	v, ok := p.Lookup(key)
 	if !ok {
 		return false
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(v))
 	if err != nil {
-		p.fail(key, v, "not an integer")
+		p.Fail(key, v, "not an integer")
 		return false
 	}
 	if n < lo || n > hi {
-		p.fail(key, v, fmt.Sprintf("out of range [%d, %d]", lo, hi))
+		p.Fail(key, v, fmt.Sprintf("out of range [%d, %d]", lo, hi))
 		return false
 	}
 	*dst = n
 	return true
 }
 
-func (p *parser) secondsVar(dst *time.Duration, key string, lo, hi int) {
+// Seconds parses key, a whole number of seconds in [lo, hi], into dst.
+func (p *Parser) Seconds(dst *time.Duration, key string, lo, hi int) bool {
 	var n int
-	if p.intVar(&n, key, lo, hi) {
+	if p.Int(&n, key, lo, hi) {
 		*dst = time.Duration(n) * time.Second
+		return true
 	}
+	return false
 }
 
-// boolVar accepts the usual spellings; anything else is an error.
-func (p *parser) boolVar(dst *bool, key string) {
-	v, ok := p.get(key)
+// Bool accepts the usual spellings; anything else is an error.
+func (p *Parser) Bool(dst *bool, key string) {
+	v, ok := p.Lookup(key)
 	if !ok {
 		return
 	}
 	b, err := parseBool(v)
 	if err != nil {
-		p.fail(key, v, err.Error())
+		p.Fail(key, v, err.Error())
 		return
 	}
 	*dst = b
 }
 
-// presenceVar is for the variables Mooncake treats as on whenever they are
+// Presence is for the variables Mooncake treats as on whenever they are
 // set (MC_FORCE_TCP=1 and MC_FORCE_TCP=yes alike). An explicit false
 // spelling turns the switch off rather than on, which is what users mean.
-func (p *parser) presenceVar(dst *bool, key string) {
-	v, ok := p.get(key)
+func (p *Parser) Presence(dst *bool, key string) {
+	v, ok := p.Lookup(key)
 	if !ok {
 		return
 	}
@@ -403,7 +429,7 @@ func (p *parser) presenceVar(dst *bool, key string) {
 	}
 	b, err := parseBool(v)
 	if err != nil {
-		p.fail(key, v, err.Error())
+		p.Fail(key, v, err.Error())
 		return
 	}
 	*dst = b
