@@ -7,6 +7,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/internal/dl"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
 )
 
 var (
@@ -28,9 +29,9 @@ var (
 	ErrClosed = transport.ErrClosed
 	// ErrAddressNotRegistered means a local or remote range is not inside
 	// memory registered with the transport (or published by the peer).
-	ErrAddressNotRegistered = errors.New("barex: address not registered")
+	ErrAddressNotRegistered = memreg.ErrNotRegistered
 	// ErrRegistered means a range overlaps memory registered already.
-	ErrRegistered = errors.New("barex: memory already registered")
+	ErrRegistered = memreg.ErrRegistered
 	// ErrHandshake matches barex_port exchange failures: the RPC failed,
 	// the peer refused (reply_msg), or it sent no usable barex_port (it is
 	// not a barex engine). It matches transport.ErrPeer.

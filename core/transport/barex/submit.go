@@ -4,18 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pymooncake/pymooncake/core/internal/slots"
 	"math/rand/v2"
 	"os"
-	"slices"
-	"sort"
 	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/internal/slicing"
+	"github.com/pymooncake/pymooncake/core/internal/slots"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
 )
 
 // pollBatch is how many completions one mcbx_poll asks for.
@@ -29,26 +28,11 @@ const maxPieces = 1 << 30
 // channel is posted as several batches.
 const maxBatch = 256
 
-// remoteBuf is one buffer of the peer's descriptor: a chunk it registered.
-type remoteBuf struct {
-	addr, end uint64
-	rkeys     []uint32 // by the peer's barex NIC id
-}
-
 // route is a peer descriptor prepared for slicing: its buffers sorted by
 // address.
 type route struct {
 	desc *metadata.SegmentDesc
-	bufs []remoteBuf
-}
-
-// find is a slicing.Finder over the peer's buffers.
-func (r *route) find(addr uint64) (*remoteBuf, uint64, bool) {
-	i := sort.Search(len(r.bufs), func(i int) bool { return r.bufs[i].addr > addr }) - 1
-	if i < 0 || addr >= r.bufs[i].end {
-		return nil, 0, false
-	}
-	return &r.bufs[i], r.bufs[i].end, true
+	bufs *memreg.Published
 }
 
 // routeFor returns the prepared form of desc, reusing the last one made
@@ -60,32 +44,17 @@ func (p *peer) routeFor(desc *metadata.SegmentDesc) (*route, error) {
 	if desc.Protocol != Protocol {
 		return nil, fmt.Errorf("peer %q publishes protocol %q, not %q: %w", p.name, desc.Protocol, Protocol, ErrAddressNotRegistered)
 	}
-	r := &route{desc: desc}
-	for _, b := range desc.Buffers {
-		// A buffer without keys, empty, or wrapping cannot be addressed.
-		if len(b.RKey) > 0 && b.Length > 0 && b.Addr+b.Length > b.Addr {
-			r.bufs = append(r.bufs, remoteBuf{addr: b.Addr, end: b.Addr + b.Length, rkeys: slices.Clone(b.RKey)})
+	// A buffer without keys cannot be addressed. Overlapping buffers (a
+	// malformed descriptor) would make a piece's key ambiguous: the first
+	// of each overlap is kept.
+	var end uint64
+	r := &route{desc: desc, bufs: memreg.Publish(desc.Buffers, func(b *metadata.BufferDesc) bool {
+		if len(b.RKey) == 0 || b.Addr < end {
+			return false
 		}
-	}
-	slices.SortFunc(r.bufs, func(a, b remoteBuf) int {
-		switch {
-		case a.addr < b.addr:
-			return -1
-		case a.addr > b.addr:
-			return 1
-		}
-		return 0
-	})
-	// Overlapping buffers (a malformed descriptor) would let a piece run
-	// past the buffer a key belongs to: keep the first of each overlap.
-	kept := r.bufs[:0]
-	for _, b := range r.bufs {
-		if n := len(kept); n > 0 && b.addr < kept[n-1].end {
-			continue
-		}
-		kept = append(kept, b)
-	}
-	r.bufs = kept
+		end = b.Addr + b.Length
+		return true
+	})}
 	p.route.Store(r)
 	return r, nil
 }
@@ -108,7 +77,7 @@ type piece struct {
 	local, remote uint64
 	length        uint32
 	lchunk        *chunk
-	rbuf          *remoteBuf
+	rbuf          *metadata.BufferDesc
 	dev           device
 }
 
@@ -237,7 +206,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission, name s
 	if task.Length/t.cfg.RegChunkSize >= maxPieces/2 {
 		return nil, fmt.Errorf("%d bytes make too many pieces of %d: %w", task.Length, t.cfg.RegChunkSize, ErrInvalidConfig)
 	}
-	pieces, err := slicing.Cut(t.mem.find, rt.find, uint64(task.Local), task.Remote, task.Length,
+	pieces, err := slicing.Cut(t.mem.Find, rt.bufs.Find, uint64(task.Local), task.Remote, task.Length,
 		slicing.Limits{Max: t.cfg.RegChunkSize})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, ErrAddressNotRegistered)
@@ -266,9 +235,9 @@ func (t *Transport) chooseDevice(ch *chunk) (device, error) {
 	if t.cfg.RandomDevice {
 		return t.devs[rand.IntN(len(t.devs))], nil
 	}
-	i, err := t.local.Select(ch.location, 0, rand.Uint64(), -1)
+	i, err := t.local.Select(ch.Location, 0, rand.Uint64(), -1)
 	if err != nil || i < 0 || i >= len(t.devs) {
-		return device{}, fmt.Errorf("no local device for %q memory: %w", ch.location, errors.Join(err, ErrChannel))
+		return device{}, fmt.Errorf("no local device for %q memory: %w", ch.Location, errors.Join(err, ErrChannel))
 	}
 	return t.devs[i], nil
 }
@@ -322,14 +291,14 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 			p.finish(ch, err)
 			continue
 		}
-		if ch.peerNIC < 0 || ch.peerNIC >= len(p.rbuf.rkeys) || ch.localNIC < 0 || ch.localNIC >= len(p.lchunk.lkeys) {
+		if ch.peerNIC < 0 || ch.peerNIC >= len(p.rbuf.RKey) || ch.localNIC < 0 || ch.localNIC >= len(p.lchunk.LKeys) {
 			p.finish(ch, fmt.Errorf("%w: peer nic %d, local nic %d", ErrNoKey, ch.peerNIC, ch.localNIC))
 			continue
 		}
 		e := sge{laddr: p.local, raddr: p.remote, length: p.length,
-			lkey: p.lchunk.lkeys[ch.localNIC], rkey: p.rbuf.rkeys[ch.peerNIC], memType: memCPU}
-		if p.lchunk.gpu {
-			e.memType, e.deviceID = memGPU, int16(p.lchunk.gpuID)
+			lkey: p.lchunk.LKeys[ch.localNIC], rkey: p.rbuf.RKey[ch.peerNIC], memType: memCPU}
+		if p.lchunk.Native.gpu {
+			e.memType, e.deviceID = memGPU, int16(p.lchunk.Native.gpuID)
 		}
 		v = append(v, e)
 		good = append(good, p)

@@ -266,17 +266,9 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 	for i, dev := range t.devs {
 		d.Devices[i] = metadata.DeviceDesc{Name: dev.name, LID: 0, GID: "ignore"}
 	}
-	var out []metadata.BufferDesc
-	for _, b := range d.Buffers {
-		r, ok := t.mem.region(b.Addr)
-		if !ok {
-			t.log.Debug("describe: buffer not registered with barex", zap.Uint64("addr", b.Addr))
-			continue
-		}
-		for _, ch := range r.chunks {
-			out = append(out, metadata.BufferDesc{Name: ch.location, Addr: ch.addr, Length: ch.length,
-				RKey: slices.Clone(ch.rkeys), LKey: slices.Clone(ch.lkeys)})
-		}
+	out, missing := t.mem.Buffers(d.Buffers)
+	for _, a := range missing {
+		t.log.Debug("describe: buffer not registered with barex", zap.Uint64("addr", a))
 	}
 	d.Buffers = out
 	d.PriorityMatrix = make(map[string]metadata.PriorityEntry, len(t.topo.Matrix))
@@ -390,8 +382,8 @@ func (t *Transport) Close() error {
 			t.log.Warn("close: batches still in flight after the drain timeout; barex deregisters their memory",
 				zap.Int64("batches", n))
 		} else {
-			for _, r := range t.mem.take() {
-				errs = append(errs, t.deregisterChunks(r.chunks))
+			for _, r := range t.mem.Take() {
+				errs = append(errs, t.deregisterChunks(r.Chunks))
 			}
 		}
 		errs = append(errs, t.nat.Close(time.Until(deadline)))

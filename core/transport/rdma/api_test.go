@@ -172,7 +172,9 @@ func TestRegisterMemory(t *testing.T) {
 	// the kernel will not say).
 	h.mem[512<<10] = 1 // fault the page in
 	require.NoError(t, h.t.RegisterMemory(base+512<<10, 4096, "*"))
-	loc := h.t.mem.find(base + 512<<10).region.location
+	ch, _, ok := h.t.mem.Find(base + 512<<10)
+	require.True(t, ok)
+	loc := ch.Location
 	require.Regexp(t, `^(cpu:\d+|\*)$`, loc)
 }
 

@@ -107,7 +107,7 @@ func FuzzPeerDescriptor(f *testing.F) {
 			return
 		}
 		for _, s := range ss {
-			b := rt.bufs[s.rbuf]
+			b := s.rbuf
 			if s.remote < b.Addr || s.remote+uint64(s.length) > b.Addr+b.Length {
 				t.Fatalf("slice [%#x, +%d) outside buffer [%#x, +%d)", s.remote, s.length, b.Addr, b.Length)
 			}

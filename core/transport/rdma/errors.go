@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
@@ -21,7 +22,7 @@ var (
 	ErrClosed = transport.ErrClosed
 	// ErrAddressNotRegistered means a local or remote range is not inside
 	// memory registered with the transport (or published by the peer).
-	ErrAddressNotRegistered = errors.New("rdma: address not registered")
+	ErrAddressNotRegistered = memreg.ErrNotRegistered
 	// ErrNoPath means no usable local or remote NIC could be chosen.
 	ErrNoPath = errors.New("rdma: no usable nic path")
 	// ErrHandshake matches connection setup failures: the RPC failed, the
@@ -35,7 +36,7 @@ var (
 	// not loaded and no dma-buf exporter was given.
 	ErrGPUMemory = errors.New("rdma: gpu memory needs nvidia-peermem or dma-buf")
 	// ErrRegistered means a range overlaps memory registered already.
-	ErrRegistered = errors.New("rdma: memory already registered")
+	ErrRegistered = memreg.ErrRegistered
 )
 
 // SliceError is how a failed task reports its cause: the peer, the range,

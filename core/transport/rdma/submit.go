@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"sort"
 	"sync/atomic"
 
 	"github.com/pymooncake/pymooncake/core/internal/slicing"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
 )
 
 const (
@@ -33,7 +32,7 @@ type slice struct {
 
 	// Chosen for the current try.
 	lchunk     *chunk
-	rbuf       int // index into route.bufs
+	rbuf       *metadata.BufferDesc // in route.bufs
 	lkey, rkey uint32
 	localNIC   string
 	peerNIC    string
@@ -76,7 +75,7 @@ func (s *slice) error(err error, exhausted bool) *SliceError {
 type route struct {
 	name     string
 	desc     *metadata.SegmentDesc
-	bufs     []metadata.BufferDesc
+	bufs     *memreg.Published
 	resolved *topology.Resolved
 	devIndex map[string]int
 }
@@ -103,41 +102,10 @@ func (t *Transport) routeFor(name string, desc *metadata.SegmentDesc) (*route, e
 		}
 	}
 	r.resolved = topology.Resolve(names, desc.PriorityMatrix)
-	for _, b := range desc.Buffers {
-		// A buffer without one key per device cannot be addressed.
-		if len(b.RKey) == len(desc.Devices) && b.Length > 0 && b.Addr+b.Length > b.Addr {
-			r.bufs = append(r.bufs, b)
-		}
-	}
-	slices.SortFunc(r.bufs, func(a, b metadata.BufferDesc) int {
-		switch {
-		case a.Addr < b.Addr:
-			return -1
-		case a.Addr > b.Addr:
-			return 1
-		}
-		return 0
-	})
+	// A buffer without one key per device cannot be addressed.
+	r.bufs = memreg.Publish(desc.Buffers, func(b *metadata.BufferDesc) bool { return len(b.RKey) == len(desc.Devices) })
 	p.route.Store(r)
 	return r, nil
-}
-
-// findBuf returns the index of the peer buffer holding addr, or -1.
-func (r *route) findBuf(addr uint64) int {
-	i := sort.Search(len(r.bufs), func(i int) bool { return r.bufs[i].Addr > addr }) - 1
-	if i < 0 || addr >= r.bufs[i].Addr+r.bufs[i].Length {
-		return -1
-	}
-	return i
-}
-
-// findSpan is findBuf as a slicing.Finder: the buffer's index and end.
-func (r *route) findSpan(addr uint64) (int, uint64, bool) {
-	i := r.findBuf(addr)
-	if i < 0 {
-		return -1, 0, false
-	}
-	return i, r.bufs[i].Addr + r.bufs[i].Length, true
 }
 
 // Submit starts tasks against the peer whose descriptor is desc (the
@@ -223,14 +191,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*sl
 	if n := length/slice64 + 1; n > math.MaxInt32 {
 		return nil, fmt.Errorf("%d bytes make too many slices: %w", length, ErrInvalidConfig)
 	}
-	findLocal := func(addr uint64) (*chunk, uint64, bool) {
-		c := t.mem.find(addr)
-		if c == nil {
-			return nil, 0, false
-		}
-		return c, c.end(), true
-	}
-	pieces, err := slicing.Cut(findLocal, rt.findSpan, local, remote, length,
+	pieces, err := slicing.Cut(t.mem.Find, rt.bufs.Find, local, remote, length,
 		slicing.Limits{Max: slice64, Fragment: uint64(t.cfg.FragmentLimit)})
 	if err != nil {
 		var re *slicing.RangeError
@@ -290,8 +251,8 @@ func (t *Transport) place(ss []*slice) map[*endpoint][]*slice {
 // before any repeats. Out-of-service local HCAs are skipped.
 func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
 	rt := s.route
-	loc := s.lchunk.region.location
-	rloc := rt.bufs[s.rbuf].Name
+	loc := s.lchunk.Location
+	rloc := s.rbuf.Name
 	nRemote := max(rt.resolved.Candidates(rloc), 1)
 	localRetry := 0
 	if s.retry > 0 {
@@ -324,11 +285,11 @@ func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("peer %q: %w: %w", rt.name, ErrNoPath, err)
 	}
-	b := rt.bufs[s.rbuf]
-	if rd >= len(b.RKey) || c.id >= len(s.lchunk.lkeys) {
+	b := s.rbuf
+	if rd >= len(b.RKey) || c.id >= len(s.lchunk.LKeys) {
 		return nil, "", fmt.Errorf("peer %q device %d has no key: %w", rt.name, rd, ErrNoPath)
 	}
-	s.lkey = s.lchunk.lkeys[c.id]
+	s.lkey = s.lchunk.LKeys[c.id]
 	s.rkey = b.RKey[rd]
 	s.localNIC = nicPath(t.name, c.name)
 	s.peerNIC = rt.desc.Devices[rd].Name

@@ -242,18 +242,9 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 		lid, gid := c.address()
 		d.Devices[i] = metadata.DeviceDesc{Name: c.name, LID: lid, GID: gid.String()}
 	}
-	regs := t.mem.regions()
-	var out []metadata.BufferDesc
-	for _, b := range d.Buffers {
-		r, ok := regs[b.Addr]
-		if !ok {
-			t.log.Debug("describe: buffer not registered with rdma", zap.Uint64("addr", b.Addr))
-			continue
-		}
-		for _, ch := range r.chunks {
-			out = append(out, metadata.BufferDesc{Name: r.location, Addr: ch.addr, Length: ch.length,
-				RKey: append([]uint32(nil), ch.rkeys...), LKey: append([]uint32(nil), ch.lkeys...)})
-		}
+	out, missing := t.mem.Buffers(d.Buffers)
+	for _, a := range missing {
+		t.log.Debug("describe: buffer not registered with rdma", zap.Uint64("addr", a))
 	}
 	d.Buffers = out
 	d.PriorityMatrix = make(map[string]metadata.PriorityEntry, len(t.topo.Matrix))
@@ -326,7 +317,7 @@ func (t *Transport) Close() error {
 			}
 			errs = append(errs, c.destroyEndpoints())
 		}
-		errs = append(errs, t.mem.closeAll())
+		errs = append(errs, t.deregisterAll())
 		for _, c := range t.ctxs {
 			errs = append(errs, c.destroy())
 		}
