@@ -69,11 +69,10 @@ func (t *Transport) locate(addr, length uint64) (string, error) {
 // host memory on the NUMA node of its first page. On any failure the
 // chunks registered so far are deregistered and nothing stays registered.
 func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("register memory: %w", ErrClosed)
 	}
+	defer t.life.Exit()
 	if addr == 0 || length == 0 || addr+length < addr {
 		return fmt.Errorf("register memory [%#x, +%d): %w: empty or wrapping range", addr, length, ErrInvalidConfig)
 	}
@@ -146,11 +145,10 @@ func (t *Transport) deregisterChunks(cs []*chunk) error {
 // UnregisterMemory deregisters the region RegisterMemory registered at
 // addr, chunk by chunk. Transfers must not use it any more.
 func (t *Transport) UnregisterMemory(addr uint64) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrClosed)
 	}
+	defer t.life.Exit()
 	r, err := t.mem.Unregister(addr)
 	if err == nil {
 		err = t.deregisterChunks(r.Chunks)

@@ -229,7 +229,7 @@ func (s *chanSet) submit(ps []*piece) {
 		targets, shares = s.distributeLocked(live, ps)
 	}
 	s.mu.Unlock()
-	if start && !t.spawn(s.fill) {
+	if start && !t.life.Go(s.fill) {
 		s.fillFailed(fmt.Errorf("channel setup: %w", ErrClosed))
 	}
 	if len(dead) > 0 {
@@ -291,7 +291,7 @@ func (s *chanSet) distributeLocked(live []*channel, ps []*piece) ([]*channel, []
 // set still has, or fail when it has none.
 func (s *chanSet) fill() {
 	t := s.p.t
-	ctx, cancel := context.WithTimeout(t.life, t.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(t.life.Context(), t.cfg.HandshakeTimeout)
 	defer cancel()
 	var err error
 	for {
@@ -326,7 +326,7 @@ func (s *chanSet) fill() {
 			break
 		}
 	}
-	if err != nil && t.life.Err() == nil {
+	if err != nil && !t.life.Ended() {
 		t.dlog.Warn("barex channel setup failed", zap.String("peer", s.p.name), zap.String("device", s.dev.name), zap.Error(err))
 	}
 	s.flush(err)
@@ -469,7 +469,7 @@ func (t *Transport) closeChannels(chs []*channel, cause error) {
 // at once when it is closing: Close waits for the goroutines it owns, and
 // the engine is still up until then).
 func (t *Transport) closeChannelsAsync(chs []*channel, cause error) {
-	if !t.spawn(func() { t.closeChannels(chs, cause) }) {
+	if !t.life.Go(func() { t.closeChannels(chs, cause) }) {
 		t.closeChannels(chs, cause)
 	}
 }

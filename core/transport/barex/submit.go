@@ -130,12 +130,11 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 			task.Fail(err)
 		}
 	}
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		fail(fmt.Errorf("barex submit to %q: %w", name, ErrClosed))
 		return
 	}
+	defer t.life.Exit()
 	if desc == nil {
 		fail(fmt.Errorf("barex submit to %q: no descriptor: %w", name, ErrAddressNotRegistered))
 		return
@@ -308,24 +307,14 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 	}
 	b := &batch{ch: ch, pieces: good}
 	cookie := t.batches.Put(b)
-	t.inflight.Add(1)
+	t.life.Posted(1)
 	if err := t.nat.Post(ch.handle, op, v, cookie); err != nil {
 		if t.batches.Take(cookie) == nil {
 			return // cannot happen: a refused post has no completion
 		}
-		t.completed(1)
+		t.life.Completed(1)
 		t.dlog.Warn("barex post failed", zap.String("peer", good[0].peer), zap.String("device", good[0].dev.name), zap.Error(err))
 		b.finish(fmt.Errorf("post on channel %#x: %w", ch.handle, err))
-	}
-}
-
-// completed accounts for finished batches.
-func (t *Transport) completed(n int64) {
-	if t.inflight.Add(-n) <= 0 && t.isDown.Load() {
-		select {
-		case t.drained <- struct{}{}:
-		default:
-		}
 	}
 }
 
@@ -372,7 +361,7 @@ func (t *Transport) complete(d done) {
 		t.dlog.Warn("completion for an unknown barex batch", zap.Uint64("cookie", d.cookie))
 		return
 	}
-	t.completed(1)
+	t.life.Completed(1)
 	if d.status == 0 {
 		b.finish(nil)
 		return

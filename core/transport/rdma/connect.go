@@ -21,7 +21,7 @@ func nicPath(segment, hca string) string { return segment + "@" + hca }
 // through OnConnection, and this side then only checks the reply agrees.
 func (t *Transport) connect(ep *endpoint) {
 	c := ep.ctx
-	ctx, cancel := context.WithTimeout(t.life, t.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(t.life.Context(), t.cfg.HandshakeTimeout)
 	defer cancel()
 	err := t.activeConnect(ctx, ep)
 
@@ -37,7 +37,7 @@ func (t *Transport) connect(ep *endpoint) {
 		err = fmt.Errorf("endpoint %s left service while connecting", ep.peerPath)
 	}
 	ep.mu.Unlock()
-	if ctx.Err() != nil && t.life.Err() != nil {
+	if ctx.Err() != nil && t.life.Ended() {
 		err = fmt.Errorf("connect %s: %w", ep.peerPath, ErrClosed)
 		ep.retire(modeClosed, err)
 	} else {
@@ -173,15 +173,14 @@ func (t *Transport) OnConnection(ctx context.Context, req handshake.HandShakeDes
 			zap.String("to", req.PeerNICPath), zap.String("reason", reply.ReplyMsg))
 		return reply
 	}
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return refuse("transport closed")
 	}
+	defer t.life.Exit()
 	// The request's context, ended also by Close.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(t.life, cancel)
+	stop := context.AfterFunc(t.life.Context(), cancel)
 	defer stop()
 	seg, hca, ok := splitNICPath(req.PeerNICPath)
 	if !ok || seg != t.name {

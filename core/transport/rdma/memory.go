@@ -64,11 +64,10 @@ func memoryLocation(addr uint64) string {
 // memory is registered directly when nvidia-peermem is loaded and through
 // Deps.DmaBuf otherwise. On any failure nothing stays registered.
 func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("register memory: %w", ErrClosed)
 	}
+	defer t.life.Exit()
 	if addr == 0 || length == 0 || addr+length < addr {
 		return fmt.Errorf("register memory [%#x, +%d): %w: empty or wrapping range", addr, length, ErrInvalidConfig)
 	}
@@ -139,11 +138,10 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 // UnregisterMemory deregisters the region that RegisterMemory registered at
 // addr. Work in flight on it fails.
 func (t *Transport) UnregisterMemory(addr uint64) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrClosed)
 	}
+	defer t.life.Exit()
 	r, err := t.mem.Unregister(addr)
 	if err == nil {
 		err = deregister(r.Chunks)

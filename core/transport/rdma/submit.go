@@ -127,12 +127,11 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 			task.Fail(err)
 		}
 	}
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		fail(fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
 		return
 	}
+	defer t.life.Exit()
 	if desc == nil {
 		fail(fmt.Errorf("rdma submit to %q: no descriptor: %w", name, ErrNoPath))
 		return
@@ -302,7 +301,7 @@ func (t *Transport) retry(ss []*slice, cause error) {
 	var again []*slice
 	for _, s := range ss {
 		switch {
-		case t.isDown.Load():
+		case t.life.Ended():
 			s.finish(ErrClosed)
 		case s.sub.ctx.Err() != nil:
 			s.finish(s.sub.ctx.Err())
@@ -323,7 +322,7 @@ func (t *Transport) requeue(ss []*slice) {
 	if len(ss) == 0 {
 		return
 	}
-	if t.isDown.Load() {
+	if t.life.Ended() {
 		finishAll(ss, ErrClosed)
 		return
 	}

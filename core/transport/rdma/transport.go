@@ -17,6 +17,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/lifetime"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
@@ -73,23 +74,15 @@ type Transport struct {
 
 	rrLocal  atomic.Uint64
 	rrRemote atomic.Uint64
-	inflight atomic.Int64
-	drained  chan struct{}
 
-	// life ends when Close starts: connection setups stop. pollCtx ends
-	// when Close has drained: pollers and async loops stop.
-	life, pollCtx       context.Context
-	cancelLife, stopPol context.CancelFunc
-
-	spawnMu sync.Mutex
-	closed  bool // +checklocks:spawnMu
-	isDown  atomic.Bool
-	wg      sync.WaitGroup
-	// callMu is held (shared) by every entry point that touches verbs
-	// objects (Submit, RegisterMemory, UnregisterMemory, OnConnection,
-	// ClosePeer); Close takes it exclusively once, after isDown is set, so
-	// that none is still running when objects are destroyed.
-	callMu sync.RWMutex
+	// life is entered by every entry point that touches verbs objects
+	// (Submit, RegisterMemory, UnregisterMemory, OnConnection, ClosePeer),
+	// owns the connection setups and counts the work requests in flight;
+	// Close ends it before destroying anything. pollCtx ends when Close
+	// has drained: pollers and async loops stop.
+	life    *lifetime.Lifetime
+	pollCtx context.Context
+	stopPol context.CancelFunc
 
 	closeOnce sync.Once
 	closeErr  error
@@ -123,17 +116,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
 	}
 	t := &Transport{
 		cfg: cfg, deps: deps, name: deps.LocalName,
-		log:     log.Named("rdma"),
-		peers:   map[string]*peerState{},
-		drained: make(chan struct{}, 1),
+		log:   log.Named("rdma"),
+		peers: map[string]*peerState{},
+		life:  lifetime.New(),
 	}
 	t.dlog = t.log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
 	}))
-	t.life, t.cancelLife = context.WithCancel(context.Background())
 	t.pollCtx, t.stopPol = context.WithCancel(context.Background())
 	if err := t.open(ctx); err != nil {
-		t.cancelLife()
+		t.life.End()
 		t.stopPol()
 		return nil, err
 	}
@@ -270,11 +262,10 @@ func (t *Transport) PeerHealth(name string) error {
 // in-flight work for it fails with ErrClosed, and the next transfer
 // reconnects.
 func (t *Transport) ClosePeer(name string) {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return
 	}
+	defer t.life.Exit()
 	cause := fmt.Errorf("peer %q closed: %w", name, ErrClosed)
 	for _, c := range t.ctxs {
 		for _, ep := range c.store.removeIf(func(ep *endpoint) bool { return ep.peerName == name }) {
@@ -290,21 +281,17 @@ func (t *Transport) ClosePeer(name string) {
 // returns the first error.
 func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
-		t.spawnMu.Lock()
-		t.closed = true
-		t.spawnMu.Unlock()
-		t.isDown.Store(true)
-		t.cancelLife()
-		t.callMu.Lock()
-		t.callMu.Unlock() // a barrier: calls that started before isDown have returned
+		t.life.End()
 		for _, c := range t.ctxs {
 			for _, ep := range c.store.closeAll() {
 				ep.retire(modeClosed, ErrClosed)
 			}
 		}
 		// Connection setups end promptly: their ctx is cancelled.
-		t.wg.Wait()
-		t.waitDrained()
+		t.life.Wait()
+		if !t.life.Drain(time.Now().Add(t.cfg.DrainTimeout)) {
+			t.log.Warn("close: work requests still in flight after the drain timeout", zap.Int64("inflight", t.life.InFlight()))
+		}
 		t.stopPol()
 		for _, c := range t.ctxs {
 			c.wg.Wait()
@@ -312,7 +299,7 @@ func (t *Transport) Close() error {
 		var errs []error
 		for _, c := range t.ctxs {
 			for _, s := range c.slab.Drain() {
-				t.inflight.Add(-1)
+				t.life.Completed(1)
 				s.finish(ErrClosed)
 			}
 			errs = append(errs, c.destroyEndpoints())
@@ -325,48 +312,6 @@ func (t *Transport) Close() error {
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr
-}
-
-// waitDrained waits until no work request is in flight, or DrainTimeout.
-func (t *Transport) waitDrained() {
-	if t.inflight.Load() <= 0 {
-		return
-	}
-	timer := time.NewTimer(t.cfg.DrainTimeout)
-	defer timer.Stop()
-	for t.inflight.Load() > 0 {
-		select {
-		case <-t.drained:
-		case <-timer.C:
-			t.log.Warn("close: work requests still in flight after the drain timeout", zap.Int64("inflight", t.inflight.Load()))
-			return
-		}
-	}
-}
-
-// completed accounts for one finished work request.
-func (t *Transport) completed(n int64) {
-	if t.inflight.Add(-n) <= 0 && t.isDown.Load() {
-		select {
-		case t.drained <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// spawn runs f in a goroutine owned by the transport, unless it is closed.
-func (t *Transport) spawn(f func()) bool {
-	t.spawnMu.Lock()
-	defer t.spawnMu.Unlock()
-	if t.closed {
-		return false
-	}
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-	return true
 }
 
 // pick is the number a slice's first try selects a NIC with: random, or
