@@ -1,6 +1,7 @@
 package barex
 
 import (
+	"context"
 	"encoding/binary"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 // fuzzTransport is a Transport with local memory [1<<20, +1 MiB) in 64 KiB
@@ -76,7 +78,7 @@ func FuzzPeerDescriptor(f *testing.F) {
 		}
 		task := &transport.Task{}
 		task.Init(transport.Request{Opcode: transport.Write, Local: 1<<20 + 123, Remote: remote, Length: length}, nil)
-		ps, err := tr.cut(task, rt, &submission{}, "p")
+		ps, err := tr.cut(task, rt, submit.NewCall(context.Background()), "p")
 		if err != nil {
 			require.Nil(t, ps)
 			return

@@ -435,7 +435,7 @@ func (s *chanSet) purgeCanceled() {
 	var gone []*piece
 	keep := s.queue[:0]
 	for _, p := range s.queue {
-		if p.sub.ctx.Err() != nil {
+		if p.call.Err() != nil {
 			gone = append(gone, p)
 			continue
 		}
@@ -445,7 +445,7 @@ func (s *chanSet) purgeCanceled() {
 	s.queue = keep
 	s.mu.Unlock()
 	for _, p := range gone {
-		p.finish(nil, p.sub.ctx.Err())
+		p.finish(nil, p.call.Err())
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 // pollBatch is how many completions one mcbx_poll asks for.
@@ -59,18 +59,10 @@ func (p *peer) routeFor(desc *metadata.SegmentDesc) (*route, error) {
 	return r, nil
 }
 
-// submission is one Submit call: its context, and its pieces not yet
-// finished (when they all are, the context watch is released).
-type submission struct {
-	ctx       context.Context
-	remaining atomic.Int64
-	stop      func() bool
-}
-
 // piece is one barex element of a task: inside one local chunk and one
 // remote buffer.
 type piece struct {
-	sub           *submission
+	call          *submit.Call
 	task          *transport.Task
 	peer          string
 	op            transport.Opcode
@@ -98,9 +90,7 @@ func (p *piece) finish(ch *channel, err error) {
 	} else {
 		p.task.PartDone(uint64(p.length), nil)
 	}
-	if p.sub.remaining.Add(-1) == 0 && p.sub.stop != nil {
-		p.sub.stop()
-	}
+	p.call.PartDone()
 }
 
 func finishAll(ps []*piece, err error) {
@@ -120,55 +110,32 @@ func finishAll(ps []*piece, err error) {
 // posted fail with its error; posted ones complete as barex reports them,
 // so a task never finishes while barex may still write its memory.
 func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*transport.Task, _ transport.SubmitOptions) {
-	desc := peer.Desc
-	name := peer.Name
-	if desc != nil && desc.Name != "" {
-		name = desc.Name
-	}
-	fail := func(err error) {
-		for _, task := range tasks {
-			task.Fail(err)
-		}
-	}
+	desc, name := peer.Desc, submit.Target(peer)
 	if !t.life.Enter() {
-		fail(fmt.Errorf("barex submit to %q: %w", name, ErrClosed))
+		submit.FailAll(tasks, fmt.Errorf("barex submit to %q: %w", name, ErrClosed))
 		return
 	}
 	defer t.life.Exit()
 	if desc == nil {
-		fail(fmt.Errorf("barex submit to %q: no descriptor: %w", name, ErrAddressNotRegistered))
+		submit.FailAll(tasks, fmt.Errorf("barex submit to %q: no descriptor: %w", name, ErrAddressNotRegistered))
 		return
 	}
 	p := t.peerFor(name, peer.Host)
 	rt, err := p.routeFor(desc)
 	if err != nil {
-		fail(fmt.Errorf("barex submit: %w", err))
+		submit.FailAll(tasks, fmt.Errorf("barex submit: %w", err))
 		return
 	}
-	sub := &submission{ctx: ctx}
+	call := submit.NewCall(ctx)
+	all := submit.Parts("barex", name, tasks, func(task *transport.Task) ([]*piece, error) { return t.cut(task, rt, call, name) })
+	if len(all) == 0 {
+		return
+	}
+	call.Expect(len(all))
 	byDev := map[int][]*piece{}
-	total := 0
-	for _, task := range tasks {
-		if task.Length == 0 {
-			task.Start(1)
-			task.PartDone(0, nil)
-			continue
-		}
-		ps, err := t.cut(task, rt, sub, name)
-		if err != nil {
-			task.Fail(fmt.Errorf("barex %s of %d bytes at %#x on peer %q: %w", task.Opcode, task.Length, task.Remote, name, err))
-			continue
-		}
-		task.Start(len(ps))
-		for _, pc := range ps {
-			byDev[pc.dev.index] = append(byDev[pc.dev.index], pc)
-		}
-		total += len(ps)
+	for _, pc := range all {
+		byDev[pc.dev.index] = append(byDev[pc.dev.index], pc)
 	}
-	if total == 0 {
-		return
-	}
-	sub.remaining.Store(int64(total))
 	sets := make(map[*chanSet][]*piece, len(byDev))
 	var orphans []*piece
 	var setErr error
@@ -185,7 +152,7 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 		for s := range sets {
 			watched = append(watched, s)
 		}
-		sub.stop = context.AfterFunc(ctx, func() {
+		call.Watch(func() {
 			for _, s := range watched {
 				s.purgeCanceled()
 			}
@@ -198,7 +165,7 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 }
 
 // cut slices a task and picks each piece's local device.
-func (t *Transport) cut(task *transport.Task, rt *route, sub *submission, name string) ([]*piece, error) {
+func (t *Transport) cut(task *transport.Task, rt *route, call *submit.Call, name string) ([]*piece, error) {
 	if task.Opcode != transport.Read && task.Opcode != transport.Write {
 		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
 	}
@@ -219,7 +186,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission, name s
 		if err != nil {
 			return nil, err
 		}
-		out[i] = &piece{sub: sub, task: task, peer: name, op: task.Opcode,
+		out[i] = &piece{call: call, task: task, peer: name, op: task.Opcode,
 			local: uint64(task.Local) + pc.Offset, remote: task.Remote + pc.Offset, length: uint32(pc.Length),
 			lchunk: pc.Local, rbuf: pc.Remote, dev: dev}
 	}
@@ -286,7 +253,7 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 	v := make([]sge, 0, len(ps))
 	good := make([]*piece, 0, len(ps))
 	for _, p := range ps {
-		if err := p.sub.ctx.Err(); err != nil {
+		if err := p.call.Err(); err != nil {
 			p.finish(ch, err)
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 func TestOnConnection(t *testing.T) {
@@ -102,7 +103,7 @@ func FuzzPeerDescriptor(f *testing.F) {
 		}
 		task := &transport.Task{}
 		task.Init(transport.Request{Opcode: transport.Read, Local: uintptr(h.addr(0)), Remote: remote, Length: length % (1 << 20)}, nil)
-		ss, err := h.t.cut(task, rt, &submission{ctx: context.Background()})
+		ss, err := h.t.cut(task, rt, submit.NewCall(context.Background()))
 		if err != nil {
 			return
 		}

@@ -294,7 +294,7 @@ func (ep *endpoint) pickQPLocked() *qpState {
 func (ep *endpoint) dropCanceledLocked() {
 	keep := ep.queue[:0]
 	for _, s := range ep.queue {
-		if err := s.sub.ctx.Err(); err != nil {
+		if err := s.call.Err(); err != nil {
 			s.finish(err)
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 // peerDesc builds an rdma descriptor with buffers of the given lengths laid
@@ -40,7 +41,7 @@ func cutPieces(t *testing.T, tr *Transport, desc *metadata.SegmentDesc, local ui
 	require.NoError(t, err)
 	task := &transport.Task{}
 	task.Init(transport.Request{Opcode: transport.Write, Local: local, Remote: remote, Length: length}, nil)
-	return tr.cut(task, rt, &submission{ctx: context.Background()})
+	return tr.cut(task, rt, submit.NewCall(context.Background()))
 }
 
 func TestSlicing(t *testing.T) {

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync/atomic"
 
 	"github.com/pymooncake/pymooncake/core/internal/slicing"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 const (
@@ -21,7 +21,7 @@ const (
 
 // slice is one work request's worth of a task.
 type slice struct {
-	sub    *submission
+	call   *submit.Call
 	task   *transport.Task
 	route  *route
 	op     transport.Opcode
@@ -42,14 +42,6 @@ type slice struct {
 	qp *qpState
 }
 
-// submission is one Submit call: its context, and its slices not yet
-// finished (when they all are, the context watch is released).
-type submission struct {
-	ctx       context.Context
-	remaining atomic.Int64
-	stop      func() bool
-}
-
 // finish reports the slice's outcome to its task, exactly once.
 func (s *slice) finish(err error) {
 	if err != nil {
@@ -60,9 +52,7 @@ func (s *slice) finish(err error) {
 	} else {
 		s.task.PartDone(uint64(s.length), nil)
 	}
-	if s.sub.remaining.Add(-1) == 0 && s.sub.stop != nil {
-		s.sub.stop()
-	}
+	s.call.PartDone()
 }
 
 func (s *slice) error(err error, exhausted bool) *SliceError {
@@ -117,57 +107,34 @@ func (t *Transport) routeFor(name string, desc *metadata.SegmentDesc) (*route, e
 // error; posted ones complete as the NIC completes them, so a task never
 // finishes while the NIC may still write its memory.
 func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*transport.Task, _ transport.SubmitOptions) {
-	desc := peer.Desc
-	name := peer.Name
-	if desc != nil && desc.Name != "" {
-		name = desc.Name
-	}
-	fail := func(err error) {
-		for _, task := range tasks {
-			task.Fail(err)
-		}
-	}
+	desc, name := peer.Desc, submit.Target(peer)
 	if !t.life.Enter() {
-		fail(fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
+		submit.FailAll(tasks, fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
 		return
 	}
 	defer t.life.Exit()
 	if desc == nil {
-		fail(fmt.Errorf("rdma submit to %q: no descriptor: %w", name, ErrNoPath))
+		submit.FailAll(tasks, fmt.Errorf("rdma submit to %q: no descriptor: %w", name, ErrNoPath))
 		return
 	}
 	rt, err := t.routeFor(name, desc)
 	if err != nil {
-		fail(fmt.Errorf("rdma submit: %w", err))
+		submit.FailAll(tasks, fmt.Errorf("rdma submit: %w", err))
 		return
 	}
-	sub := &submission{ctx: ctx}
-	var all []*slice
-	for _, task := range tasks {
-		if task.Length == 0 {
-			task.Start(1)
-			task.PartDone(0, nil)
-			continue
-		}
-		ss, err := t.cut(task, rt, sub)
-		if err != nil {
-			task.Fail(fmt.Errorf("rdma %s of %d bytes at %#x on peer %q: %w", task.Opcode, task.Length, task.Remote, name, err))
-			continue
-		}
-		task.Start(len(ss))
-		all = append(all, ss...)
-	}
+	call := submit.NewCall(ctx)
+	all := submit.Parts("rdma", name, tasks, func(task *transport.Task) ([]*slice, error) { return t.cut(task, rt, call) })
 	if len(all) == 0 {
 		return
 	}
-	sub.remaining.Store(int64(len(all)))
+	call.Expect(len(all))
 	groups := t.place(all)
 	if ctx.Done() != nil {
 		eps := make([]*endpoint, 0, len(groups))
 		for ep := range groups {
 			eps = append(eps, ep)
 		}
-		sub.stop = context.AfterFunc(ctx, func() {
+		call.Watch(func() {
 			for _, ep := range eps {
 				ep.purgeCanceled()
 			}
@@ -181,7 +148,7 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 // cut slices a task (see Submit) with the shared slicer: a slice ends at
 // SliceSize (the rest stays whole up to FragmentLimit more), at the end of
 // the local chunk and at the end of the remote buffer that hold its start.
-func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*slice, error) {
+func (t *Transport) cut(task *transport.Task, rt *route, call *submit.Call) ([]*slice, error) {
 	if task.Opcode != opRead && task.Opcode != opWrite {
 		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
 	}
@@ -201,7 +168,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*sl
 	}
 	out := make([]*slice, len(pieces))
 	for i, p := range pieces {
-		out[i] = &slice{sub: sub, task: task, route: rt, op: task.Opcode,
+		out[i] = &slice{call: call, task: task, route: rt, op: task.Opcode,
 			local: local + p.Offset, remote: remote + p.Offset, length: uint32(p.Length), lchunk: p.Local, rbuf: p.Remote}
 	}
 	return out, nil
@@ -303,8 +270,8 @@ func (t *Transport) retry(ss []*slice, cause error) {
 		switch {
 		case t.life.Ended():
 			s.finish(ErrClosed)
-		case s.sub.ctx.Err() != nil:
-			s.finish(s.sub.ctx.Err())
+		case s.call.Err() != nil:
+			s.finish(s.call.Err())
 		case s.retry >= t.cfg.RetryCnt:
 			t.setHealthy(s.route.name, false)
 			s.finish(s.error(cause, true))
