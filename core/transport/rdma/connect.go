@@ -29,11 +29,13 @@ func (t *Transport) connect(ep *endpoint) {
 	ep.connecting = false
 	if err == nil && ep.mode.Load() == modeLive {
 		ep.mu.Unlock()
-		t.setHealthy(ep.peerName, true)
+		t.peerWorks(ep.peerName)
 		ep.post()
 		return
 	}
 	if err == nil {
+		// ClosePeer, an eviction or an HCA event took it out of service:
+		// no fault of the peer's, and its work went with it.
 		err = fmt.Errorf("endpoint %s left service while connecting", ep.peerPath)
 	}
 	ep.mu.Unlock()
@@ -42,7 +44,7 @@ func (t *Transport) connect(ep *endpoint) {
 		ep.retire(modeClosed, err)
 	} else {
 		t.dlog.Warn("rdma connection setup failed", zap.String("hca", c.name), zap.String("peer", ep.peerPath), zap.Error(err))
-		t.setHealthy(ep.peerName, false)
+		t.peerFailed(ep.peerName, err)
 		ep.retire(modeFailed, err)
 	}
 	ep.maybeDestroy()
@@ -259,6 +261,6 @@ func (t *Transport) accept(reply handshake.HandShakeDesc, c *hcaContext, ep *end
 	reply.QPNum = ep.qpNums()
 	reply.LocalGID = gid.String()
 	reply.LocalLID = lid
-	t.setHealthy(ep.peerName, true)
+	t.peerWorks(ep.peerName)
 	return reply
 }

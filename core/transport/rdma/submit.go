@@ -273,8 +273,9 @@ func (t *Transport) retry(ss []*slice, cause error) {
 		case s.call.Err() != nil:
 			s.finish(s.call.Err())
 		case s.retry >= t.cfg.RetryCnt:
-			t.setHealthy(s.route.name, false)
-			s.finish(s.error(cause, true))
+			se := s.error(cause, true)
+			t.peerFailed(s.route.name, se)
+			s.finish(se)
 		default:
 			s.retry++
 			again = append(again, s)

@@ -245,17 +245,27 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 	}
 }
 
-// PeerHealth is nil while the last connection attempt to the peer
-// succeeded and its slices have not been failing for good, and an error
-// matching ErrPeer otherwise.
+// PeerHealth is nil while the connections to the peer work (or none was
+// made yet), and an error matching transport.ErrPeer, with the last cause,
+// once its last connection setup failed or a slice used up its retries on
+// a failure of the peer or the path to it (see classify): not for a
+// rejected key or range, which the peer's connections carried. A later
+// successful setup makes it nil again; ClosePeer forgets it. After Close
+// it is an error matching ErrClosed.
 func (t *Transport) PeerHealth(name string) error {
+	if t.life.Ended() {
+		return fmt.Errorf("rdma: peer %q: %w", name, ErrClosed)
+	}
 	t.peersMu.Lock()
 	p, ok := t.peers[name]
 	t.peersMu.Unlock()
-	if !ok || p.healthy.Load() {
+	if !ok {
 		return nil
 	}
-	return fmt.Errorf("rdma: connections to %q failed: %w", name, transport.ErrPeer)
+	if cause := p.fault.Load(); cause != nil {
+		return fmt.Errorf("rdma: connections to %q failed: %w", name, *cause)
+	}
+	return nil
 }
 
 // ClosePeer tears down every endpoint to the named peer: queued and
@@ -325,8 +335,10 @@ func (t *Transport) pick(rr *atomic.Uint64) uint64 {
 
 // peerState is what the transport remembers of one peer.
 type peerState struct {
-	healthy atomic.Bool
-	route   atomic.Pointer[route]
+	// fault is the failure that made the peer unhealthy (it matches
+	// transport.ErrPeer), nil while it is healthy.
+	fault atomic.Pointer[error]
+	route atomic.Pointer[route]
 }
 
 func (t *Transport) peer(name string) *peerState {
@@ -335,15 +347,22 @@ func (t *Transport) peer(name string) *peerState {
 	p, ok := t.peers[name]
 	if !ok {
 		p = &peerState{}
-		p.healthy.Store(true)
 		t.peers[name] = p
 	}
 	return p
 }
 
-func (t *Transport) setHealthy(name string, ok bool) {
-	p := t.peer(name)
-	if p.healthy.Load() != ok {
-		p.healthy.Store(ok)
+// peerFailed records a failure of the peer or the path to it; failures
+// that do not blame the peer (see classify) leave its health alone.
+func (t *Transport) peerFailed(name string, err error) {
+	if errors.Is(err, transport.ErrPeer) {
+		t.peer(name).fault.Store(&err)
+	}
+}
+
+// peerWorks records a connection that works.
+func (t *Transport) peerWorks(name string) {
+	if p := t.peer(name); p.fault.Load() != nil {
+		p.fault.Store(nil)
 	}
 }
