@@ -281,7 +281,7 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 		}
 		t.life.Completed(1)
 		t.dlog.Warn("barex post failed", zap.String("peer", good[0].peer), zap.String("device", good[0].dev.name), zap.Error(err))
-		b.finish(fmt.Errorf("post on channel %#x: %w", ch.handle, err))
+		b.finish(channelError(ch, "post", err))
 	}
 }
 
@@ -333,11 +333,7 @@ func (t *Transport) complete(d done) {
 		b.finish(nil)
 		return
 	}
-	err := fmt.Errorf("batch on channel %#x: %w", b.ch.handle, Code(d.status))
-	if cause := b.ch.closed.Load(); cause != nil {
-		err = fmt.Errorf("%w (the channel was closed: %w)", err, *cause)
-	}
-	b.finish(err)
+	b.finish(channelError(b.ch, "batch", Code(d.status)))
 }
 
 // slab maps cookies to batches in flight. A cookie is generation<<32 |
