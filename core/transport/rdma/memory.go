@@ -79,15 +79,16 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 		if t.deps.DmaBuf == nil {
 			return fmt.Errorf("register %s memory [%#x, +%d): %w", location, addr, length, ErrGPUMemory)
 		}
-		var (
-			closeFD func()
-			err     error
-		)
-		fd, fdBase, closeFD, err = t.deps.DmaBuf(addr, length)
+		buf, err := t.deps.DmaBuf(uintptr(addr), length)
 		if err != nil {
 			return fmt.Errorf("register %s memory [%#x, +%d): export dma-buf: %w", location, addr, length, err)
 		}
-		defer closeFD()
+		defer func() {
+			if err := buf.Close(); err != nil {
+				t.log.Warn("close dma-buf", zap.Uint64("addr", addr), zap.Error(err))
+			}
+		}()
+		fd, fdBase = buf.FD, buf.Offset
 	}
 	access := verbs.AccessLocalWrite | verbs.AccessRemoteWrite | verbs.AccessRemoteRead
 	if t.cfg.RelaxedOrdering {

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
@@ -41,10 +42,11 @@ type Deps struct {
 	// PeerDesc returns the named peer's descriptor (cached or refreshed).
 	// The passive side uses it when a Connection request carries no GID.
 	PeerDesc func(ctx context.Context, peerName string) (*metadata.SegmentDesc, error)
-	// DmaBuf, when set, exports GPU memory as a dma-buf for registration on
-	// hosts without nvidia-peermem: it returns the dma-buf fd, the offset of
-	// addr inside it, and a function that closes the fd.
-	DmaBuf func(addr, length uint64) (fd int, offset uint64, closeFD func(), err error)
+	// DmaBuf, when set, exports GPU memory as a dma-buf, through which
+	// RegisterMemory registers it where nvidia-peermem is not loaded: the
+	// GPU driver's ExportDmaBuf (gpu.Driver). The transport closes each
+	// dma-buf once its memory regions hold it.
+	DmaBuf func(addr uintptr, length uint64) (gpu.DmaBuf, error)
 	// Logger receives the transport's logs; nil discards them.
 	Logger *zap.Logger
 }
