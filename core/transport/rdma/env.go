@@ -16,7 +16,7 @@ const defaultSliceSize = 65536
 // malformed or out-of-range value is an error matching config.ErrInvalid
 // that names the variable and its value, and every bad variable is
 // reported. Unset variables leave their field zero, which New reads as
-// Mooncake's default. MC_GID_INDEX is read, else NCCL_IB_GID_INDEX.
+// Mooncake's default; every value accepted here New accepts too. MC_GID_INDEX is read, else NCCL_IB_GID_INDEX.
 // MC_FRAGMENT_RATIO sets FragmentLimit to the slice size (MC_SLICE_SIZE,
 // or its default) divided by it.
 func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
@@ -31,10 +31,10 @@ func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 	p.Int(&c.NumCQPerCtx, "MC_NUM_CQ_PER_CTX", 1, 255)
 	p.Int(&c.NumCompChannelsPerCtx, "MC_NUM_COMP_CHANNELS_PER_CTX", 1, 255)
 	p.Int(&c.MaxCQE, "MC_MAX_CQE_PER_CTX", 1, 1<<20)
-	p.Int(&c.MaxEPPerCtx, "MC_MAX_EP_PER_CTX", 1, 1<<24)
+	p.Int(&c.MaxEPPerCtx, "MC_MAX_EP_PER_CTX", 1, 1<<20)
 	p.Int(&c.NumQPPerEP, "MC_NUM_QP_PER_EP", 1, 255)
 	p.Int(&c.MaxSGE, "MC_MAX_SGE", 1, 1<<10)
-	p.Int(&c.MaxWR, "MC_MAX_WR", 1, 1<<16)
+	p.Int(&c.MaxWR, "MC_MAX_WR", 1, 65535)
 	p.Int(&c.MaxInline, "MC_MAX_INLINE", 0, 65535)
 	if p.Int(&c.MTU, "MC_MTU", 512, 4096) {
 		switch c.MTU {
