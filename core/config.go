@@ -12,6 +12,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport/barex"
+	"github.com/pymooncake/pymooncake/core/transport/rdma"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
@@ -34,7 +35,10 @@ type Config struct {
 	// TCP configures the TCP transport (tcp.ConfigFromEnv). New fills its
 	// dial timeout, logger and GPU access.
 	TCP tcp.Config
-	// Barex configures the barex transport (barex.FromEnv), used when
+	// RDMA configures the RDMA transport (rdma.ConfigFromEnv), used where an
+	// HCA is present and MC_FORCE_TCP is unset.
+	RDMA rdma.Config
+	// Barex configures the barex transport (barex.ConfigFromEnv), used when
 	// Env.UseBarex is set.
 	Barex barex.Config
 
@@ -65,18 +69,19 @@ type Config struct {
 // FromEnv parses every variable an engine reads, through lookup
 // (os.LookupEnv, or the Python process's environment): the engine's
 // (config.FromEnv) and each transport's (tcp.ConfigFromEnv,
-// barex.FromEnv), whether or not that transport will run, so that any
-// malformed variable fails initialize with its name. All problems are
-// reported together.
+// rdma.ConfigFromEnv, barex.ConfigFromEnv), whether or not that transport
+// will run, so that any malformed variable fails initialize with its name.
+// All problems are reported together.
 func FromEnv(lookup config.LookupFunc) (Config, error) {
 	// One recording parser: the engine logs every variable that was set.
 	rec := config.NewParser(lookup)
 	env, envErr := config.FromEnv(rec.Lookup)
 	tcpCfg, tcpErr := tcp.ConfigFromEnv(rec.Lookup)
-	barexCfg, barexErr := barex.FromEnv(rec.Lookup)
-	if err := errors.Join(envErr, tcpErr, barexErr); err != nil {
+	rdmaCfg, rdmaErr := rdma.ConfigFromEnv(rec.Lookup)
+	barexCfg, barexErr := barex.ConfigFromEnv(rec.Lookup)
+	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr); err != nil {
 		return Config{}, fmt.Errorf("environment: %w", err)
 	}
 	env.Set = rec.Set()
-	return Config{Env: env, TCP: tcpCfg, Barex: barexCfg}, nil
+	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg}, nil
 }

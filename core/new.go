@@ -221,14 +221,20 @@ func (b *builder) rdma(ctx context.Context, s engine.Services) (transport.Transp
 			return nil, err
 		}
 	}
-	t, err := rdma.New(ctx, rdmaConfig(env.RDMA), rdma.Deps{
+	deps := rdma.Deps{
 		Provider:  p,
 		LocalName: s.Name,
 		Topology:  topo,
 		Handshake: s.Handshake,
 		PeerDesc:  s.PeerDesc,
 		Logger:    b.log,
-	})
+	}
+	if b.gpu != nil {
+		// GPU memory registers through a dma-buf where nvidia-peermem is
+		// not loaded.
+		deps.DmaBuf = b.gpu.ExportDmaBuf
+	}
+	t, err := rdma.New(ctx, b.cfg.RDMA, deps)
 	if err != nil {
 		return nil, err
 	}
@@ -256,27 +262,6 @@ func (b *builder) barex(ctx context.Context, s engine.Services) (transport.Trans
 		return nil, err
 	}
 	return t, nil
-}
-
-func rdmaConfig(r config.RDMAEnv) rdma.Config {
-	c := rdma.Config{
-		Port: r.Port, GIDIndex: r.GIDIndex, GIDIndexSet: r.GIDIndexSet,
-		NumCQPerCtx: r.NumCQPerCtx, NumCompChannelsPerCtx: r.NumCompChannelsPerCtx,
-		MaxCQE: r.MaxCQE, MaxEPPerCtx: r.MaxEPPerCtx, NumQPPerEP: r.NumQPPerEP,
-		MaxSGE: r.MaxSGE, MaxWR: r.MaxWR, MaxInline: r.MaxInline, MTU: r.MTU,
-		SliceSize: r.SliceSize, RetryCnt: r.RetryCnt, PKeyIndex: r.PKeyIndex,
-		TrafficClass: r.TrafficClass, TrafficClassSet: r.TrafficClassSet,
-		ServiceLevel: r.ServiceLevel, MaxMRSize: r.MaxMRSize,
-		RelaxedOrdering: r.RelaxedOrdering, PathRoundRobin: r.PathRoundRobin,
-		DestDeviceAffinity: r.DestDeviceAffinity,
-	}
-	if r.FragmentRatio > 0 && r.SliceSize > 0 {
-		c.FragmentLimit = r.SliceSize / r.FragmentRatio
-	}
-	if r.EndpointStore == "FIFO" {
-		c.EndpointStore = rdma.StoreFIFO
-	}
-	return c
 }
 
 // LocalTopology is the host's topology: the file MC_CUSTOM_TOPO_JSON names,

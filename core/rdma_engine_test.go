@@ -9,7 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/topology"
@@ -27,20 +26,19 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 		fab.Close()
 		require.Empty(t, fab.Leaks(), "fake verbs objects leaked")
 	})
-	start := func(host string, env config.Env) *engine.Engine {
+	start := func(host string) *engine.Engine {
 		fab.AddNIC(host, fake.NICSpec{Name: "mlx5_0"})
 		fab.AddNIC(host, fake.NICSpec{Name: "mlx5_1"})
 		topo, err := topology.Parse([]byte(`{"cpu:0":[["mlx5_0","mlx5_1"],[]]}`))
 		require.NoError(t, err)
-		e, err := New(context.Background(), Config{LocalName: "127.0.0.1", Metadata: "P2PHANDSHAKE", Env: env,
-			Verbs: fab.Provider(host), Topology: topo, Logger: testLogger(t)})
+		cfg := configOf(t, map[string]string{"MC_SLICE_SIZE": "65536"})
+		cfg.Verbs, cfg.Topology = fab.Provider(host), topo
+		e, err := New(context.Background(), cfg)
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, e.Close()) })
 		return e
 	}
-	env := config.Defaults()
-	env.RDMA.SliceSize = 64 << 10
-	tgt, ini := start("hostA", env), start("hostB", env)
+	tgt, ini := start("hostA"), start("hostB")
 	require.Equal(t, "rdma", tgt.Protocol())
 	require.Zero(t, descOf(t, tgt).TCPDataPort)
 

@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -62,13 +61,6 @@ type Env struct {
 	CUDADeviceOrder       string
 	// UseBarex installs the accl-barex transport (USE_BAREX non-zero).
 	UseBarex bool
-	// Barex holds the barex variables as they were set (ACCL_*, BAREX_*,
-	// MC_MIN_REG_SIZE, MC_NUM_QP_PER_EP, MC_BAREX_SHIM); the barex package
-	// parses them, strictly, when the transport is installed.
-	Barex map[string]string
-	// RDMA holds the RDMA transport's knobs; zero fields mean Mooncake's
-	// defaults (docs/rdma.md has the table).
-	RDMA RDMAEnv
 	// TransferTimeout is the base deadline of synchronous Python calls
 	// (MC_TRANSFER_TIMEOUT, seconds, default 30, at least 5); each byte adds 1 ns.
 	TransferTimeout time.Duration
@@ -77,36 +69,6 @@ type Env struct {
 	// Set lists the variables that were present, for logging the effective
 	// configuration once at init.
 	Set map[string]string
-}
-
-// RDMAEnv is what the environment says about the RDMA transport. Each
-// field is 0 (or false) when its variable is unset; the transport applies
-// Mooncake's defaults then.
-type RDMAEnv struct {
-	Port                  int    // MC_IB_PORT, 1..255
-	GIDIndex              int    // MC_GID_INDEX, else NCCL_IB_GID_INDEX, 0..255
-	GIDIndexSet           bool   // GIDIndex was given (so 0 means index 0)
-	NumCQPerCtx           int    // MC_NUM_CQ_PER_CTX
-	NumCompChannelsPerCtx int    // MC_NUM_COMP_CHANNELS_PER_CTX
-	MaxCQE                int    // MC_MAX_CQE_PER_CTX
-	MaxEPPerCtx           int    // MC_MAX_EP_PER_CTX
-	NumQPPerEP            int    // MC_NUM_QP_PER_EP
-	MaxSGE                int    // MC_MAX_SGE
-	MaxWR                 int    // MC_MAX_WR
-	MaxInline             int    // MC_MAX_INLINE
-	MTU                   int    // MC_MTU: 512, 1024, 2048 or 4096
-	SliceSize             int    // MC_SLICE_SIZE, bytes
-	FragmentRatio         int    // MC_FRAGMENT_RATIO
-	RetryCnt              int    // MC_RETRY_CNT
-	PKeyIndex             int    // MC_PKEY_INDEX
-	TrafficClass          int    // MC_IB_TC
-	TrafficClassSet       bool   // TrafficClass was given
-	ServiceLevel          int    // MC_IB_SL, 0..15
-	MaxMRSize             uint64 // MC_MAX_MR_SIZE, bytes
-	RelaxedOrdering       bool   // MC_IB_PCI_RELAXED_ORDERING
-	EndpointStore         string // MC_ENDPOINT_STORE_TYPE: SIEVE or FIFO
-	PathRoundRobin        bool   // MC_PATH_ROUNDROBIN
-	DestDeviceAffinity    bool   // MC_ENABLE_DEST_DEVICE_AFFINITY
 }
 
 // Defaults returns the configuration with no variable set.
@@ -162,18 +124,11 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 	if v, ok := p.Lookup("MC_CUSTOM_TOPO_JSON"); ok {
 		e.CustomTopoJSON = strings.TrimSpace(v)
 	}
-	p.rdma(&e.RDMA)
 	if v, ok := p.Lookup("USE_BAREX"); ok {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err != nil {
 			p.Fail("USE_BAREX", v, "not an integer")
 		} else {
 			e.UseBarex = n != 0
-		}
-	}
-	e.Barex = map[string]string{}
-	for _, k := range barexVars {
-		if v, ok := p.Lookup(k); ok {
-			e.Barex[k] = v
 		}
 	}
 	e.CUDAVisibleDevices, e.CUDAVisibleDevicesSet = p.Lookup("CUDA_VISIBLE_DEVICES")
@@ -239,58 +194,6 @@ func (e Env) SortedSet() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// barexVars are read for the barex transport (core/transport/barex).
-var barexVars = []string{
-	"ACCL_MIN_PORT", "ACCL_MAX_PORT", "MC_MIN_REG_SIZE", "MC_NUM_QP_PER_EP",
-	"BAREX_USE_RANDOM_DEV", "ACCL_USE_CPU", "ACCL_LOCAL_DEVICE", "ACCL_USE_NICS", "MC_BAREX_SHIM",
-}
-
-// rdma parses the RDMA transport's variables.
-func (p *Parser) rdma(r *RDMAEnv) {
-	p.Int(&r.Port, "MC_IB_PORT", 1, 255)
-	gidKey := "MC_GID_INDEX"
-	if _, ok := p.Lookup(gidKey); !ok {
-		gidKey = "NCCL_IB_GID_INDEX"
-	}
-	r.GIDIndexSet = p.Int(&r.GIDIndex, gidKey, 0, 255)
-	p.Int(&r.NumCQPerCtx, "MC_NUM_CQ_PER_CTX", 1, 255)
-	p.Int(&r.NumCompChannelsPerCtx, "MC_NUM_COMP_CHANNELS_PER_CTX", 1, 255)
-	p.Int(&r.MaxCQE, "MC_MAX_CQE_PER_CTX", 1, 1<<20)
-	p.Int(&r.MaxEPPerCtx, "MC_MAX_EP_PER_CTX", 1, 1<<24)
-	p.Int(&r.NumQPPerEP, "MC_NUM_QP_PER_EP", 1, 255)
-	p.Int(&r.MaxSGE, "MC_MAX_SGE", 1, 1<<10)
-	p.Int(&r.MaxWR, "MC_MAX_WR", 1, 1<<16)
-	p.Int(&r.MaxInline, "MC_MAX_INLINE", 0, 65535)
-	if p.Int(&r.MTU, "MC_MTU", 512, 4096) {
-		switch r.MTU {
-		case 512, 1024, 2048, 4096:
-		default:
-			p.Fail("MC_MTU", strconv.Itoa(r.MTU), "want 512, 1024, 2048 or 4096")
-		}
-	}
-	p.Int(&r.SliceSize, "MC_SLICE_SIZE", 1, 1<<30)
-	p.Int(&r.FragmentRatio, "MC_FRAGMENT_RATIO", 1, 1<<20)
-	p.Int(&r.RetryCnt, "MC_RETRY_CNT", 1, 127)
-	p.Int(&r.PKeyIndex, "MC_PKEY_INDEX", 0, 65535)
-	r.TrafficClassSet = p.Int(&r.TrafficClass, "MC_IB_TC", 0, 255)
-	p.Int(&r.ServiceLevel, "MC_IB_SL", 0, 15)
-	var mr int
-	if p.Int(&mr, "MC_MAX_MR_SIZE", 1, math.MaxInt) {
-		r.MaxMRSize = uint64(mr)
-	}
-	p.Presence(&r.RelaxedOrdering, "MC_IB_PCI_RELAXED_ORDERING")
-	if v, ok := p.Lookup("MC_ENDPOINT_STORE_TYPE"); ok {
-		switch s := strings.ToUpper(strings.TrimSpace(v)); s {
-		case "SIEVE", "FIFO":
-			r.EndpointStore = s
-		default:
-			p.Fail("MC_ENDPOINT_STORE_TYPE", v, "want SIEVE or FIFO")
-		}
-	}
-	p.Presence(&r.PathRoundRobin, "MC_PATH_ROUNDROBIN")
-	p.Presence(&r.DestDeviceAffinity, "MC_ENABLE_DEST_DEVICE_AFFINITY")
 }
 
 // Parser reads variables through a lookup function, strictly: each typed

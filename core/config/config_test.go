@@ -40,15 +40,8 @@ func TestFromEnvValues(t *testing.T) {
 		{"log level", map[string]string{"MC_LOG_LEVEL": "warning"}, func(t *testing.T, e Env) { require.Equal(t, zapcore.WarnLevel, e.LogLevel) }},
 		{"timeout", map[string]string{"MC_TRANSFER_TIMEOUT": "7"}, func(t *testing.T, e Env) { require.Equal(t, 7*time.Second, e.TransferTimeout) }},
 		{"max frame", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "4096"}, func(t *testing.T, e Env) { require.Equal(t, uint64(4096), e.HandshakeMaxFrame) }},
-		{"rdma knobs", map[string]string{"MC_MTU": "1024", "NCCL_IB_GID_INDEX": "0", "MC_FORCE_HCA": "1", "MC_ENDPOINT_STORE_TYPE": "fifo", "MC_SLICE_SIZE": "131072"},
-			func(t *testing.T, e Env) {
-				require.Equal(t, 1024, e.RDMA.MTU)
-				require.True(t, e.RDMA.GIDIndexSet)
-				require.Zero(t, e.RDMA.GIDIndex)
-				require.True(t, e.ForceHCA)
-				require.Equal(t, "FIFO", e.RDMA.EndpointStore)
-				require.Equal(t, 131072, e.RDMA.SliceSize)
-			}},
+		{"force hca", map[string]string{"MC_FORCE_HCA": "1"}, func(t *testing.T, e Env) { require.True(t, e.ForceHCA) }},
+		{"use barex", map[string]string{"USE_BAREX": "2"}, func(t *testing.T, e Env) { require.True(t, e.UseBarex) }},
 		{"set recorded", map[string]string{"MC_USE_IPV6": "1"}, func(t *testing.T, e Env) {
 			require.True(t, e.IPv6)
 			require.Equal(t, []string{"MC_USE_IPV6=1"}, e.SortedSet())
@@ -77,8 +70,7 @@ func TestFromEnvRejects(t *testing.T) {
 		{"max frame too large", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "999999999"}},
 		{"max frame zero", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "0"}},
 		{"bad bool", map[string]string{"MC_USE_IPV6": "maybe"}},
-		{"bad mtu", map[string]string{"MC_MTU": "1500"}},
-		{"bad store", map[string]string{"MC_ENDPOINT_STORE_TYPE": "LRU"}},
+		{"bad use barex", map[string]string{"USE_BAREX": "yes"}},
 		{"bad log level", map[string]string{"MC_LOG_LEVEL": "loud"}},
 	}
 	for _, tc := range tests {

@@ -4,8 +4,9 @@
 //
 // A Driver says which device holds an address (Locate), copies between
 // device memory and page-locked host memory on queues of its own (Copier),
-// allocates that host memory (AllocHost), and holds a CUDA stream at a
-// point until the engine lets it go (Gate). The real driver is
+// allocates that host memory (AllocHost), holds a CUDA stream at a point
+// until the engine lets it go (Gate), and exports device memory as a
+// dma-buf for RDMA NICs (ExportDmaBuf). The real driver is
 // core/gpu/cuda, which loads libcuda at run time; core/gpu/fake is a fake
 // that simulates device memory with host memory the process cannot touch
 // directly, so that the logic above it is tested where there is no GPU. A
@@ -18,5 +19,6 @@
 //
 // This package is pure Go: the transports and the engine depend on it
 // without needing cgo. Errors: ErrInvalidRange for a range that is not
-// wholly in one kind of memory; ErrClosed for a closed Staging.
+// wholly in one kind of memory; ErrClosed for a closed Staging;
+// ErrNotSupported for what the driver or device cannot do.
 package gpu

@@ -10,4 +10,8 @@ var (
 	ErrClosed = errors.New("gpu: staging closed")
 	// ErrBadSlot is a slot number outside a Stage's or Copier's slots.
 	ErrBadSlot = errors.New("gpu: no such slot")
+	// ErrNotSupported means the driver or the device cannot do what was
+	// asked (a dma-buf export on a driver older than CUDA 11.7, or on a GPU
+	// without dma-buf support).
+	ErrNotSupported = errors.New("gpu: not supported by the driver or device")
 )

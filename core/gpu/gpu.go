@@ -1,6 +1,10 @@
 package gpu
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"os"
+)
 
 // Host is what Driver.Locate returns for memory the CPU addresses directly:
 // pageable, page-locked or managed host memory.
@@ -34,9 +38,33 @@ type Driver interface {
 	// the gate runs first, work queued after waits until the gate is
 	// opened. The caller opens every gate it got.
 	Gate(stream uintptr, ord int) (Gate, error)
+	// ExportDmaBuf exports the device memory [addr, addr+n) as a dma-buf,
+	// which an RDMA NIC registers (ibv_reg_dmabuf_mr) where nvidia-peermem
+	// is not loaded. The export covers at least the pages holding the
+	// range; the caller closes the DmaBuf once it has registered it (the
+	// registration keeps its own reference). Host memory is an error
+	// matching ErrInvalidRange; a driver or device that cannot export, one
+	// matching ErrNotSupported.
+	ExportDmaBuf(addr uintptr, n uint64) (DmaBuf, error)
 	// Close releases the driver's own resources. Copiers, host memory and
 	// gates must have been released first.
 	Close() error
+}
+
+// DmaBuf is a dma-buf exported for a range of device memory.
+type DmaBuf struct {
+	// FD is the dma-buf's file descriptor, owned by the DmaBuf's holder.
+	FD int
+	// Offset is where the exported range's first byte lies in the dma-buf.
+	Offset uint64
+}
+
+// Close closes the dma-buf's file descriptor.
+func (b DmaBuf) Close() error {
+	if err := os.NewFile(uintptr(b.FD), "dma-buf").Close(); err != nil {
+		return fmt.Errorf("gpu: close dma-buf fd %d: %w", b.FD, err)
+	}
+	return nil
 }
 
 // Copier queues copies between device memory and page-locked host memory

@@ -344,6 +344,19 @@ CUresult pymc_ctx_release(int ord) {
 	return pymc_cu.cuDevicePrimaryCtxRelease(dev);
 }
 
+int pymc_has_dmabuf(void) { return pymc_cu.cuMemGetHandleForAddressRange != NULL; }
+
+// pymc_dmabuf exports [p, p+n), page aligned, as a dma-buf fd.
+CUresult pymc_dmabuf(CUcontext ctx, CUdeviceptr p, size_t n, int *fd) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	*fd = -1;
+	r = pymc_cu.cuMemGetHandleForAddressRange(fd, p, n, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
+	pop(ctx, old);
+	return r;
+}
+
 CUresult pymc_attr(int ord, int attr, int *v) {
 	CUdevice dev;
 	CUresult r = pymc_cu.cuDeviceGet(&dev, ord);

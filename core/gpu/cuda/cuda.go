@@ -463,6 +463,50 @@ func (g *gate) Open() {
 	})
 }
 
+// ExportDmaBuf implements gpu.Driver with cuMemGetHandleForAddressRange
+// (CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD) over the host pages holding the
+// range, in the primary context of the device that holds it. A libcuda
+// without that function (before CUDA 11.7), a device without
+// CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED and CUDA_ERROR_NOT_SUPPORTED match
+// gpu.ErrNotSupported.
+func (d *Driver) ExportDmaBuf(addr uintptr, n uint64) (gpu.DmaBuf, error) {
+	if d.closed.Load() {
+		return gpu.DmaBuf{}, ErrClosed
+	}
+	if C.pymc_has_dmabuf() == 0 {
+		return gpu.DmaBuf{}, fmt.Errorf("cuda: export dma-buf: %s has no cuMemGetHandleForAddressRange (CUDA 11.7 or later): %w",
+			st.name, gpu.ErrNotSupported)
+	}
+	ord, err := d.Locate(addr, n)
+	if err != nil {
+		return gpu.DmaBuf{}, err
+	}
+	if ord == gpu.Host {
+		return gpu.DmaBuf{}, fmt.Errorf("cuda: export dma-buf of [%#x, +%d): host memory: %w", addr, n, gpu.ErrInvalidRange)
+	}
+	supported, err := d.Attribute(ord, C.CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED)
+	if err != nil {
+		return gpu.DmaBuf{}, err
+	}
+	if supported == 0 {
+		return gpu.DmaBuf{}, fmt.Errorf("cuda: export dma-buf: device %d: %w", ord, gpu.ErrNotSupported)
+	}
+	ctx, err := d.ctx(ord)
+	if err != nil {
+		return gpu.DmaBuf{}, err
+	}
+	page := uintptr(os.Getpagesize())
+	base := addr &^ (page - 1)
+	end := (addr + uintptr(max(n, 1)) + page - 1) &^ (page - 1)
+	var fd C.int
+	if r := Result(C.pymc_dmabuf(ctx, C.CUdeviceptr(base), C.size_t(end-base), &fd)); r != 0 {
+		return gpu.DmaBuf{}, fmt.Errorf("export dma-buf of [%#x, +%d) on device %d: %w", addr, n, ord,
+			callError("cuMemGetHandleForAddressRange", r))
+	}
+	syscall.CloseOnExec(int(fd))
+	return gpu.DmaBuf{FD: int(fd), Offset: uint64(addr - base)}, nil
+}
+
 // Test and benchmark hooks: device memory and streams, as an application
 // (torch) would make them.
 

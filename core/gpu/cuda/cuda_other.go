@@ -46,6 +46,9 @@ func (d *Driver) NewCopier(int, int) (gpu.Copier, error) { return nil, errNoLoad
 func (d *Driver) AllocHost(int, int) (uintptr, error)    { return 0, errNoLoader }
 func (d *Driver) FreeHost(uintptr) error                 { return errNoLoader }
 func (d *Driver) Gate(uintptr, int) (gpu.Gate, error)    { return nil, errNoLoader }
+func (d *Driver) ExportDmaBuf(uintptr, uint64) (gpu.DmaBuf, error) {
+	return gpu.DmaBuf{}, errNoLoader
+}
 func (d *Driver) CopyOnStream(uintptr, int, bool, uintptr, uintptr, int) error {
 	return errNoLoader
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/internal/dl"
 )
 
@@ -40,9 +41,16 @@ func (r Result) Error() string {
 	return fmt.Sprintf("%s (%d)", name, int(r))
 }
 
-// Is makes the results that mean "no GPU here" match ErrUnavailable.
+// Is makes the results that mean "no GPU here" match ErrUnavailable, and
+// CUDA_ERROR_NOT_SUPPORTED match gpu.ErrNotSupported.
 func (r Result) Is(target error) bool {
-	return target == dl.ErrUnavailable && (r == 34 || r == 100)
+	switch target {
+	case dl.ErrUnavailable:
+		return r == 34 || r == 100
+	case gpu.ErrNotSupported:
+		return r == 801
+	}
+	return false
 }
 
 // callError wraps a failed driver call with its name.

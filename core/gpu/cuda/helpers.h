@@ -32,6 +32,8 @@ CUresult pymc_init(int *version, int *count);
 CUresult pymc_ctx_retain(int ord, CUcontext *ctx);
 CUresult pymc_ctx_release(int ord);
 CUresult pymc_attr(int ord, int attr, int *v);
+int pymc_has_dmabuf(void);
+CUresult pymc_dmabuf(CUcontext ctx, CUdeviceptr p, size_t n, int *fd);
 CUresult pymc_name(int ord, char *buf, int len);
 const char *pymc_error_name(CUresult r);
 const char *pymc_error_string(CUresult r);

@@ -49,6 +49,7 @@ type Driver struct {
 	failAfter atomic.Int64 // copies that still succeed before the failures
 	held      atomic.Int64 // gates reached and not yet opened
 	strict    atomic.Bool  // RefuseCallsWhileHeld
+	noDmaBuf  atomic.Bool  // SetDmaBuf(false)
 }
 
 var _ gpu.Driver = (*Driver)(nil)
@@ -56,8 +57,9 @@ var _ gpu.Driver = (*Driver)(nil)
 type devAlloc struct {
 	ord    int
 	addr   uintptr
-	dev    []byte // PROT_NONE view at the device address
-	shadow []byte // read-write view of the same pages
+	dev    []byte   // PROT_NONE view at the device address
+	shadow []byte   // read-write view of the same pages
+	file   *os.File // the pages: what ExportDmaBuf hands out
 }
 
 // New returns a fake driver with the given number of devices.
@@ -84,7 +86,12 @@ func (d *Driver) Alloc(ord, n int) (uintptr, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
 	if err := os.Remove(f.Name()); err != nil {
 		return 0, err
 	}
@@ -100,7 +107,8 @@ func (d *Driver) Alloc(ord, n int) (uintptr, error) {
 		_ = syscall.Munmap(dev)
 		return 0, fmt.Errorf("fake gpu: map shadow view: %w", err)
 	}
-	a := &devAlloc{ord: ord, addr: addrOf(dev), dev: dev, shadow: shadow}
+	ok = true
+	a := &devAlloc{ord: ord, addr: addrOf(dev), dev: dev, shadow: shadow, file: f}
 	d.mu.Lock()
 	d.allocs = append(d.allocs, a)
 	sort.Slice(d.allocs, func(i, j int) bool { return d.allocs[i].addr < d.allocs[j].addr })
@@ -119,7 +127,12 @@ func (d *Driver) Free(addr uintptr) error {
 	a := d.allocs[i]
 	d.allocs = append(d.allocs[:i], d.allocs[i+1:]...)
 	d.mu.Unlock()
-	return errors.Join(syscall.Munmap(a.dev), syscall.Munmap(a.shadow))
+	return a.release()
+}
+
+// release unmaps the allocation and closes its file.
+func (a *devAlloc) release() error {
+	return errors.Join(syscall.Munmap(a.dev), syscall.Munmap(a.shadow), a.file.Close())
 }
 
 // find returns the allocation holding addr, or nil. Callers hold mu.
@@ -571,6 +584,38 @@ func (g *gate) Open() {
 	})
 }
 
+// SetDmaBuf says whether ExportDmaBuf works (the default) or fails with
+// gpu.ErrNotSupported, as on a GPU or driver without dma-buf support.
+func (d *Driver) SetDmaBuf(supported bool) { d.noDmaBuf.Store(!supported) }
+
+// ExportDmaBuf implements gpu.Driver: the fake's dma-buf is a new file
+// descriptor of the allocation's pages, so that what reads or maps it at
+// Offset sees the device memory at addr.
+func (d *Driver) ExportDmaBuf(addr uintptr, n uint64) (gpu.DmaBuf, error) {
+	if d.noDmaBuf.Load() {
+		return gpu.DmaBuf{}, fmt.Errorf("fake gpu: export dma-buf: %w", gpu.ErrNotSupported)
+	}
+	ord, err := d.Locate(addr, n)
+	if err != nil {
+		return gpu.DmaBuf{}, err
+	}
+	if ord == gpu.Host {
+		return gpu.DmaBuf{}, fmt.Errorf("fake gpu: export dma-buf of [%#x, +%d): host memory: %w", addr, n, gpu.ErrInvalidRange)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.find(addr)
+	if a == nil {
+		return gpu.DmaBuf{}, fmt.Errorf("fake gpu: export dma-buf of [%#x, +%d): freed: %w", addr, n, ErrInvalidValue)
+	}
+	fd, err := syscall.Dup(int(a.file.Fd()))
+	if err != nil {
+		return gpu.DmaBuf{}, fmt.Errorf("fake gpu: export dma-buf: %w", err)
+	}
+	syscall.CloseOnExec(fd)
+	return gpu.DmaBuf{FD: fd, Offset: uint64(addr - a.addr)}, nil
+}
+
 // Close stops the streams and frees the device memory still allocated. It
 // fails with ErrLeak if copiers, host memory or gates were not released.
 func (d *Driver) Close() error {
@@ -592,7 +637,7 @@ func (d *Driver) Close() error {
 	}
 	var errs []error
 	for _, a := range allocs {
-		errs = append(errs, syscall.Munmap(a.dev), syscall.Munmap(a.shadow))
+		errs = append(errs, a.release())
 	}
 	if c, g := d.copiers.Load(), d.gates.Load(); c != 0 || g != 0 || hosts != 0 {
 		errs = append(errs, fmt.Errorf("%d copiers, %d host allocations, %d gates: %w", c, hosts, g, ErrLeak))

@@ -4,12 +4,14 @@ package fake
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/gpu"
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
 )
 
 func TestLocate(t *testing.T) {
@@ -144,4 +146,33 @@ func TestCloseReportsLeaks(t *testing.T) {
 	require.NoError(t, d.Close(), "idempotent")
 	_, err = d.NewCopier(0, 1)
 	require.ErrorIs(t, err, ErrClosed)
+}
+
+// TestExportDmaBuf: the fake's dma-buf reads as the device memory it was
+// exported for, from Offset on.
+func TestExportDmaBuf(t *testing.T) {
+	testutil.ResourceCheck(t)
+	d := New(1)
+	defer func() { require.NoError(t, d.Close()) }()
+	dev, err := d.Alloc(0, 3*4096)
+	require.NoError(t, err)
+	want := []byte("device bytes behind a dma-buf")
+	require.NoError(t, d.Write(dev+5000, want))
+
+	buf, err := d.ExportDmaBuf(dev+5000, uint64(len(want)))
+	require.NoError(t, err)
+	got := make([]byte, len(want))
+	_, err = syscall.Pread(buf.FD, got, int64(buf.Offset))
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	require.NoError(t, buf.Close())
+
+	host := make([]byte, 64)
+	_, err = d.ExportDmaBuf(addrOf(host), 64)
+	require.ErrorIs(t, err, gpu.ErrInvalidRange)
+	_, err = d.ExportDmaBuf(dev+3*4096-10, 20)
+	require.ErrorIs(t, err, gpu.ErrInvalidRange, "past the allocation")
+	d.SetDmaBuf(false)
+	_, err = d.ExportDmaBuf(dev, 10)
+	require.ErrorIs(t, err, gpu.ErrNotSupported)
 }

@@ -532,6 +532,7 @@ func TestTeardownWithPendingCallbacks(t *testing.T) {
 	for _, task := range tasks {
 		require.Equal(t, transport.Failed, task.Status())
 		require.ErrorIs(t, task.Err(), ErrClosed)
+		require.NotErrorIs(t, task.Err(), transport.ErrPeer, "closing is not a peer failure")
 	}
 	require.Equal(t, chans, global(t, "chans_at_close"), "every channel was closed before the engine")
 	require.Equal(t, mrs+1, global(t, "mrs_at_close"), "the shim released the one registration in use")

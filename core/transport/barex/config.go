@@ -3,9 +3,11 @@ package barex
 import (
 	"errors"
 	"fmt"
-	"strconv"
+	"math"
 	"strings"
 	"time"
+
+	"github.com/pymooncake/pymooncake/core/config"
 )
 
 // ShimName is the shim library's file name: what the loader looks for next
@@ -14,7 +16,7 @@ const ShimName = "libmooncake_barex_shim.so"
 
 // Config is the barex transport's configuration. The zero value of every
 // field means its documented default (Mooncake's); New validates the
-// result and reports every bad field at once. FromEnv builds it from the
+// result and reports every bad field at once. ConfigFromEnv builds it from the
 // environment variables named in the comments.
 type Config struct {
 	// MinPort and MaxPort bound the random barex listen port
@@ -119,69 +121,47 @@ func (c Config) withDefaults() (Config, error) {
 	return c, errors.Join(errs...)
 }
 
-// Enabled reports whether USE_BAREX asks for the barex transport: an
-// integer other than 0. Unset is false; anything but an integer is an error
-// naming the variable (Mooncake's atoi would read it as 0).
-func Enabled(lookup func(string) (string, bool)) (bool, error) {
-	v, ok := lookup("USE_BAREX")
-	if !ok {
-		return false, nil
+// ConfigFromEnv reads every variable of the barex transport (ACCL_MIN_PORT,
+// ACCL_MAX_PORT, MC_MIN_REG_SIZE, MC_NUM_QP_PER_EP, BAREX_USE_RANDOM_DEV,
+// ACCL_USE_CPU, ACCL_LOCAL_DEVICE, ACCL_USE_NICS, MC_BAREX_SHIM; see
+// Config) through lookup, strictly, with config's Parser: a malformed or
+// out-of-range value is an error matching config.ErrInvalid that names the
+// variable and its value, and every bad variable is reported. Unset
+// variables leave their field zero, which New reads as Mooncake's default.
+// It reads them whether or not barex is used (USE_BAREX, which the engine
+// reads), so that a bad value is an error at initialize either way.
+func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
+	var c Config
+	p := config.NewParser(lookup)
+	p.Int(&c.MinPort, "ACCL_MIN_PORT", 1025, 65535)
+	p.Int(&c.MaxPort, "ACCL_MAX_PORT", 1025, 65535)
+	var chunk int
+	if p.Int(&chunk, "MC_MIN_REG_SIZE", 1, maxChunk) {
+		c.RegChunkSize = uint64(chunk)
 	}
-	n, err := parseInt("USE_BAREX", v)
-	return n != 0, err
-}
-
-// FromEnv reads the barex transport's variables (see Config) through
-// lookup, strictly: a bad value is an error naming the variable and the
-// value, and every bad variable is reported. Unset variables leave their
-// field zero, which New reads as Mooncake's default.
-func FromEnv(lookup func(string) (string, bool)) (Config, error) {
-	var (
-		c    Config
-		errs []error
-	)
-	get := func(name string) (string, bool) {
-		v, ok := lookup(name)
-		return strings.TrimSpace(v), ok
-	}
-	intVar := func(name string, lo, hi int64, dst func(int64)) {
-		v, ok := get(name)
-		if !ok {
-			return
-		}
-		n, err := parseInt(name, v)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case n < lo || n > hi:
-			errs = append(errs, fmt.Errorf("%w: %s=%q (want %d..%d)", ErrInvalidConfig, name, v, lo, hi))
-		default:
-			dst(n)
+	p.Int(&c.NumQPPerEP, "MC_NUM_QP_PER_EP", 1, 255)
+	// Mooncake reads these with atoi: any integer, non-zero is on.
+	flag := func(dst *bool, key string) {
+		var n int
+		if p.Int(&n, key, math.MinInt32, math.MaxInt32) {
+			*dst = n != 0
 		}
 	}
-	intVar("ACCL_MIN_PORT", 1025, 65535, func(n int64) { c.MinPort = int(n) })
-	intVar("ACCL_MAX_PORT", 1025, 65535, func(n int64) { c.MaxPort = int(n) })
-	intVar("MC_MIN_REG_SIZE", 1, maxChunk, func(n int64) { c.RegChunkSize = uint64(n) })
-	intVar("MC_NUM_QP_PER_EP", 1, 255, func(n int64) { c.NumQPPerEP = int(n) })
-	intVar("BAREX_USE_RANDOM_DEV", -1<<31, 1<<31-1, func(n int64) { c.RandomDevice = n != 0 })
-	intVar("ACCL_USE_CPU", -1<<31, 1<<31-1, func(n int64) { c.UseCPU = n != 0 })
-	intVar("ACCL_LOCAL_DEVICE", 0, 1<<15-1, func(n int64) { c.LocalDevice, c.LocalDeviceSet = int(n), true })
-	if v, ok := get("ACCL_USE_NICS"); ok && v != "" {
-		c.UseNICs, c.UseNICsSet = v, true
+	flag(&c.RandomDevice, "BAREX_USE_RANDOM_DEV")
+	flag(&c.UseCPU, "ACCL_USE_CPU")
+	c.LocalDeviceSet = p.Int(&c.LocalDevice, "ACCL_LOCAL_DEVICE", 0, 1<<15-1)
+	if v, ok := p.Lookup("ACCL_USE_NICS"); ok && strings.TrimSpace(v) != "" {
+		c.UseNICs, c.UseNICsSet = strings.TrimSpace(v), true
 	}
-	if v, ok := get("MC_BAREX_SHIM"); ok {
-		c.ShimPath = v
+	if v, ok := p.Lookup("MC_BAREX_SHIM"); ok {
+		c.ShimPath = strings.TrimSpace(v)
 	}
 	if c.MinPort != 0 && c.MaxPort != 0 && c.MinPort > c.MaxPort {
-		errs = append(errs, fmt.Errorf("%w: ACCL_MIN_PORT=%d is above ACCL_MAX_PORT=%d", ErrInvalidConfig, c.MinPort, c.MaxPort))
+		v, _ := p.Lookup("ACCL_MIN_PORT")
+		p.Fail("ACCL_MIN_PORT", v, fmt.Sprintf("above ACCL_MAX_PORT=%d", c.MaxPort))
 	}
-	return c, errors.Join(errs...)
-}
-
-func parseInt(name, v string) (int64, error) {
-	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %s=%q is not an integer", ErrInvalidConfig, name, v)
+	if err := p.Err(); err != nil {
+		return Config{}, err
 	}
-	return n, nil
+	return c, nil
 }

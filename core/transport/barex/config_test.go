@@ -6,44 +6,18 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/config"
 )
 
-func env(kv map[string]string) func(string) (string, bool) {
+func env(kv map[string]string) config.LookupFunc {
 	return func(k string) (string, bool) {
 		v, ok := kv[k]
 		return v, ok
 	}
 }
 
-func TestEnabled(t *testing.T) {
-	tests := []struct {
-		name    string
-		env     map[string]string
-		want    bool
-		wantErr error
-	}{
-		{name: "unset", env: nil, want: false},
-		{name: "zero", env: map[string]string{"USE_BAREX": "0"}, want: false},
-		{name: "one", env: map[string]string{"USE_BAREX": "1"}, want: true},
-		{name: "any non-zero integer", env: map[string]string{"USE_BAREX": " 7 "}, want: true},
-		{name: "not an integer", env: map[string]string{"USE_BAREX": "yes"}, wantErr: ErrInvalidConfig},
-		{name: "empty", env: map[string]string{"USE_BAREX": ""}, wantErr: ErrInvalidConfig},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := Enabled(env(tc.env))
-			if tc.wantErr != nil {
-				require.ErrorIs(t, err, tc.wantErr)
-				require.Contains(t, err.Error(), "USE_BAREX")
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tc.want, got)
-		})
-	}
-}
-
-func TestFromEnv(t *testing.T) {
+func TestConfigFromEnv(t *testing.T) {
 	tests := []struct {
 		name    string
 		env     map[string]string
@@ -60,7 +34,9 @@ func TestFromEnv(t *testing.T) {
 			LocalDevice: 3, LocalDeviceSet: true, ShimPath: "/opt/shim.so"}},
 		{name: "zero flags", env: map[string]string{"BAREX_USE_RANDOM_DEV": "0", "ACCL_USE_CPU": "0", "ACCL_LOCAL_DEVICE": "0"},
 			want: Config{LocalDeviceSet: true}},
-		{name: "empty nic list is unset", env: map[string]string{"ACCL_USE_NICS": ""}, want: Config{}},
+		{name: "empty nic list is unset", env: map[string]string{"ACCL_USE_NICS": " "}, want: Config{}},
+		{name: "negative flags are on, as atoi reads them", env: map[string]string{"BAREX_USE_RANDOM_DEV": "-3", "ACCL_USE_CPU": " 2 "},
+			want: Config{RandomDevice: true, UseCPU: true}},
 		{name: "port below 1025", env: map[string]string{"ACCL_MIN_PORT": "80"}, wantErr: []string{"ACCL_MIN_PORT"}},
 		{name: "port above 65535", env: map[string]string{"ACCL_MAX_PORT": "70000"}, wantErr: []string{"ACCL_MAX_PORT"}},
 		{name: "min above max", env: map[string]string{"ACCL_MIN_PORT": "30000", "ACCL_MAX_PORT": "20000"}, wantErr: []string{"ACCL_MIN_PORT"}},
@@ -72,12 +48,13 @@ func TestFromEnv(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := FromEnv(env(tc.env))
+			got, err := ConfigFromEnv(env(tc.env))
 			if tc.wantErr != nil {
-				require.ErrorIs(t, err, ErrInvalidConfig)
+				require.ErrorIs(t, err, config.ErrInvalid)
 				for _, v := range tc.wantErr {
-					require.Contains(t, err.Error(), v)
+					require.Contains(t, err.Error(), v+"=")
 				}
+				require.Equal(t, Config{}, got, "a bad environment yields no configuration")
 				return
 			}
 			require.NoError(t, err)

@@ -15,7 +15,8 @@
 // NIC. Its barex listen port comes from [ACCL_MIN_PORT, ACCL_MAX_PORT] and
 // stays bound from the first probe; it is exchanged in the Connection
 // handshake (barex_port) in every metadata mode, and each peer's port is
-// kept with that peer. Transfers are cut by the shared slicer
+// kept with that peer (and exchanged again once when nothing listens on
+// it any more: the peer restarted). Transfers are cut by the shared slicer
 // (core/internal/slicing) at every chunk boundary on either side and go
 // round robin over exactly MC_NUM_QP_PER_EP channels per (peer, local
 // device), opened on first use with a deadline.
@@ -50,5 +51,17 @@
 // is absent (the message names libmooncake_barex_shim.so and keeps
 // dlerror's text) or no device is usable (ErrNoDevices). Shim failures are
 // *ShimError values that unwrap to a Code; failed tasks carry a
-// *SliceError.
+// *SliceError, which matches exactly one transport-neutral sentinel, or
+// none: transport.ErrPeer when a channel failed (setup, inactive, i/o,
+// ErrChannel) or the barex_port exchange did (ErrHandshake),
+// transport.ErrRejected when barex refused a key or range (CodeAccess: the
+// peer restarted, or unregistered the memory), transport.ErrClosed when
+// ClosePeer or Close ended the work (also for a batch on a channel this
+// side closed, which keeps barex's code), none for a local failure.
+// PeerHealth is CheckStatus.
+//
+// ConfigFromEnv reads every variable the transport uses (ACCL_*, BAREX_*,
+// MC_MIN_REG_SIZE, MC_NUM_QP_PER_EP, MC_BAREX_SHIM); the engine reads
+// USE_BAREX. What the transport shares with rdma lives in
+// core/transport/internal (memreg, numa, lifetime, submit).
 package barex

@@ -7,6 +7,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/internal/dl"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
 )
 
 var (
@@ -28,9 +29,9 @@ var (
 	ErrClosed = transport.ErrClosed
 	// ErrAddressNotRegistered means a local or remote range is not inside
 	// memory registered with the transport (or published by the peer).
-	ErrAddressNotRegistered = errors.New("barex: address not registered")
+	ErrAddressNotRegistered = memreg.ErrNotRegistered
 	// ErrRegistered means a range overlaps memory registered already.
-	ErrRegistered = errors.New("barex: memory already registered")
+	ErrRegistered = memreg.ErrRegistered
 	// ErrHandshake matches barex_port exchange failures: the RPC failed,
 	// the peer refused (reply_msg), or it sent no usable barex_port (it is
 	// not a barex engine). It matches transport.ErrPeer.
@@ -133,7 +134,11 @@ func (e *ShimError) Unwrap() error { return e.Code }
 // SliceError is how a failed task reports its cause: the peer, the range,
 // the local device and the peer NIC, and what went wrong (a Code from a
 // completion, a *ShimError from a post or a channel setup, ErrClosed, a
-// context error).
+// context error). It unwraps to the cause, which decides the
+// transport-neutral sentinel it matches: a Code or *ShimError through
+// Code.Is; a batch on a channel this side closed matches why it was closed
+// (ErrClosed after ClosePeer or Close) and keeps the code barex reported
+// only as itself (errors.Is(err, CodeIO)), never as a peer failure.
 type SliceError struct {
 	// Peer is the target segment name.
 	Peer string
@@ -156,3 +161,37 @@ func (e *SliceError) Error() string {
 
 // Unwrap returns the cause.
 func (e *SliceError) Unwrap() error { return e.Err }
+
+// closedChannelError is the failure of a batch on a channel the transport
+// had closed: the batch failed because this side took the channel away.
+// It unwraps to why the channel was closed, so that ClosePeer and Close
+// fail work with ErrClosed alone, and matches the barex code the shim
+// reported for it, but not that code's transport-neutral sentinel.
+type closedChannelError struct {
+	op     string // "post" or "batch"
+	handle uint64
+	native error // the shim's failure: a Code or a *ShimError
+	cause  error // why the channel was closed
+}
+
+func (e *closedChannelError) Error() string {
+	return fmt.Sprintf("%s on channel %#x: %v (the channel was closed: %v)", e.op, e.handle, e.native, e.cause)
+}
+
+// Unwrap returns why the channel was closed.
+func (e *closedChannelError) Unwrap() error { return e.cause }
+
+// Is matches the code the shim reported.
+func (e *closedChannelError) Is(target error) bool {
+	c, ok := target.(Code)
+	return ok && errors.Is(e.native, c)
+}
+
+// channelError is the failure of a post or a batch on ch: the shim's
+// error, or a closedChannelError when the transport had closed ch.
+func channelError(ch *channel, op string, native error) error {
+	if cause := ch.closed.Load(); cause != nil {
+		return &closedChannelError{op: op, handle: ch.handle, native: native, cause: *cause}
+	}
+	return fmt.Errorf("%s on channel %#x: %w", op, ch.handle, native)
+}

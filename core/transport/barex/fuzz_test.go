@@ -1,6 +1,7 @@
 package barex
 
 import (
+	"context"
 	"encoding/binary"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 // fuzzTransport is a Transport with local memory [1<<20, +1 MiB) in 64 KiB
@@ -20,15 +22,13 @@ func fuzzTransport(tb testing.TB) *Transport {
 	require.NoError(tb, err)
 	t := &Transport{cfg: cfg, topo: topo, local: topo.Resolved(), keySlots: 1,
 		devs: []device{{index: 0, name: "fake_0", nic: 0}}}
-	r := &region{addr: 1 << 20, length: 1 << 20}
-	for off := uint64(0); off < r.length; off += cfg.RegChunkSize {
-		r.chunks = append(r.chunks, &chunk{addr: r.addr + off, length: cfg.RegChunkSize, location: "cpu:0",
-			lkeys: []uint32{uint32(off)}, rkeys: []uint32{uint32(off) + 1}})
-	}
-	t.mem.mu.Lock()
-	t.mem.regs = map[uint64]*region{r.addr: r}
-	t.mem.publishLocked()
-	t.mem.mu.Unlock()
+	keys := uint32(0)
+	_, err = t.mem.Register(1<<20, 1<<20, cfg.RegChunkSize, "cpu:0", func(c *chunk) error {
+		c.LKeys, c.RKeys = []uint32{keys}, []uint32{keys + 1}
+		keys += 2
+		return nil
+	}, func([]*chunk) error { return nil })
+	require.NoError(tb, err)
 	return t
 }
 
@@ -78,7 +78,7 @@ func FuzzPeerDescriptor(f *testing.F) {
 		}
 		task := &transport.Task{}
 		task.Init(transport.Request{Opcode: transport.Write, Local: 1<<20 + 123, Remote: remote, Length: length}, nil)
-		ps, err := tr.cut(task, rt, &submission{}, "p")
+		ps, err := tr.cut(task, rt, submit.NewCall(context.Background()), "p")
 		if err != nil {
 			require.Nil(t, ps)
 			return
@@ -87,8 +87,8 @@ func FuzzPeerDescriptor(f *testing.F) {
 		for _, pc := range ps {
 			require.Equal(t, uint64(task.Local)+pos, pc.local)
 			require.Equal(t, remote+pos, pc.remote)
-			require.True(t, pc.lchunk.addr <= pc.local && pc.local+uint64(pc.length) <= pc.lchunk.end())
-			require.True(t, pc.rbuf.addr <= pc.remote && pc.remote+uint64(pc.length) <= pc.rbuf.end)
+			require.True(t, pc.lchunk.Addr <= pc.local && pc.local+uint64(pc.length) <= pc.lchunk.End())
+			require.True(t, pc.rbuf.Addr <= pc.remote && pc.remote+uint64(pc.length) <= pc.rbuf.Addr+pc.rbuf.Length)
 			published := false
 			for _, b := range d.Buffers {
 				if b.Addr <= pc.remote && pc.remote+uint64(pc.length) <= b.Addr+b.Length && b.Addr+b.Length >= b.Addr {

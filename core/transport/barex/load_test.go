@@ -33,11 +33,8 @@ func TestLoadFailures(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Dir(abi2), 0o755))
 	require.NoError(t, buildShim(abi2, "-DFAKE_ABI_VERSION=2"))
 
-	on, err := Enabled(env(map[string]string{}))
-	require.NoError(t, err)
-	require.False(t, on)
-	_, err = FromEnv(env(map[string]string{"MC_NUM_QP_PER_EP": "2"}))
-	require.NoError(t, err)
+	_, err := ConfigFromEnv(env(map[string]string{"MC_NUM_QP_PER_EP": "2", "ACCL_MIN_PORT": "bad"}))
+	require.Error(t, err)
 	require.Zero(t, dl.Refs(ShimName), "reading the environment loads nothing")
 
 	tests := []struct {

@@ -3,97 +3,30 @@ package barex
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
+	"github.com/pymooncake/pymooncake/core/transport/internal/numa"
 )
 
-// region is one RegisterMemory call.
-type region struct {
-	addr, length uint64
-	chunks       []*chunk
+// chunk is one RegChunkSize piece of a registration: one registration on
+// every NIC and one buffer of the descriptor, its keys indexed by barex NIC
+// id (0 where a NIC has none). Its location is resolved from its own first
+// byte when the registration was "*", as Mooncake does.
+type chunk = memreg.Chunk[memKind]
+
+// memKind is what barex is told about a chunk's memory.
+type memKind struct {
+	gpu   bool
+	gpuID int
 }
 
-// chunk is one RegChunkSize piece of a region: one registration on every
-// NIC and one buffer of the descriptor. Its location is resolved from its
-// own first byte when the region was registered as "*", as Mooncake does.
-type chunk struct {
-	addr, length uint64
-	location     string // "cpu:N" or "cuda:N"
-	gpu          bool
-	gpuID        int
-	// lkeys and rkeys are indexed by barex NIC id (0 where a NIC has none).
-	lkeys, rkeys []uint32
-}
-
-func (c *chunk) end() uint64 { return c.addr + c.length }
-
-// memTable is the registered memory. Lookups on the data path read an
-// immutable sorted snapshot; changes copy it under mu.
-type memTable struct {
-	mu   sync.Mutex
-	regs map[uint64]*region // +checklocks:mu
-	snap atomic.Pointer[[]*chunk]
-}
-
-// find is a slicing.Finder over the local chunks.
-func (m *memTable) find(addr uint64) (*chunk, uint64, bool) {
-	p := m.snap.Load()
-	if p == nil {
-		return nil, 0, false
-	}
-	cs := *p
-	i := sort.Search(len(cs), func(i int) bool { return cs[i].addr > addr }) - 1
-	if i < 0 || addr >= cs[i].end() {
-		return nil, 0, false
-	}
-	return cs[i], cs[i].end(), true
-}
-
-func (m *memTable) region(addr uint64) (*region, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	r, ok := m.regs[addr]
-	return r, ok
-}
-
-// take removes and returns every region.
-func (m *memTable) take() []*region {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]*region, 0, len(m.regs))
-	for _, r := range m.regs {
-		out = append(out, r)
-	}
-	clear(m.regs)
-	m.publishLocked()
-	return out
-}
-
-// +checklocks:m.mu
-func (m *memTable) publishLocked() {
-	var cs []*chunk
-	for _, r := range m.regs {
-		cs = append(cs, r.chunks...)
-	}
-	slices.SortFunc(cs, func(a, b *chunk) int {
-		switch {
-		case a.addr < b.addr:
-			return -1
-		case a.addr > b.addr:
-			return 1
-		}
-		return 0
-	})
-	m.snap.Store(&cs)
-}
+// memTable is the registered memory (see memreg.Table).
+type memTable = memreg.Table[memKind]
 
 // memoryKind parses a location: Mooncake's barex accepts names with "cpu"
 // (host memory) or "cuda" (GPU memory, ordinal after the colon).
@@ -112,7 +45,9 @@ func memoryKind(location string) (gpu bool, ordinal int, err error) {
 
 // locate resolves the location of a chunk registered as "*": Deps.Locate's
 // answer, or, when there is none or it answers "" or "*", host memory on the
-// NUMA node of the chunk's first page.
+// NUMA node of the chunk's first page ("cpu:0" when the kernel will not
+// say: barex must be told host or GPU, and the node only steers NIC
+// choice).
 func (t *Transport) locate(addr, length uint64) (string, error) {
 	if t.deps.Locate != nil {
 		loc, err := t.deps.Locate(addr, length)
@@ -123,7 +58,8 @@ func (t *Transport) locate(addr, length uint64) (string, error) {
 			return loc, nil
 		}
 	}
-	return hostLocation(addr), nil
+	node, _ := numa.Node(addr)
+	return "cpu:" + strconv.Itoa(node), nil
 }
 
 // RegisterMemory registers [addr, addr+length) with barex in chunks of
@@ -133,11 +69,10 @@ func (t *Transport) locate(addr, length uint64) (string, error) {
 // host memory on the NUMA node of its first page. On any failure the
 // chunks registered so far are deregistered and nothing stays registered.
 func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("register memory: %w", ErrClosed)
 	}
+	defer t.life.Exit()
 	if addr == 0 || length == 0 || addr+length < addr {
 		return fmt.Errorf("register memory [%#x, +%d): %w: empty or wrapping range", addr, length, ErrInvalidConfig)
 	}
@@ -147,69 +82,50 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 			return fmt.Errorf("register memory [%#x, +%d): %w", addr, length, err)
 		}
 	}
-	m := &t.mem
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, r := range m.regs {
-		if addr < r.addr+r.length && r.addr < addr+length {
-			return fmt.Errorf("register memory [%#x, +%d): %w: overlaps [%#x, +%d)", addr, length, ErrRegistered, r.addr, r.length)
-		}
+	reg := func(ch *chunk) error { return t.registerChunk(ch, wildcard) }
+	r, err := t.mem.Register(addr, length, t.cfg.RegChunkSize, location, reg, t.deregisterChunks)
+	if err != nil {
+		return fmt.Errorf("register memory [%#x, +%d): %w", addr, length, err)
 	}
-	r := &region{addr: addr, length: length}
-	size := t.cfg.RegChunkSize
-	for off := uint64(0); off < length; off += size {
-		ch := &chunk{addr: addr + off, length: min(size, length-off), location: location}
-		err := t.registerChunk(ch, wildcard)
-		if err != nil {
-			t.deregisterChunks(r.chunks)
-			return fmt.Errorf("register memory [%#x, +%d): chunk [%#x, +%d): %w", addr, length, ch.addr, ch.length, err)
-		}
-		r.chunks = append(r.chunks, ch)
-	}
-	if m.regs == nil {
-		m.regs = map[uint64]*region{}
-	}
-	m.regs[addr] = r
-	m.publishLocked()
 	t.log.Debug("memory registered", zap.Uint64("addr", addr), zap.Uint64("length", length),
-		zap.Int("chunks", len(r.chunks)), zap.String("location", location))
+		zap.Int("chunks", len(r.Chunks)), zap.String("location", location))
 	return nil
 }
 
 func (t *Transport) registerChunk(ch *chunk, wildcard bool) error {
 	if wildcard {
-		loc, err := t.locate(ch.addr, ch.length)
+		loc, err := t.locate(ch.Addr, ch.Length)
 		if err != nil {
 			return err
 		}
-		ch.location = loc
+		ch.Location = loc
 	}
-	gpu, ord, err := memoryKind(ch.location)
+	gpu, ord, err := memoryKind(ch.Location)
 	if err != nil {
 		return err
 	}
 	if t.cfg.UseCPU {
 		gpu = false
 	}
-	ch.gpu = gpu
+	ch.Native.gpu = gpu
 	if gpu {
-		ch.gpuID = ord
+		ch.Native.gpuID = ord
 		if t.cfg.LocalDeviceSet {
-			ch.gpuID = t.cfg.LocalDevice
+			ch.Native.gpuID = t.cfg.LocalDevice
 		}
 	}
-	keys, err := t.nat.RegMR(ch.addr, ch.length, ch.gpu, ch.gpuID)
+	keys, err := t.nat.RegMR(ch.Addr, ch.Length, ch.Native.gpu, ch.Native.gpuID)
 	if err != nil {
 		return err
 	}
-	ch.lkeys = make([]uint32, t.keySlots)
-	ch.rkeys = make([]uint32, t.keySlots)
+	ch.LKeys = make([]uint32, t.keySlots)
+	ch.RKeys = make([]uint32, t.keySlots)
 	for _, k := range keys {
 		if k.nic < 0 || k.nic >= t.keySlots {
-			t.deregisterChunks([]*chunk{ch})
-			return fmt.Errorf("%w: the shim returned a key for nic %d, which it did not list", ErrInvalidConfig, k.nic)
+			return errors.Join(fmt.Errorf("%w: the shim returned a key for nic %d, which it did not list", ErrInvalidConfig, k.nic),
+				t.deregisterChunks([]*chunk{ch}))
 		}
-		ch.lkeys[k.nic], ch.rkeys[k.nic] = k.lkey, k.rkey
+		ch.LKeys[k.nic], ch.RKeys[k.nic] = k.lkey, k.rkey
 	}
 	return nil
 }
@@ -219,8 +135,8 @@ func (t *Transport) registerChunk(ch *chunk, wildcard bool) error {
 func (t *Transport) deregisterChunks(cs []*chunk) error {
 	var errs []error
 	for _, c := range cs {
-		if err := t.nat.DeregMR(c.addr, c.gpu); err != nil {
-			errs = append(errs, fmt.Errorf("chunk [%#x, +%d): %w", c.addr, c.length, err))
+		if err := t.nat.DeregMR(c.Addr, c.Native.gpu); err != nil {
+			errs = append(errs, fmt.Errorf("chunk [%#x, +%d): %w", c.Addr, c.Length, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -229,22 +145,15 @@ func (t *Transport) deregisterChunks(cs []*chunk) error {
 // UnregisterMemory deregisters the region RegisterMemory registered at
 // addr, chunk by chunk. Transfers must not use it any more.
 func (t *Transport) UnregisterMemory(addr uint64) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrClosed)
 	}
-	m := &t.mem
-	m.mu.Lock()
-	r, ok := m.regs[addr]
-	if !ok {
-		m.mu.Unlock()
-		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrAddressNotRegistered)
+	defer t.life.Exit()
+	r, err := t.mem.Unregister(addr)
+	if err == nil {
+		err = t.deregisterChunks(r.Chunks)
 	}
-	delete(m.regs, addr)
-	m.publishLocked()
-	m.mu.Unlock()
-	if err := t.deregisterChunks(r.chunks); err != nil {
+	if err != nil {
 		return fmt.Errorf("unregister memory at %#x: %w", addr, err)
 	}
 	return nil

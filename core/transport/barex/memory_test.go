@@ -77,9 +77,9 @@ func TestRegistration(t *testing.T) {
 	require.Len(t, host, 1)
 	require.True(t, strings.HasPrefix(host[0].Name, "cpu:"), host[0].Name)
 	require.NoError(t, h.t.UnregisterMemory(h.addr(768*k)))
-	r, ok := h.t.mem.region(h.addr(512 * k))
+	r, ok := h.t.mem.Region(h.addr(512 * k))
 	require.True(t, ok)
-	require.Equal(t, []bool{false, true, true}, []bool{r.chunks[0].gpu, r.chunks[1].gpu, r.chunks[2].gpu})
+	require.Equal(t, []bool{false, true, true}, []bool{r.Chunks[0].Native.gpu, r.Chunks[1].Native.gpu, r.Chunks[2].Native.gpu})
 	// The fake refuses a deregistration of the wrong kind: symmetry holds.
 	require.NoError(t, h.t.UnregisterMemory(h.addr(512*k)))
 	require.EqualValues(t, 4, mrs())
@@ -139,10 +139,10 @@ func TestWildcardWithoutLocate(t *testing.T) {
 	h := c.addHost("h", hostSpec{noReg: true})
 	h.mem[0] = 1 // resident
 	require.NoError(t, h.t.RegisterMemory(h.addr(0), 4096, "*"))
-	r, ok := h.t.mem.region(h.addr(0))
+	r, ok := h.t.mem.Region(h.addr(0))
 	require.True(t, ok)
-	require.True(t, strings.HasPrefix(r.chunks[0].location, "cpu:"), r.chunks[0].location)
-	require.False(t, r.chunks[0].gpu)
+	require.True(t, strings.HasPrefix(r.Chunks[0].Location, "cpu:"), r.Chunks[0].Location)
+	require.False(t, r.Chunks[0].Native.gpu)
 }
 
 // TestGPUMemory: memory located on a GPU is registered as GPU memory and
@@ -171,10 +171,10 @@ func TestGPUMemory(t *testing.T) {
 			b := c.addHost("b", hostSpec{})
 			require.NoError(t, a.t.RegisterMemory(a.addr(0), 1<<20, "*"))
 			a.regs = append(a.regs, a.addr(0))
-			r, _ := a.t.mem.region(a.addr(0))
-			require.Equal(t, tc.wantGPU, r.chunks[0].gpu)
+			r, _ := a.t.mem.Region(a.addr(0))
+			require.Equal(t, tc.wantGPU, r.Chunks[0].Native.gpu)
 			if tc.wantGPU {
-				require.Equal(t, tc.wantID, r.chunks[0].gpuID)
+				require.Equal(t, tc.wantID, r.Chunks[0].Native.gpuID)
 			}
 			fill(a.mem, 3)
 			requireDone(t, a.transfer(t, context.Background(), b, write(a.addr(0), b.addr(0), 1<<20)))

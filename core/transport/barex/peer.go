@@ -84,29 +84,30 @@ func (p *peer) channelSets() []*chanSet {
 }
 
 // barexPort returns where to connect: the peer's host and barex port,
-// exchanging ports in a Connection handshake when not known yet.
-func (p *peer) barexPort(ctx context.Context) (string, int, error) {
+// exchanging ports in a Connection handshake when not known yet. fresh
+// says the port was exchanged by this call, not remembered.
+func (p *peer) barexPort(ctx context.Context) (host string, port int, fresh bool, err error) {
 	select {
 	case p.hs <- struct{}{}:
 	case <-ctx.Done():
-		return "", 0, fmt.Errorf("barex port of %q: %w", p.name, ctx.Err())
+		return "", 0, false, fmt.Errorf("barex port of %q: %w", p.name, ctx.Err())
 	}
 	defer func() { <-p.hs }()
 	t := p.t
 	p.mu.Lock()
-	host, port := p.host, p.port
+	host, port = p.host, p.port
 	p.mu.Unlock()
 	if port != 0 {
-		return host, port, nil
+		return host, port, false, nil
 	}
 	if host == "" {
-		return "", 0, fmt.Errorf("barex port of %q: %w: no host to connect to", p.name, ErrHandshake)
+		return "", 0, false, fmt.Errorf("barex port of %q: %w: no host to connect to", p.name, ErrHandshake)
 	}
 	if p.name == t.name {
 		port = t.port // this engine's own segment: no RPC
 	} else {
 		if t.deps.Handshake == nil {
-			return "", 0, fmt.Errorf("barex port of %q: %w: no handshake function", p.name, ErrHandshake)
+			return "", 0, false, fmt.Errorf("barex port of %q: %w: no handshake function", p.name, ErrHandshake)
 		}
 		mine := t.port
 		reply, err := t.deps.Handshake(ctx, p.name, handshake.HandShakeDesc{
@@ -114,25 +115,25 @@ func (p *peer) barexPort(ctx context.Context) (string, int, error) {
 		})
 		switch {
 		case err != nil:
-			return "", 0, fmt.Errorf("barex port of %q: %w: %w", p.name, ErrHandshake, err)
+			return "", 0, false, fmt.Errorf("barex port of %q: %w: %w", p.name, ErrHandshake, err)
 		case reply.ReplyMsg != "":
-			return "", 0, fmt.Errorf("barex port of %q: %w: peer refused: %s", p.name, ErrHandshake, reply.ReplyMsg)
+			return "", 0, false, fmt.Errorf("barex port of %q: %w: peer refused: %s", p.name, ErrHandshake, reply.ReplyMsg)
 		case reply.BarexPort == nil || *reply.BarexPort <= 0 || *reply.BarexPort > 65535:
 			// Mooncake reads a missing barex_port as 0: a peer built
 			// without barex (B13).
-			return "", 0, fmt.Errorf("barex port of %q: %w: the reply has no barex_port (is the peer a barex engine?)", p.name, ErrHandshake)
+			return "", 0, false, fmt.Errorf("barex port of %q: %w: the reply has no barex_port (is the peer a barex engine?)", p.name, ErrHandshake)
 		}
 		port = *reply.BarexPort
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.gone {
-		return "", 0, fmt.Errorf("peer %q: %w", p.name, ErrClosed)
+		return "", 0, false, fmt.Errorf("peer %q: %w", p.name, ErrClosed)
 	}
 	if p.host == host {
 		p.port = port
 	}
-	return host, port, nil
+	return host, port, true, nil
 }
 
 // forgetPort drops a port that failed, so the next setup asks again (the
@@ -229,7 +230,7 @@ func (s *chanSet) submit(ps []*piece) {
 		targets, shares = s.distributeLocked(live, ps)
 	}
 	s.mu.Unlock()
-	if start && !t.spawn(s.fill) {
+	if start && !t.life.Go(s.fill) {
 		s.fillFailed(fmt.Errorf("channel setup: %w", ErrClosed))
 	}
 	if len(dead) > 0 {
@@ -291,7 +292,7 @@ func (s *chanSet) distributeLocked(live []*channel, ps []*piece) ([]*channel, []
 // set still has, or fail when it has none.
 func (s *chanSet) fill() {
 	t := s.p.t
-	ctx, cancel := context.WithTimeout(t.life, t.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(t.life.Context(), t.cfg.HandshakeTimeout)
 	defer cancel()
 	var err error
 	for {
@@ -326,7 +327,11 @@ func (s *chanSet) fill() {
 			break
 		}
 	}
-	if err != nil && t.life.Err() == nil {
+	switch {
+	case err != nil && t.life.Ended():
+		// Close cut the setup short: what waited for it fails as closed.
+		err = fmt.Errorf("channel setup to %q: %w", s.p.name, ErrClosed)
+	case err != nil:
 		t.dlog.Warn("barex channel setup failed", zap.String("peer", s.p.name), zap.String("device", s.dev.name), zap.Error(err))
 	}
 	s.flush(err)
@@ -376,12 +381,12 @@ func (s *chanSet) open(ctx context.Context) ([]*channel, error) {
 		}
 	}
 	s.mu.Unlock()
-	host, port, err := s.p.barexPort(ctx)
+	host, port, fresh, err := s.p.barexPort(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []*channel
-	for range missing {
+	for len(out) < missing {
 		if err := ctx.Err(); err != nil {
 			return out, fmt.Errorf("connect to %s:%d: %w", host, port, err)
 		}
@@ -391,8 +396,17 @@ func (s *chanSet) open(ctx context.Context) ([]*channel, error) {
 		}
 		nc, err := t.nat.Connect(host, port, s.dev.nic, timeout)
 		if err != nil {
-			if errors.Is(err, CodeConnect) || errors.Is(err, CodeTimedOut) {
+			refused := errors.Is(err, CodeConnect)
+			if refused || errors.Is(err, CodeTimedOut) {
 				s.p.forgetPort(port)
+			}
+			if refused && !fresh {
+				// Nothing listens on the port learnt earlier: the peer
+				// may have restarted on another one. Ask it, once.
+				if host, port, fresh, err = s.p.barexPort(ctx); err != nil {
+					return out, err
+				}
+				continue
 			}
 			return out, fmt.Errorf("connect %s to %q at %s:%d: %w: %w", s.dev.name, s.p.name, host, port, ErrChannel, err)
 		}
@@ -435,7 +449,7 @@ func (s *chanSet) purgeCanceled() {
 	var gone []*piece
 	keep := s.queue[:0]
 	for _, p := range s.queue {
-		if p.sub.ctx.Err() != nil {
+		if p.call.Err() != nil {
 			gone = append(gone, p)
 			continue
 		}
@@ -445,7 +459,7 @@ func (s *chanSet) purgeCanceled() {
 	s.queue = keep
 	s.mu.Unlock()
 	for _, p := range gone {
-		p.finish(nil, p.sub.ctx.Err())
+		p.finish(nil, p.call.Err())
 	}
 }
 
@@ -469,7 +483,7 @@ func (t *Transport) closeChannels(chs []*channel, cause error) {
 // at once when it is closing: Close waits for the goroutines it owns, and
 // the engine is still up until then).
 func (t *Transport) closeChannelsAsync(chs []*channel, cause error) {
-	if !t.spawn(func() { t.closeChannels(chs, cause) }) {
+	if !t.life.Go(func() { t.closeChannels(chs, cause) }) {
 		t.closeChannels(chs, cause)
 	}
 }

@@ -4,18 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pymooncake/pymooncake/core/internal/slots"
 	"math/rand/v2"
 	"os"
-	"slices"
-	"sort"
-	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/internal/slicing"
+	"github.com/pymooncake/pymooncake/core/internal/slots"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 // pollBatch is how many completions one mcbx_poll asks for.
@@ -29,26 +28,11 @@ const maxPieces = 1 << 30
 // channel is posted as several batches.
 const maxBatch = 256
 
-// remoteBuf is one buffer of the peer's descriptor: a chunk it registered.
-type remoteBuf struct {
-	addr, end uint64
-	rkeys     []uint32 // by the peer's barex NIC id
-}
-
 // route is a peer descriptor prepared for slicing: its buffers sorted by
 // address.
 type route struct {
 	desc *metadata.SegmentDesc
-	bufs []remoteBuf
-}
-
-// find is a slicing.Finder over the peer's buffers.
-func (r *route) find(addr uint64) (*remoteBuf, uint64, bool) {
-	i := sort.Search(len(r.bufs), func(i int) bool { return r.bufs[i].addr > addr }) - 1
-	if i < 0 || addr >= r.bufs[i].end {
-		return nil, 0, false
-	}
-	return &r.bufs[i], r.bufs[i].end, true
+	bufs *memreg.Published
 }
 
 // routeFor returns the prepared form of desc, reusing the last one made
@@ -60,55 +44,32 @@ func (p *peer) routeFor(desc *metadata.SegmentDesc) (*route, error) {
 	if desc.Protocol != Protocol {
 		return nil, fmt.Errorf("peer %q publishes protocol %q, not %q: %w", p.name, desc.Protocol, Protocol, ErrAddressNotRegistered)
 	}
-	r := &route{desc: desc}
-	for _, b := range desc.Buffers {
-		// A buffer without keys, empty, or wrapping cannot be addressed.
-		if len(b.RKey) > 0 && b.Length > 0 && b.Addr+b.Length > b.Addr {
-			r.bufs = append(r.bufs, remoteBuf{addr: b.Addr, end: b.Addr + b.Length, rkeys: slices.Clone(b.RKey)})
+	// A buffer without keys cannot be addressed. Overlapping buffers (a
+	// malformed descriptor) would make a piece's key ambiguous: the first
+	// of each overlap is kept.
+	var end uint64
+	r := &route{desc: desc, bufs: memreg.Publish(desc.Buffers, func(b *metadata.BufferDesc) bool {
+		if len(b.RKey) == 0 || b.Addr < end {
+			return false
 		}
-	}
-	slices.SortFunc(r.bufs, func(a, b remoteBuf) int {
-		switch {
-		case a.addr < b.addr:
-			return -1
-		case a.addr > b.addr:
-			return 1
-		}
-		return 0
-	})
-	// Overlapping buffers (a malformed descriptor) would let a piece run
-	// past the buffer a key belongs to: keep the first of each overlap.
-	kept := r.bufs[:0]
-	for _, b := range r.bufs {
-		if n := len(kept); n > 0 && b.addr < kept[n-1].end {
-			continue
-		}
-		kept = append(kept, b)
-	}
-	r.bufs = kept
+		end = b.Addr + b.Length
+		return true
+	})}
 	p.route.Store(r)
 	return r, nil
-}
-
-// submission is one Submit call: its context, and its pieces not yet
-// finished (when they all are, the context watch is released).
-type submission struct {
-	ctx       context.Context
-	remaining atomic.Int64
-	stop      func() bool
 }
 
 // piece is one barex element of a task: inside one local chunk and one
 // remote buffer.
 type piece struct {
-	sub           *submission
+	call          *submit.Call
 	task          *transport.Task
 	peer          string
 	op            transport.Opcode
 	local, remote uint64
 	length        uint32
 	lchunk        *chunk
-	rbuf          *remoteBuf
+	rbuf          *metadata.BufferDesc
 	dev           device
 }
 
@@ -129,9 +90,7 @@ func (p *piece) finish(ch *channel, err error) {
 	} else {
 		p.task.PartDone(uint64(p.length), nil)
 	}
-	if p.sub.remaining.Add(-1) == 0 && p.sub.stop != nil {
-		p.sub.stop()
-	}
+	p.call.PartDone()
 }
 
 func finishAll(ps []*piece, err error) {
@@ -151,56 +110,32 @@ func finishAll(ps []*piece, err error) {
 // posted fail with its error; posted ones complete as barex reports them,
 // so a task never finishes while barex may still write its memory.
 func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*transport.Task, _ transport.SubmitOptions) {
-	desc := peer.Desc
-	name := peer.Name
-	if desc != nil && desc.Name != "" {
-		name = desc.Name
-	}
-	fail := func(err error) {
-		for _, task := range tasks {
-			task.Fail(err)
-		}
-	}
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
-		fail(fmt.Errorf("barex submit to %q: %w", name, ErrClosed))
+	desc, name := peer.Desc, submit.Target(peer)
+	if !t.life.Enter() {
+		submit.FailAll(tasks, fmt.Errorf("barex submit to %q: %w", name, ErrClosed))
 		return
 	}
+	defer t.life.Exit()
 	if desc == nil {
-		fail(fmt.Errorf("barex submit to %q: no descriptor: %w", name, ErrAddressNotRegistered))
+		submit.FailAll(tasks, fmt.Errorf("barex submit to %q: no descriptor: %w", name, ErrAddressNotRegistered))
 		return
 	}
 	p := t.peerFor(name, peer.Host)
 	rt, err := p.routeFor(desc)
 	if err != nil {
-		fail(fmt.Errorf("barex submit: %w", err))
+		submit.FailAll(tasks, fmt.Errorf("barex submit: %w", err))
 		return
 	}
-	sub := &submission{ctx: ctx}
+	call := submit.NewCall(ctx)
+	all := submit.Parts("barex", name, tasks, func(task *transport.Task) ([]*piece, error) { return t.cut(task, rt, call, name) })
+	if len(all) == 0 {
+		return
+	}
+	call.Expect(len(all))
 	byDev := map[int][]*piece{}
-	total := 0
-	for _, task := range tasks {
-		if task.Length == 0 {
-			task.Start(1)
-			task.PartDone(0, nil)
-			continue
-		}
-		ps, err := t.cut(task, rt, sub, name)
-		if err != nil {
-			task.Fail(fmt.Errorf("barex %s of %d bytes at %#x on peer %q: %w", task.Opcode, task.Length, task.Remote, name, err))
-			continue
-		}
-		task.Start(len(ps))
-		for _, pc := range ps {
-			byDev[pc.dev.index] = append(byDev[pc.dev.index], pc)
-		}
-		total += len(ps)
+	for _, pc := range all {
+		byDev[pc.dev.index] = append(byDev[pc.dev.index], pc)
 	}
-	if total == 0 {
-		return
-	}
-	sub.remaining.Store(int64(total))
 	sets := make(map[*chanSet][]*piece, len(byDev))
 	var orphans []*piece
 	var setErr error
@@ -217,7 +152,7 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 		for s := range sets {
 			watched = append(watched, s)
 		}
-		sub.stop = context.AfterFunc(ctx, func() {
+		call.Watch(func() {
 			for _, s := range watched {
 				s.purgeCanceled()
 			}
@@ -230,14 +165,14 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 }
 
 // cut slices a task and picks each piece's local device.
-func (t *Transport) cut(task *transport.Task, rt *route, sub *submission, name string) ([]*piece, error) {
+func (t *Transport) cut(task *transport.Task, rt *route, call *submit.Call, name string) ([]*piece, error) {
 	if task.Opcode != transport.Read && task.Opcode != transport.Write {
 		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
 	}
 	if task.Length/t.cfg.RegChunkSize >= maxPieces/2 {
 		return nil, fmt.Errorf("%d bytes make too many pieces of %d: %w", task.Length, t.cfg.RegChunkSize, ErrInvalidConfig)
 	}
-	pieces, err := slicing.Cut(t.mem.find, rt.find, uint64(task.Local), task.Remote, task.Length,
+	pieces, err := slicing.Cut(t.mem.Find, rt.bufs.Find, uint64(task.Local), task.Remote, task.Length,
 		slicing.Limits{Max: t.cfg.RegChunkSize})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, ErrAddressNotRegistered)
@@ -251,7 +186,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission, name s
 		if err != nil {
 			return nil, err
 		}
-		out[i] = &piece{sub: sub, task: task, peer: name, op: task.Opcode,
+		out[i] = &piece{call: call, task: task, peer: name, op: task.Opcode,
 			local: uint64(task.Local) + pc.Offset, remote: task.Remote + pc.Offset, length: uint32(pc.Length),
 			lchunk: pc.Local, rbuf: pc.Remote, dev: dev}
 	}
@@ -266,9 +201,9 @@ func (t *Transport) chooseDevice(ch *chunk) (device, error) {
 	if t.cfg.RandomDevice {
 		return t.devs[rand.IntN(len(t.devs))], nil
 	}
-	i, err := t.local.Select(ch.location, 0, rand.Uint64(), -1)
+	i, err := t.local.Select(ch.Location, 0, rand.Uint64(), -1)
 	if err != nil || i < 0 || i >= len(t.devs) {
-		return device{}, fmt.Errorf("no local device for %q memory: %w", ch.location, errors.Join(err, ErrChannel))
+		return device{}, fmt.Errorf("no local device for %q memory: %w", ch.Location, errors.Join(err, ErrChannel))
 	}
 	return t.devs[i], nil
 }
@@ -318,18 +253,18 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 	v := make([]sge, 0, len(ps))
 	good := make([]*piece, 0, len(ps))
 	for _, p := range ps {
-		if err := p.sub.ctx.Err(); err != nil {
+		if err := p.call.Err(); err != nil {
 			p.finish(ch, err)
 			continue
 		}
-		if ch.peerNIC < 0 || ch.peerNIC >= len(p.rbuf.rkeys) || ch.localNIC < 0 || ch.localNIC >= len(p.lchunk.lkeys) {
+		if ch.peerNIC < 0 || ch.peerNIC >= len(p.rbuf.RKey) || ch.localNIC < 0 || ch.localNIC >= len(p.lchunk.LKeys) {
 			p.finish(ch, fmt.Errorf("%w: peer nic %d, local nic %d", ErrNoKey, ch.peerNIC, ch.localNIC))
 			continue
 		}
 		e := sge{laddr: p.local, raddr: p.remote, length: p.length,
-			lkey: p.lchunk.lkeys[ch.localNIC], rkey: p.rbuf.rkeys[ch.peerNIC], memType: memCPU}
-		if p.lchunk.gpu {
-			e.memType, e.deviceID = memGPU, int16(p.lchunk.gpuID)
+			lkey: p.lchunk.LKeys[ch.localNIC], rkey: p.rbuf.RKey[ch.peerNIC], memType: memCPU}
+		if p.lchunk.Native.gpu {
+			e.memType, e.deviceID = memGPU, int16(p.lchunk.Native.gpuID)
 		}
 		v = append(v, e)
 		good = append(good, p)
@@ -339,24 +274,14 @@ func (t *Transport) postBatch(ch *channel, op transport.Opcode, ps []*piece) {
 	}
 	b := &batch{ch: ch, pieces: good}
 	cookie := t.batches.Put(b)
-	t.inflight.Add(1)
+	t.life.Posted(1)
 	if err := t.nat.Post(ch.handle, op, v, cookie); err != nil {
 		if t.batches.Take(cookie) == nil {
 			return // cannot happen: a refused post has no completion
 		}
-		t.completed(1)
+		t.life.Completed(1)
 		t.dlog.Warn("barex post failed", zap.String("peer", good[0].peer), zap.String("device", good[0].dev.name), zap.Error(err))
-		b.finish(fmt.Errorf("post on channel %#x: %w", ch.handle, err))
-	}
-}
-
-// completed accounts for finished batches.
-func (t *Transport) completed(n int64) {
-	if t.inflight.Add(-n) <= 0 && t.isDown.Load() {
-		select {
-		case t.drained <- struct{}{}:
-		default:
-		}
+		b.finish(channelError(ch, "post", err))
 	}
 }
 
@@ -403,16 +328,12 @@ func (t *Transport) complete(d done) {
 		t.dlog.Warn("completion for an unknown barex batch", zap.Uint64("cookie", d.cookie))
 		return
 	}
-	t.completed(1)
+	t.life.Completed(1)
 	if d.status == 0 {
 		b.finish(nil)
 		return
 	}
-	err := fmt.Errorf("batch on channel %#x: %w", b.ch.handle, Code(d.status))
-	if cause := b.ch.closed.Load(); cause != nil {
-		err = fmt.Errorf("%w (the channel was closed: %w)", err, *cause)
-	}
-	b.finish(err)
+	b.finish(channelError(b.ch, "batch", Code(d.status)))
 }
 
 // slab maps cookies to batches in flight. A cookie is generation<<32 |

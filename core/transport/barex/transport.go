@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/lifetime"
 )
 
 // Protocol is the descriptor protocol this transport publishes.
@@ -79,20 +79,10 @@ type Transport struct {
 	peersMu sync.RWMutex
 	peers   map[string]*peer // +checklocks:peersMu
 
-	inflight atomic.Int64 // batches posted and not yet completed
-	drained  chan struct{}
-
-	life       context.Context // ends when Close starts
-	cancelLife context.CancelFunc
-
-	spawnMu sync.Mutex
-	closed  bool // +checklocks:spawnMu
-	wg      sync.WaitGroup
-	isDown  atomic.Bool
-	// callMu is held (shared) by every entry point that calls the shim;
-	// Close takes it exclusively once, after isDown is set, so that none
-	// is still running when the engine is torn down.
-	callMu sync.RWMutex
+	// life is entered by every entry point that calls the shim, owns the
+	// channel setups and closers and counts the batches in flight; Close
+	// ends it before tearing the engine down.
+	life *lifetime.Lifetime
 
 	events *os.File // our duplicate of the shim's eventfd, in the netpoller
 	pollWG sync.WaitGroup
@@ -136,9 +126,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
 	}
 	t := &Transport{
 		cfg: cfg, deps: deps, name: deps.LocalName,
-		log:     log.Named("barex"),
-		peers:   map[string]*peer{},
-		drained: make(chan struct{}, 1),
+		log:   log.Named("barex"),
+		peers: map[string]*peer{},
 	}
 	t.dlog = t.log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
@@ -171,7 +160,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
 		t.nat.Close(cfg.DrainTimeout)
 		return nil, err
 	}
-	t.life, t.cancelLife = context.WithCancel(context.Background())
+	t.life = lifetime.New()
 	t.pollWG.Add(1)
 	go t.pollLoop()
 	t.log.Info("barex transport started", zap.String("name", t.name), zap.Int("barex_port", t.port),
@@ -266,17 +255,9 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 	for i, dev := range t.devs {
 		d.Devices[i] = metadata.DeviceDesc{Name: dev.name, LID: 0, GID: "ignore"}
 	}
-	var out []metadata.BufferDesc
-	for _, b := range d.Buffers {
-		r, ok := t.mem.region(b.Addr)
-		if !ok {
-			t.log.Debug("describe: buffer not registered with barex", zap.Uint64("addr", b.Addr))
-			continue
-		}
-		for _, ch := range r.chunks {
-			out = append(out, metadata.BufferDesc{Name: ch.location, Addr: ch.addr, Length: ch.length,
-				RKey: slices.Clone(ch.rkeys), LKey: slices.Clone(ch.lkeys)})
-		}
+	out, missing := t.mem.Buffers(d.Buffers)
+	for _, a := range missing {
+		t.log.Debug("describe: buffer not registered with barex", zap.Uint64("addr", a))
 	}
 	d.Buffers = out
 	d.PriorityMatrix = make(map[string]metadata.PriorityEntry, len(t.topo.Matrix))
@@ -292,7 +273,7 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 func (t *Transport) OnConnection(_ context.Context, req handshake.HandShakeDesc) handshake.HandShakeDesc {
 	reply := handshake.HandShakeDesc{LocalNICPath: req.PeerNICPath, PeerNICPath: req.LocalNICPath}
 	switch {
-	case t.isDown.Load():
+	case t.life.Ended():
 		reply.ReplyMsg = "barex transport closed"
 	case len(req.QPNum) > 0:
 		reply.ReplyMsg = "this engine uses barex, not rdma"
@@ -315,11 +296,10 @@ func (t *Transport) PeerHealth(name string) error { return t.CheckStatus(name) }
 // or a channel that went inactive and was not yet replaced). A peer with no
 // channels yet is healthy.
 func (t *Transport) CheckStatus(name string) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("check peer %q: %w", name, ErrClosed)
 	}
+	defer t.life.Exit()
 	t.peersMu.RLock()
 	p := t.peers[name]
 	t.peersMu.RUnlock()
@@ -340,11 +320,10 @@ func (t *Transport) CheckStatus(name string) error {
 // it, and the next transfer exchanges ports and connects again. Nothing is
 // ever deleted from any metadata store.
 func (t *Transport) ClosePeer(name string) {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return
 	}
+	defer t.life.Exit()
 	t.peersMu.Lock()
 	p := t.peers[name]
 	delete(t.peers, name)
@@ -364,14 +343,8 @@ func (t *Transport) ClosePeer(name string) {
 // ErrClosed. Close is idempotent and returns the first error.
 func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
-		t.spawnMu.Lock()
-		t.closed = true
-		t.spawnMu.Unlock()
-		t.isDown.Store(true)
-		t.cancelLife()
-		t.callMu.Lock()
-		t.callMu.Unlock() // a barrier: entry points that started before isDown have returned
-		t.wg.Wait()       // channel setups and closers; a connect is bounded by ConnectTimeout
+		t.life.End()
+		t.life.Wait() // channel setups and closers; a connect is bounded by ConnectTimeout
 		deadline := time.Now().Add(t.cfg.DrainTimeout)
 		t.peersMu.Lock()
 		peers := t.peers
@@ -380,18 +353,18 @@ func (t *Transport) Close() error {
 		for _, p := range peers {
 			p.close(ErrClosed, deadline)
 		}
-		t.waitDrained(deadline)
+		t.life.Drain(deadline)
 		t.events.Close()
 		t.pollWG.Wait()
 		t.drainCompletions(make([]done, pollBatch))
 		var errs []error
-		if n := t.inflight.Load(); n > 0 {
+		if n := t.life.InFlight(); n > 0 {
 			// The shim deregisters what is left after its callbacks stop.
 			t.log.Warn("close: batches still in flight after the drain timeout; barex deregisters their memory",
 				zap.Int64("batches", n))
 		} else {
-			for _, r := range t.mem.take() {
-				errs = append(errs, t.deregisterChunks(r.chunks))
+			for _, r := range t.mem.Take() {
+				errs = append(errs, t.deregisterChunks(r.Chunks))
 			}
 		}
 		errs = append(errs, t.nat.Close(time.Until(deadline)))
@@ -402,35 +375,4 @@ func (t *Transport) Close() error {
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr
-}
-
-// waitDrained waits until no batch is in flight, or the deadline.
-func (t *Transport) waitDrained(deadline time.Time) {
-	if t.inflight.Load() <= 0 {
-		return
-	}
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	for t.inflight.Load() > 0 {
-		select {
-		case <-t.drained:
-		case <-timer.C:
-			return
-		}
-	}
-}
-
-// spawn runs f in a goroutine owned by the transport, unless it is closed.
-func (t *Transport) spawn(f func()) bool {
-	t.spawnMu.Lock()
-	defer t.spawnMu.Unlock()
-	if t.closed {
-		return false
-	}
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-	return true
 }

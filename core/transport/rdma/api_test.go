@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pymooncake/pymooncake/core/gpu"
+	gpufake "github.com/pymooncake/pymooncake/core/gpu/fake"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
@@ -172,42 +174,83 @@ func TestRegisterMemory(t *testing.T) {
 	// the kernel will not say).
 	h.mem[512<<10] = 1 // fault the page in
 	require.NoError(t, h.t.RegisterMemory(base+512<<10, 4096, "*"))
-	loc := h.t.mem.find(base + 512<<10).region.location
+	ch, _, ok := h.t.mem.Find(base + 512<<10)
+	require.True(t, ok)
+	loc := ch.Location
 	require.Regexp(t, `^(cpu:\d+|\*)$`, loc)
 }
 
+// TestRegisterGPUMemory registers GPU memory of the FAKE GPU driver
+// (core/gpu/fake, standing in for a GPU this host lacks) through its
+// dma-buf export where nvidia-peermem is not loaded, and moves bytes
+// between it and a peer's host memory in both directions; the fake fabric
+// reaches a dma-buf MR through the dma-buf's pages, so the bytes prove the
+// offsets. Every dma-buf fd is closed after registration.
 func TestRegisterGPUMemory(t *testing.T) {
 	testutil.ResourceCheck(t)
+	drv := gpufake.New(1)
+	t.Cleanup(func() { require.NoError(t, drv.Close()) })
 	c := newCluster(t)
-	f := c.fab
-	mem, err := syscall.Mmap(-1, 0, 1<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	const n = 1 << 20
+	dev, err := drv.Alloc(0, n)
+	require.NoError(t, err)
+	exports := 0
+	g := c.addHost("g", hostSpec{matrix: `{"cpu:0":[["mlx5_0"],[]],"cuda:0":[["mlx5_0"],[]]}`,
+		cfg: Config{MaxMRSize: 256 << 10}, mem: n,
+		dmaBuf: func(addr uintptr, length uint64) (gpu.DmaBuf, error) {
+			exports++
+			return drv.ExportDmaBuf(addr, length)
+		}})
+	b := c.addHost("b", hostSpec{})
+	before := g.nics[0].MRs()
+	require.NoError(t, g.t.RegisterMemory(uint64(dev), n, "cuda:0"))
+	require.Equal(t, 1, exports)
+	require.Equal(t, 4, g.nics[0].DmabufMRs(), "one dma-buf MR per chunk")
+	require.Equal(t, before+4, g.nics[0].MRs())
+
+	// GPU -> peer host memory, from g; then peer -> GPU.
+	want := make([]byte, 300<<10)
+	fill(want, 21)
+	require.NoError(t, drv.Write(dev+100<<10, want))
+	requireDone(t, g.transfer(t, context.Background(), b, transport.Request{Opcode: transport.Write,
+		Local: dev + 100<<10, Remote: b.addr(4096), Length: uint64(len(want))}))
+	requireEqualBytes(t, want, b.mem[4096:4096+len(want)])
+	fill(b.mem[:len(want)], 22)
+	requireDone(t, g.transfer(t, context.Background(), b, transport.Request{Opcode: transport.Read,
+		Local: dev + 500<<10, Remote: b.addr(0), Length: uint64(len(want))}))
+	got := make([]byte, len(want))
+	require.NoError(t, drv.Read(dev+500<<10, got))
+	requireEqualBytes(t, b.mem[:len(want)], got)
+
+	// The peer reads g's GPU memory, published as cuda:0 buffers.
+	d := &metadata.SegmentDesc{Name: "g", Buffers: []metadata.BufferDesc{{Addr: uint64(dev), Length: n}}}
+	g.t.Describe(d)
+	require.Len(t, d.Buffers, 4)
+	require.Equal(t, "cuda:0", d.Buffers[0].Name)
+	requireDone(t, b.transferDesc(t, context.Background(), "g", d, transport.Request{Opcode: transport.Read,
+		Local: uintptr(b.addr(1 << 20)), Remote: uint64(dev + 100<<10), Length: uint64(len(want))}))
+	requireEqualBytes(t, want, b.mem[1<<20:1<<20+len(want)])
+
+	// A GPU that exports no dma-buf: the registration fails, naming why,
+	// and leaves nothing registered.
+	dev2, err := drv.Alloc(0, 4096)
+	require.NoError(t, err)
+	drv.SetDmaBuf(false)
+	require.ErrorIs(t, g.t.RegisterMemory(uint64(dev2), 4096, "cuda:0"), gpu.ErrNotSupported)
+	require.Equal(t, before+4, g.nics[0].MRs())
+	require.NoError(t, g.t.UnregisterMemory(uint64(dev)))
+	require.Equal(t, before, g.nics[0].MRs())
+
+	// With nvidia-peermem: plain ibv_reg_mr, no export.
+	mem, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 	require.NoError(t, err)
 	defer syscall.Munmap(mem)
-	addr := uint64(addrOf(mem))
-
-	// Without nvidia-peermem: through the dma-buf exporter, whose fd is
-	// closed after registration.
-	nic := f.AddNIC("g", fake.NICSpec{Name: "mlx5_0"})
-	closed := 0
-	tr, err := New(context.Background(), Config{MaxMRSize: 256 << 10}, Deps{Provider: f.Provider("g"), LocalName: "g",
-		Topology: mustTopo(t, `{"cuda:0":[["mlx5_0"],[]]}`),
-		DmaBuf: func(a, l uint64) (int, uint64, func(), error) {
-			require.Equal(t, addr, a)
-			return 7, 4096, func() { closed++ }, nil
-		}})
-	require.NoError(t, err)
-	require.NoError(t, tr.RegisterMemory(addr, 1<<20, "cuda:0"))
-	require.Equal(t, 4, nic.DmabufMRs(), "one dma-buf MR per chunk")
-	require.Equal(t, 1, closed)
-	require.NoError(t, tr.Close())
-
-	// With nvidia-peermem: plain ibv_reg_mr.
-	nic2 := f.AddNIC("p", fake.NICSpec{Name: "mlx5_0"})
+	nic2 := c.fab.AddNIC("p", fake.NICSpec{Name: "mlx5_0"})
 	topo := mustTopo(t, `{"cuda:0":[["mlx5_0"],[]]}`)
 	topo.PeerMem = true
-	tr, err = New(context.Background(), Config{}, Deps{Provider: f.Provider("p"), LocalName: "p", Topology: topo})
+	tr, err := New(context.Background(), Config{}, Deps{Provider: c.fab.Provider("p"), LocalName: "p", Topology: topo})
 	require.NoError(t, err)
-	require.NoError(t, tr.RegisterMemory(addr, 1<<20, "cuda:0"))
+	require.NoError(t, tr.RegisterMemory(uint64(addrOf(mem)), n, "cuda:0"))
 	require.Zero(t, nic2.DmabufMRs())
 	require.Equal(t, 1, nic2.MRs())
 	require.NoError(t, tr.Close())

@@ -21,7 +21,7 @@ const (
 // Config is the RDMA transport's configuration. The zero value of every
 // field means its documented default (Mooncake's); New validates the result
 // and reports every bad field at once. The environment variable each field
-// mirrors is named in its comment; the engine parses the environment.
+// mirrors is named in its comment; ConfigFromEnv reads them.
 type Config struct {
 	// Port is the HCA port used on every device (MC_IB_PORT, default 1,
 	// 1..255).
@@ -122,7 +122,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.MaxSGE, 4)
 	def(&c.MaxWR, 256)
 	def(&c.MTU, 4096)
-	def(&c.SliceSize, 65536)
+	def(&c.SliceSize, defaultSliceSize)
 	def(&c.RetryCnt, 9)
 	def(&c.ContextFailureThreshold, 32)
 	if c.FragmentLimit == 0 {

@@ -21,7 +21,7 @@ func nicPath(segment, hca string) string { return segment + "@" + hca }
 // through OnConnection, and this side then only checks the reply agrees.
 func (t *Transport) connect(ep *endpoint) {
 	c := ep.ctx
-	ctx, cancel := context.WithTimeout(t.life, t.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(t.life.Context(), t.cfg.HandshakeTimeout)
 	defer cancel()
 	err := t.activeConnect(ctx, ep)
 
@@ -29,20 +29,22 @@ func (t *Transport) connect(ep *endpoint) {
 	ep.connecting = false
 	if err == nil && ep.mode.Load() == modeLive {
 		ep.mu.Unlock()
-		t.setHealthy(ep.peerName, true)
+		t.peerWorks(ep.peerName)
 		ep.post()
 		return
 	}
 	if err == nil {
+		// ClosePeer, an eviction or an HCA event took it out of service:
+		// no fault of the peer's, and its work went with it.
 		err = fmt.Errorf("endpoint %s left service while connecting", ep.peerPath)
 	}
 	ep.mu.Unlock()
-	if ctx.Err() != nil && t.life.Err() != nil {
+	if ctx.Err() != nil && t.life.Ended() {
 		err = fmt.Errorf("connect %s: %w", ep.peerPath, ErrClosed)
 		ep.retire(modeClosed, err)
 	} else {
 		t.dlog.Warn("rdma connection setup failed", zap.String("hca", c.name), zap.String("peer", ep.peerPath), zap.Error(err))
-		t.setHealthy(ep.peerName, false)
+		t.peerFailed(ep.peerName, err)
 		ep.retire(modeFailed, err)
 	}
 	ep.maybeDestroy()
@@ -173,15 +175,14 @@ func (t *Transport) OnConnection(ctx context.Context, req handshake.HandShakeDes
 			zap.String("to", req.PeerNICPath), zap.String("reason", reply.ReplyMsg))
 		return reply
 	}
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return refuse("transport closed")
 	}
+	defer t.life.Exit()
 	// The request's context, ended also by Close.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(t.life, cancel)
+	stop := context.AfterFunc(t.life.Context(), cancel)
 	defer stop()
 	seg, hca, ok := splitNICPath(req.PeerNICPath)
 	if !ok || seg != t.name {
@@ -260,6 +261,6 @@ func (t *Transport) accept(reply handshake.HandShakeDesc, c *hcaContext, ep *end
 	reply.QPNum = ep.qpNums()
 	reply.LocalGID = gid.String()
 	reply.LocalLID = lid
-	t.setHealthy(ep.peerName, true)
+	t.peerWorks(ep.peerName)
 	return reply
 }

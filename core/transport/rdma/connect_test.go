@@ -11,6 +11,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 func TestOnConnection(t *testing.T) {
@@ -102,12 +103,12 @@ func FuzzPeerDescriptor(f *testing.F) {
 		}
 		task := &transport.Task{}
 		task.Init(transport.Request{Opcode: transport.Read, Local: uintptr(h.addr(0)), Remote: remote, Length: length % (1 << 20)}, nil)
-		ss, err := h.t.cut(task, rt, &submission{ctx: context.Background()})
+		ss, err := h.t.cut(task, rt, submit.NewCall(context.Background()))
 		if err != nil {
 			return
 		}
 		for _, s := range ss {
-			b := rt.bufs[s.rbuf]
+			b := s.rbuf
 			if s.remote < b.Addr || s.remote+uint64(s.length) > b.Addr+b.Length {
 				t.Fatalf("slice [%#x, +%d) outside buffer [%#x, +%d)", s.remote, s.length, b.Addr, b.Length)
 			}

@@ -299,7 +299,7 @@ func (c *hcaContext) poll(q *cqState, wcs []verbs.WC) int {
 		ep, qp := s.ep, s.qp
 		qp.depth.Add(-1)
 		q.outstanding.Add(-1)
-		c.t.completed(1)
+		c.t.life.Completed(1)
 		s.ep, s.qp = nil, nil
 		if wc.Status == verbs.WCSuccess {
 			c.failStreak.Store(0)

@@ -8,7 +8,11 @@
 //
 // The transport talks to hardware only through a verbs.Provider: the real
 // one (verbs/ibv, libibverbs loaded at run time) or the fake fabric of the
-// tests (verbs/fake). Everything in this package is pure Go.
+// tests (verbs/fake). Everything in this package is pure Go. What it shares
+// with barex lives in core/transport/internal (memreg, numa, lifetime,
+// submit). ConfigFromEnv reads its MC_* variables; GPU memory is registered
+// through nvidia-peermem or a dma-buf from Deps.DmaBuf (gpu.Driver's
+// ExportDmaBuf).
 //
 // Where it departs from Mooncake, on purpose (transports.md §4.10):
 //   - no lock is held across the handshake RPC, and a Connection request
@@ -42,5 +46,12 @@
 //
 // Errors: New fails with an error matching ErrUnavailable (and ErrNoDevices
 // when no device is usable) when RDMA cannot be used here; the engine then
-// falls back to TCP. Failed tasks carry a *SliceError.
+// falls back to TCP. Failed tasks carry a *SliceError, which matches exactly
+// one transport-neutral sentinel, or none: transport.ErrPeer when the peer
+// or the path to it failed (retries exceeded, a failed queue pair, a
+// handshake that failed or was refused), transport.ErrRejected when the
+// peer refused the key or range (a remote access error: it restarted, or
+// unregistered the memory), transport.ErrClosed after ClosePeer or Close,
+// none for a local failure. PeerHealth reports the last failure that
+// matched transport.ErrPeer.
 package rdma

@@ -181,7 +181,7 @@ func (ep *endpoint) enqueue(ss []*slice) {
 	case connIdle:
 		ep.state = connConnecting
 		ep.connecting = true
-		if !t.spawn(func() { t.connect(ep) }) {
+		if !t.life.Go(func() { t.connect(ep) }) {
 			ep.state = connIdle
 			ep.connecting = false
 			q := ep.queue
@@ -239,7 +239,7 @@ func (ep *endpoint) post() {
 		}
 		q.depth.Add(int64(n))
 		ep.inflight.Add(int64(n))
-		t.inflight.Add(int64(n))
+		t.life.Posted(int64(n))
 		posted, err := q.qp.PostSend(ep.wrs)
 		if posted < n {
 			// Nothing from the bad request on was posted: undo it.
@@ -249,7 +249,7 @@ func (ep *endpoint) post() {
 			}
 			q.depth.Add(-int64(bad))
 			ep.inflight.Add(-int64(bad))
-			t.completed(int64(bad))
+			t.life.Completed(int64(bad))
 			q.cq.outstanding.Add(-int64(bad))
 			for _, s := range batch[posted:] {
 				s.ep, s.qp = nil, nil
@@ -294,7 +294,7 @@ func (ep *endpoint) pickQPLocked() *qpState {
 func (ep *endpoint) dropCanceledLocked() {
 	keep := ep.queue[:0]
 	for _, s := range ep.queue {
-		if err := s.sub.ctx.Err(); err != nil {
+		if err := s.call.Err(); err != nil {
 			s.finish(err)
 			continue
 		}

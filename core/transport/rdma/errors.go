@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
@@ -21,7 +22,7 @@ var (
 	ErrClosed = transport.ErrClosed
 	// ErrAddressNotRegistered means a local or remote range is not inside
 	// memory registered with the transport (or published by the peer).
-	ErrAddressNotRegistered = errors.New("rdma: address not registered")
+	ErrAddressNotRegistered = memreg.ErrNotRegistered
 	// ErrNoPath means no usable local or remote NIC could be chosen.
 	ErrNoPath = errors.New("rdma: no usable nic path")
 	// ErrHandshake matches connection setup failures: the RPC failed, the
@@ -35,18 +36,17 @@ var (
 	// not loaded and no dma-buf exporter was given.
 	ErrGPUMemory = errors.New("rdma: gpu memory needs nvidia-peermem or dma-buf")
 	// ErrRegistered means a range overlaps memory registered already.
-	ErrRegistered = errors.New("rdma: memory already registered")
+	ErrRegistered = memreg.ErrRegistered
 )
 
 // SliceError is how a failed task reports its cause: the peer, the range,
 // the NICs of the last try and what went wrong (a verbs.WCStatus, a post
-// error, a handshake error, ErrClosed, a context error). It matches
-// ErrRetriesExhausted when the slice used up its retries, and then the
-// transport-neutral sentinel of its last cause: transport.ErrRejected for a
-// remote access error (the peer no longer accepts the key and range its
-// descriptor published: it restarted, or unregistered the memory), and
-// transport.ErrPeer for every other completion error (the queue pair or
-// the path to the peer failed).
+// error, a handshake error, ErrClosed, a context error). It unwraps to the
+// cause and matches ErrRetriesExhausted when the slice used up its
+// retries. A completion status also decides which transport-neutral
+// sentinel it matches (see classify); every other cause carries its own
+// (ErrHandshake matches transport.ErrPeer, ErrClosed is
+// transport.ErrClosed).
 type SliceError struct {
 	// Peer is the target segment name.
 	Peer string
@@ -74,20 +74,36 @@ func (e *SliceError) Error() string {
 func (e *SliceError) Unwrap() error { return e.Err }
 
 // Is makes errors.Is(err, ErrRetriesExhausted) true when retries ran out,
-// and maps the last cause to transport.ErrRejected or transport.ErrPeer
-// then (see SliceError).
+// and matches the sentinel that classify gives a completion status cause.
 func (e *SliceError) Is(target error) bool {
-	if !e.Exhausted {
-		return false
+	if target == ErrRetriesExhausted {
+		return e.Exhausted
 	}
 	var st verbs.WCStatus
-	switch target {
-	case ErrRetriesExhausted:
-		return true
-	case transport.ErrRejected:
-		return errors.As(e.Err, &st) && st == verbs.WCRemAccessErr
-	case transport.ErrPeer:
-		return !errors.As(e.Err, &st) || st != verbs.WCRemAccessErr
+	if target == nil || !errors.As(e.Err, &st) {
+		return false
 	}
-	return false
+	return classify(st) == target
+}
+
+// classify is the transport-neutral sentinel a failed completion matches:
+//   - transport.ErrRejected when the target refused the request: a remote
+//     access error (the key or range its descriptor published is no longer
+//     valid: it restarted, or unregistered the memory) or an invalid
+//     request;
+//   - transport.ErrPeer when the path to the peer or its queue pair failed:
+//     transport or RNR retries exceeded (it is gone or unreachable), a
+//     remote operation error, an aborted or bad response, or a request
+//     flushed because its queue pair went to the error state;
+//   - nil for a local failure (a local protection, length or queue pair
+//     error, a fatal HCA error): no peer is to blame.
+func classify(st verbs.WCStatus) error {
+	switch st {
+	case verbs.WCRemAccessErr, verbs.WCRemInvReqErr, verbs.WCRemInvRdReqErr:
+		return transport.ErrRejected
+	case verbs.WCRetryExcErr, verbs.WCRNRRetryExcErr, verbs.WCWRFlushErr, verbs.WCRemOpErr,
+		verbs.WCRemAbortErr, verbs.WCRespTimeoutErr, verbs.WCBadRespErr:
+		return transport.ErrPeer
+	}
+	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
@@ -85,6 +86,7 @@ type hostSpec struct {
 	cfg    Config
 	mem    int // bytes of registered memory; default 16 MiB
 	noReg  bool
+	dmaBuf func(addr uintptr, length uint64) (gpu.DmaBuf, error)
 }
 
 func (c *cluster) addHost(name string, spec hostSpec) *host {
@@ -133,6 +135,7 @@ func (c *cluster) addHost(name string, spec hostSpec) *host {
 		Topology:  topo,
 		Handshake: c.handshake(name),
 		PeerDesc:  c.peerDesc,
+		DmaBuf:    spec.dmaBuf,
 		Logger:    log,
 	})
 	require.NoError(tb, err)

@@ -3,102 +3,30 @@ package rdma
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"sort"
+	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
+	"github.com/pymooncake/pymooncake/core/transport/internal/numa"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
-// region is one RegisterMemory call.
-type region struct {
-	addr, length uint64
-	location     string
-	chunks       []*chunk
-}
+// chunk is a piece of a registration no larger than every HCA's MR limit,
+// with one MR per HCA (nil for an HCA that was out of service at
+// registration) and its keys indexed by device id. Every chunk of a
+// registration has the registration's location.
+type chunk = memreg.Chunk[[]verbs.MR]
 
-// chunk is a piece of a region no larger than every HCA's MR limit, with
-// one MR per HCA (nil for an HCA that was out of service at registration).
-type chunk struct {
-	addr, length uint64
-	region       *region
-	mrs          []verbs.MR
-	lkeys, rkeys []uint32
-}
-
-func (c *chunk) end() uint64 { return c.addr + c.length }
-
-// memTable is the registered memory. Lookups on the data path read an
-// immutable sorted snapshot; changes copy it under mu.
-type memTable struct {
-	mu   sync.Mutex
-	regs map[uint64]*region // +checklocks:mu
-	snap atomic.Pointer[[]*chunk]
-}
-
-// find returns the chunk holding addr, or nil.
-func (m *memTable) find(addr uint64) *chunk {
-	p := m.snap.Load()
-	if p == nil {
-		return nil
-	}
-	cs := *p
-	i := sort.Search(len(cs), func(i int) bool { return cs[i].addr > addr }) - 1
-	if i < 0 || addr >= cs[i].end() {
-		return nil
-	}
-	return cs[i]
-}
-
-func (m *memTable) regions() map[uint64]*region {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make(map[uint64]*region, len(m.regs))
-	for k, v := range m.regs {
-		out[k] = v
-	}
-	return out
-}
-
-// +checklocks:m.mu
-func (m *memTable) publishLocked() {
-	var cs []*chunk
-	for _, r := range m.regs {
-		cs = append(cs, r.chunks...)
-	}
-	slices.SortFunc(cs, func(a, b *chunk) int {
-		switch {
-		case a.addr < b.addr:
-			return -1
-		case a.addr > b.addr:
-			return 1
-		}
-		return 0
-	})
-	m.snap.Store(&cs)
-}
-
-func (m *memTable) closeAll() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var errs []error
-	for _, r := range m.regs {
-		errs = append(errs, deregister(r.chunks))
-	}
-	clear(m.regs)
-	m.publishLocked()
-	return errors.Join(errs...)
-}
+// memTable is the registered memory (see memreg.Table).
+type memTable = memreg.Table[[]verbs.MR]
 
 func deregister(cs []*chunk) error {
 	var errs []error
 	for _, c := range cs {
-		for _, mr := range c.mrs {
+		for _, mr := range c.Native {
 			if mr != nil {
 				errs = append(errs, mr.Close())
 			}
@@ -118,6 +46,16 @@ func gpuLocation(loc string) bool {
 	return false
 }
 
+// memoryLocation is Mooncake's getMemoryLocation for host memory: the NUMA
+// node of the page holding addr, as "cpu:<node>"; "*" when the kernel will
+// not say (the page is not resident).
+func memoryLocation(addr uint64) string {
+	if node, ok := numa.Node(addr); ok {
+		return "cpu:" + strconv.Itoa(node)
+	}
+	return topology.Wildcard
+}
+
 // RegisterMemory registers [addr, addr+length) on every HCA: one MR per HCA
 // (per chunk of at most the smallest device MR limit), with
 // LOCAL_WRITE|REMOTE_WRITE|REMOTE_READ. location is the memory's location
@@ -126,33 +64,31 @@ func gpuLocation(loc string) bool {
 // memory is registered directly when nvidia-peermem is loaded and through
 // Deps.DmaBuf otherwise. On any failure nothing stays registered.
 func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("register memory: %w", ErrClosed)
 	}
+	defer t.life.Exit()
 	if addr == 0 || length == 0 || addr+length < addr {
 		return fmt.Errorf("register memory [%#x, +%d): %w: empty or wrapping range", addr, length, ErrInvalidConfig)
 	}
 	if location == "" || location == topology.Wildcard {
 		location = memoryLocation(addr)
 	}
-	gpu := gpuLocation(location)
-	var (
-		fd      = -1
-		fdBase  uint64
-		closeFD func()
-	)
-	if gpu && !t.topo.PeerMem {
+	fd, fdBase := -1, uint64(0)
+	if gpuLocation(location) && !t.topo.PeerMem {
 		if t.deps.DmaBuf == nil {
 			return fmt.Errorf("register %s memory [%#x, +%d): %w", location, addr, length, ErrGPUMemory)
 		}
-		var err error
-		fd, fdBase, closeFD, err = t.deps.DmaBuf(addr, length)
+		buf, err := t.deps.DmaBuf(uintptr(addr), length)
 		if err != nil {
 			return fmt.Errorf("register %s memory [%#x, +%d): export dma-buf: %w", location, addr, length, err)
 		}
-		defer closeFD()
+		defer func() {
+			if err := buf.Close(); err != nil {
+				t.log.Warn("close dma-buf", zap.Uint64("addr", addr), zap.Error(err))
+			}
+		}()
+		fd, fdBase = buf.FD, buf.Offset
 	}
 	access := verbs.AccessLocalWrite | verbs.AccessRemoteWrite | verbs.AccessRemoteRead
 	if t.cfg.RelaxedOrdering {
@@ -162,18 +98,7 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 	for _, c := range t.ctxs {
 		limit = min(limit, c.maxMR)
 	}
-
-	m := &t.mem
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, r := range m.regs {
-		if addr < r.addr+r.length && r.addr < addr+length {
-			return fmt.Errorf("register memory [%#x, +%d): %w: overlaps [%#x, +%d)", addr, length, ErrRegistered, r.addr, r.length)
-		}
-	}
-	r := &region{addr: addr, length: length, location: location}
-	for off := uint64(0); off < length; off += limit {
-		ch := &chunk{addr: addr + off, length: min(limit, length-off), region: r}
+	reg := func(ch *chunk) error {
 		for _, c := range t.ctxs {
 			var (
 				mr  verbs.MR
@@ -182,33 +107,31 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 			switch {
 			case c.fatal.Load():
 			case fd >= 0:
-				mr, err = c.pd.RegDmabufMR(fdBase+off, ch.length, ch.addr, fd, access)
+				mr, err = c.pd.RegDmabufMR(fdBase+(ch.Addr-addr), ch.Length, ch.Addr, fd, access)
 			default:
-				mr, err = c.pd.RegMR(uintptr(ch.addr), ch.length, access)
+				mr, err = c.pd.RegMR(uintptr(ch.Addr), ch.Length, access)
 			}
 			if err != nil {
-				deregister(append(r.chunks, ch))
-				return fmt.Errorf("register memory [%#x, +%d) on %s: %w", ch.addr, ch.length, c.name, err)
+				return errors.Join(fmt.Errorf("on %s: %w", c.name, err), deregister([]*chunk{ch}))
 			}
-			ch.mrs = append(ch.mrs, mr)
+			ch.Native = append(ch.Native, mr)
 			if mr != nil {
-				ch.lkeys = append(ch.lkeys, mr.LKey())
-				ch.rkeys = append(ch.rkeys, mr.RKey())
+				ch.LKeys = append(ch.LKeys, mr.LKey())
+				ch.RKeys = append(ch.RKeys, mr.RKey())
 			} else {
-				ch.lkeys = append(ch.lkeys, 0)
-				ch.rkeys = append(ch.rkeys, 0)
+				ch.LKeys = append(ch.LKeys, 0)
+				ch.RKeys = append(ch.RKeys, 0)
 			}
 		}
-		r.chunks = append(r.chunks, ch)
+		return nil
 	}
-	if m.regs == nil {
-		m.regs = map[uint64]*region{}
+	r, err := t.mem.Register(addr, length, limit, location, reg, deregister)
+	if err != nil {
+		return fmt.Errorf("register memory [%#x, +%d): %w", addr, length, err)
 	}
-	m.regs[addr] = r
-	m.publishLocked()
-	if len(r.chunks) > 1 {
+	if len(r.Chunks) > 1 {
 		t.log.Info("memory registered in chunks", zap.Uint64("addr", addr), zap.Uint64("length", length),
-			zap.Int("chunks", len(r.chunks)), zap.Uint64("chunk_limit", limit))
+			zap.Int("chunks", len(r.Chunks)), zap.Uint64("chunk_limit", limit))
 	}
 	return nil
 }
@@ -216,23 +139,25 @@ func (t *Transport) RegisterMemory(addr, length uint64, location string) error {
 // UnregisterMemory deregisters the region that RegisterMemory registered at
 // addr. Work in flight on it fails.
 func (t *Transport) UnregisterMemory(addr uint64) error {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrClosed)
 	}
-	m := &t.mem
-	m.mu.Lock()
-	r, ok := m.regs[addr]
-	if !ok {
-		m.mu.Unlock()
-		return fmt.Errorf("unregister memory at %#x: %w", addr, ErrAddressNotRegistered)
+	defer t.life.Exit()
+	r, err := t.mem.Unregister(addr)
+	if err == nil {
+		err = deregister(r.Chunks)
 	}
-	delete(m.regs, addr)
-	m.publishLocked()
-	m.mu.Unlock()
-	if err := deregister(r.chunks); err != nil {
+	if err != nil {
 		return fmt.Errorf("unregister memory at %#x: %w", addr, err)
 	}
 	return nil
+}
+
+// deregisterAll deregisters every region (Close).
+func (t *Transport) deregisterAll() error {
+	var errs []error
+	for _, r := range t.mem.Take() {
+		errs = append(errs, deregister(r.Chunks))
+	}
+	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package rdma
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -10,6 +11,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 // peerDesc builds an rdma descriptor with buffers of the given lengths laid
@@ -39,7 +41,7 @@ func cutPieces(t *testing.T, tr *Transport, desc *metadata.SegmentDesc, local ui
 	require.NoError(t, err)
 	task := &transport.Task{}
 	task.Init(transport.Request{Opcode: transport.Write, Local: local, Remote: remote, Length: length}, nil)
-	return tr.cut(task, rt, &submission{ctx: context.Background()})
+	return tr.cut(task, rt, submit.NewCall(context.Background()))
 }
 
 func TestSlicing(t *testing.T) {
@@ -127,16 +129,19 @@ func TestSlicingProperties(t *testing.T) {
 				require.Equal(t, h.addr(int(off))+pos, s.local, "pieces tile the request in order")
 				require.Equal(t, base+roff+pos, s.remote)
 				require.LessOrEqual(t, int(s.length), h.t.cfg.SliceSize+h.t.cfg.FragmentLimit)
-				lc := h.t.mem.find(s.local)
+				lc, lend, ok := h.t.mem.Find(s.local)
+				require.True(t, ok)
 				require.Same(t, lc, s.lchunk)
-				require.LessOrEqual(t, s.local+uint64(s.length), lc.end(), "inside one local chunk")
-				b := desc.Buffers[s.rbuf]
+				require.LessOrEqual(t, s.local+uint64(s.length), lend, "inside one local chunk")
+				ri := slices.IndexFunc(desc.Buffers, func(b metadata.BufferDesc) bool { return b.Addr == s.rbuf.Addr })
+				require.GreaterOrEqual(t, ri, 0)
+				b := desc.Buffers[ri]
 				require.LessOrEqual(t, b.Addr, s.remote)
 				require.LessOrEqual(t, s.remote+uint64(s.length), b.Addr+b.Length, "inside one remote buffer")
 				ctx, _, err := h.t.choose(s)
 				require.NoError(t, err)
-				require.Equal(t, lc.lkeys[ctx.id], s.lkey)
-				require.Equal(t, uint32(1000*(s.rbuf+1)+peerIndex(desc, s.peerNIC)), s.rkey)
+				require.Equal(t, lc.LKeys[ctx.id], s.lkey)
+				require.Equal(t, uint32(1000*(ri+1)+peerIndex(desc, s.peerNIC)), s.rkey)
 				pos += uint64(s.length)
 			}
 			require.Equal(t, length, pos, "the pieces add up to the request")

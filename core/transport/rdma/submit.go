@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"sort"
-	"sync/atomic"
 
 	"github.com/pymooncake/pymooncake/core/internal/slicing"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/memreg"
+	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
 const (
@@ -22,7 +21,7 @@ const (
 
 // slice is one work request's worth of a task.
 type slice struct {
-	sub    *submission
+	call   *submit.Call
 	task   *transport.Task
 	route  *route
 	op     transport.Opcode
@@ -33,7 +32,7 @@ type slice struct {
 
 	// Chosen for the current try.
 	lchunk     *chunk
-	rbuf       int // index into route.bufs
+	rbuf       *metadata.BufferDesc // in route.bufs
 	lkey, rkey uint32
 	localNIC   string
 	peerNIC    string
@@ -41,14 +40,6 @@ type slice struct {
 	// Set while posted.
 	ep *endpoint
 	qp *qpState
-}
-
-// submission is one Submit call: its context, and its slices not yet
-// finished (when they all are, the context watch is released).
-type submission struct {
-	ctx       context.Context
-	remaining atomic.Int64
-	stop      func() bool
 }
 
 // finish reports the slice's outcome to its task, exactly once.
@@ -61,9 +52,7 @@ func (s *slice) finish(err error) {
 	} else {
 		s.task.PartDone(uint64(s.length), nil)
 	}
-	if s.sub.remaining.Add(-1) == 0 && s.sub.stop != nil {
-		s.sub.stop()
-	}
+	s.call.PartDone()
 }
 
 func (s *slice) error(err error, exhausted bool) *SliceError {
@@ -76,7 +65,7 @@ func (s *slice) error(err error, exhausted bool) *SliceError {
 type route struct {
 	name     string
 	desc     *metadata.SegmentDesc
-	bufs     []metadata.BufferDesc
+	bufs     *memreg.Published
 	resolved *topology.Resolved
 	devIndex map[string]int
 }
@@ -103,41 +92,10 @@ func (t *Transport) routeFor(name string, desc *metadata.SegmentDesc) (*route, e
 		}
 	}
 	r.resolved = topology.Resolve(names, desc.PriorityMatrix)
-	for _, b := range desc.Buffers {
-		// A buffer without one key per device cannot be addressed.
-		if len(b.RKey) == len(desc.Devices) && b.Length > 0 && b.Addr+b.Length > b.Addr {
-			r.bufs = append(r.bufs, b)
-		}
-	}
-	slices.SortFunc(r.bufs, func(a, b metadata.BufferDesc) int {
-		switch {
-		case a.Addr < b.Addr:
-			return -1
-		case a.Addr > b.Addr:
-			return 1
-		}
-		return 0
-	})
+	// A buffer without one key per device cannot be addressed.
+	r.bufs = memreg.Publish(desc.Buffers, func(b *metadata.BufferDesc) bool { return len(b.RKey) == len(desc.Devices) })
 	p.route.Store(r)
 	return r, nil
-}
-
-// findBuf returns the index of the peer buffer holding addr, or -1.
-func (r *route) findBuf(addr uint64) int {
-	i := sort.Search(len(r.bufs), func(i int) bool { return r.bufs[i].Addr > addr }) - 1
-	if i < 0 || addr >= r.bufs[i].Addr+r.bufs[i].Length {
-		return -1
-	}
-	return i
-}
-
-// findSpan is findBuf as a slicing.Finder: the buffer's index and end.
-func (r *route) findSpan(addr uint64) (int, uint64, bool) {
-	i := r.findBuf(addr)
-	if i < 0 {
-		return -1, 0, false
-	}
-	return i, r.bufs[i].Addr + r.bufs[i].Length, true
 }
 
 // Submit starts tasks against the peer whose descriptor is desc (the
@@ -149,58 +107,34 @@ func (r *route) findSpan(addr uint64) (int, uint64, bool) {
 // error; posted ones complete as the NIC completes them, so a task never
 // finishes while the NIC may still write its memory.
 func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*transport.Task, _ transport.SubmitOptions) {
-	desc := peer.Desc
-	name := peer.Name
-	if desc != nil && desc.Name != "" {
-		name = desc.Name
-	}
-	fail := func(err error) {
-		for _, task := range tasks {
-			task.Fail(err)
-		}
-	}
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
-		fail(fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
+	desc, name := peer.Desc, submit.Target(peer)
+	if !t.life.Enter() {
+		submit.FailAll(tasks, fmt.Errorf("rdma submit to %q: %w", name, ErrClosed))
 		return
 	}
+	defer t.life.Exit()
 	if desc == nil {
-		fail(fmt.Errorf("rdma submit to %q: no descriptor: %w", name, ErrNoPath))
+		submit.FailAll(tasks, fmt.Errorf("rdma submit to %q: no descriptor: %w", name, ErrNoPath))
 		return
 	}
 	rt, err := t.routeFor(name, desc)
 	if err != nil {
-		fail(fmt.Errorf("rdma submit: %w", err))
+		submit.FailAll(tasks, fmt.Errorf("rdma submit: %w", err))
 		return
 	}
-	sub := &submission{ctx: ctx}
-	var all []*slice
-	for _, task := range tasks {
-		if task.Length == 0 {
-			task.Start(1)
-			task.PartDone(0, nil)
-			continue
-		}
-		ss, err := t.cut(task, rt, sub)
-		if err != nil {
-			task.Fail(fmt.Errorf("rdma %s of %d bytes at %#x on peer %q: %w", task.Opcode, task.Length, task.Remote, name, err))
-			continue
-		}
-		task.Start(len(ss))
-		all = append(all, ss...)
-	}
+	call := submit.NewCall(ctx)
+	all := submit.Parts("rdma", name, tasks, func(task *transport.Task) ([]*slice, error) { return t.cut(task, rt, call) })
 	if len(all) == 0 {
 		return
 	}
-	sub.remaining.Store(int64(len(all)))
+	call.Expect(len(all))
 	groups := t.place(all)
 	if ctx.Done() != nil {
 		eps := make([]*endpoint, 0, len(groups))
 		for ep := range groups {
 			eps = append(eps, ep)
 		}
-		sub.stop = context.AfterFunc(ctx, func() {
+		call.Watch(func() {
 			for _, ep := range eps {
 				ep.purgeCanceled()
 			}
@@ -214,7 +148,7 @@ func (t *Transport) Submit(ctx context.Context, peer transport.Peer, tasks []*tr
 // cut slices a task (see Submit) with the shared slicer: a slice ends at
 // SliceSize (the rest stays whole up to FragmentLimit more), at the end of
 // the local chunk and at the end of the remote buffer that hold its start.
-func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*slice, error) {
+func (t *Transport) cut(task *transport.Task, rt *route, call *submit.Call) ([]*slice, error) {
 	if task.Opcode != opRead && task.Opcode != opWrite {
 		return nil, fmt.Errorf("opcode %d: %w", task.Opcode, ErrInvalidConfig)
 	}
@@ -223,14 +157,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*sl
 	if n := length/slice64 + 1; n > math.MaxInt32 {
 		return nil, fmt.Errorf("%d bytes make too many slices: %w", length, ErrInvalidConfig)
 	}
-	findLocal := func(addr uint64) (*chunk, uint64, bool) {
-		c := t.mem.find(addr)
-		if c == nil {
-			return nil, 0, false
-		}
-		return c, c.end(), true
-	}
-	pieces, err := slicing.Cut(findLocal, rt.findSpan, local, remote, length,
+	pieces, err := slicing.Cut(t.mem.Find, rt.bufs.Find, local, remote, length,
 		slicing.Limits{Max: slice64, Fragment: uint64(t.cfg.FragmentLimit)})
 	if err != nil {
 		var re *slicing.RangeError
@@ -241,7 +168,7 @@ func (t *Transport) cut(task *transport.Task, rt *route, sub *submission) ([]*sl
 	}
 	out := make([]*slice, len(pieces))
 	for i, p := range pieces {
-		out[i] = &slice{sub: sub, task: task, route: rt, op: task.Opcode,
+		out[i] = &slice{call: call, task: task, route: rt, op: task.Opcode,
 			local: local + p.Offset, remote: remote + p.Offset, length: uint32(p.Length), lchunk: p.Local, rbuf: p.Remote}
 	}
 	return out, nil
@@ -290,8 +217,8 @@ func (t *Transport) place(ss []*slice) map[*endpoint][]*slice {
 // before any repeats. Out-of-service local HCAs are skipped.
 func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
 	rt := s.route
-	loc := s.lchunk.region.location
-	rloc := rt.bufs[s.rbuf].Name
+	loc := s.lchunk.Location
+	rloc := s.rbuf.Name
 	nRemote := max(rt.resolved.Candidates(rloc), 1)
 	localRetry := 0
 	if s.retry > 0 {
@@ -324,11 +251,11 @@ func (t *Transport) choose(s *slice) (*hcaContext, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("peer %q: %w: %w", rt.name, ErrNoPath, err)
 	}
-	b := rt.bufs[s.rbuf]
-	if rd >= len(b.RKey) || c.id >= len(s.lchunk.lkeys) {
+	b := s.rbuf
+	if rd >= len(b.RKey) || c.id >= len(s.lchunk.LKeys) {
 		return nil, "", fmt.Errorf("peer %q device %d has no key: %w", rt.name, rd, ErrNoPath)
 	}
-	s.lkey = s.lchunk.lkeys[c.id]
+	s.lkey = s.lchunk.LKeys[c.id]
 	s.rkey = b.RKey[rd]
 	s.localNIC = nicPath(t.name, c.name)
 	s.peerNIC = rt.desc.Devices[rd].Name
@@ -341,13 +268,14 @@ func (t *Transport) retry(ss []*slice, cause error) {
 	var again []*slice
 	for _, s := range ss {
 		switch {
-		case t.isDown.Load():
+		case t.life.Ended():
 			s.finish(ErrClosed)
-		case s.sub.ctx.Err() != nil:
-			s.finish(s.sub.ctx.Err())
+		case s.call.Err() != nil:
+			s.finish(s.call.Err())
 		case s.retry >= t.cfg.RetryCnt:
-			t.setHealthy(s.route.name, false)
-			s.finish(s.error(cause, true))
+			se := s.error(cause, true)
+			t.peerFailed(s.route.name, se)
+			s.finish(se)
 		default:
 			s.retry++
 			again = append(again, s)
@@ -362,7 +290,7 @@ func (t *Transport) requeue(ss []*slice) {
 	if len(ss) == 0 {
 		return
 	}
-	if t.isDown.Load() {
+	if t.life.Ended() {
 		finishAll(ss, ErrClosed)
 		return
 	}

@@ -13,10 +13,12 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/lifetime"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 )
 
@@ -40,10 +42,11 @@ type Deps struct {
 	// PeerDesc returns the named peer's descriptor (cached or refreshed).
 	// The passive side uses it when a Connection request carries no GID.
 	PeerDesc func(ctx context.Context, peerName string) (*metadata.SegmentDesc, error)
-	// DmaBuf, when set, exports GPU memory as a dma-buf for registration on
-	// hosts without nvidia-peermem: it returns the dma-buf fd, the offset of
-	// addr inside it, and a function that closes the fd.
-	DmaBuf func(addr, length uint64) (fd int, offset uint64, closeFD func(), err error)
+	// DmaBuf, when set, exports GPU memory as a dma-buf, through which
+	// RegisterMemory registers it where nvidia-peermem is not loaded: the
+	// GPU driver's ExportDmaBuf (gpu.Driver). The transport closes each
+	// dma-buf once its memory regions hold it.
+	DmaBuf func(addr uintptr, length uint64) (gpu.DmaBuf, error)
 	// Logger receives the transport's logs; nil discards them.
 	Logger *zap.Logger
 }
@@ -73,23 +76,15 @@ type Transport struct {
 
 	rrLocal  atomic.Uint64
 	rrRemote atomic.Uint64
-	inflight atomic.Int64
-	drained  chan struct{}
 
-	// life ends when Close starts: connection setups stop. pollCtx ends
-	// when Close has drained: pollers and async loops stop.
-	life, pollCtx       context.Context
-	cancelLife, stopPol context.CancelFunc
-
-	spawnMu sync.Mutex
-	closed  bool // +checklocks:spawnMu
-	isDown  atomic.Bool
-	wg      sync.WaitGroup
-	// callMu is held (shared) by every entry point that touches verbs
-	// objects (Submit, RegisterMemory, UnregisterMemory, OnConnection,
-	// ClosePeer); Close takes it exclusively once, after isDown is set, so
-	// that none is still running when objects are destroyed.
-	callMu sync.RWMutex
+	// life is entered by every entry point that touches verbs objects
+	// (Submit, RegisterMemory, UnregisterMemory, OnConnection, ClosePeer),
+	// owns the connection setups and counts the work requests in flight;
+	// Close ends it before destroying anything. pollCtx ends when Close
+	// has drained: pollers and async loops stop.
+	life    *lifetime.Lifetime
+	pollCtx context.Context
+	stopPol context.CancelFunc
 
 	closeOnce sync.Once
 	closeErr  error
@@ -123,17 +118,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Transport, error) {
 	}
 	t := &Transport{
 		cfg: cfg, deps: deps, name: deps.LocalName,
-		log:     log.Named("rdma"),
-		peers:   map[string]*peerState{},
-		drained: make(chan struct{}, 1),
+		log:   log.Named("rdma"),
+		peers: map[string]*peerState{},
+		life:  lifetime.New(),
 	}
 	t.dlog = t.log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
 	}))
-	t.life, t.cancelLife = context.WithCancel(context.Background())
 	t.pollCtx, t.stopPol = context.WithCancel(context.Background())
 	if err := t.open(ctx); err != nil {
-		t.cancelLife()
+		t.life.End()
 		t.stopPol()
 		return nil, err
 	}
@@ -242,18 +236,9 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 		lid, gid := c.address()
 		d.Devices[i] = metadata.DeviceDesc{Name: c.name, LID: lid, GID: gid.String()}
 	}
-	regs := t.mem.regions()
-	var out []metadata.BufferDesc
-	for _, b := range d.Buffers {
-		r, ok := regs[b.Addr]
-		if !ok {
-			t.log.Debug("describe: buffer not registered with rdma", zap.Uint64("addr", b.Addr))
-			continue
-		}
-		for _, ch := range r.chunks {
-			out = append(out, metadata.BufferDesc{Name: r.location, Addr: ch.addr, Length: ch.length,
-				RKey: append([]uint32(nil), ch.rkeys...), LKey: append([]uint32(nil), ch.lkeys...)})
-		}
+	out, missing := t.mem.Buffers(d.Buffers)
+	for _, a := range missing {
+		t.log.Debug("describe: buffer not registered with rdma", zap.Uint64("addr", a))
 	}
 	d.Buffers = out
 	d.PriorityMatrix = make(map[string]metadata.PriorityEntry, len(t.topo.Matrix))
@@ -262,28 +247,37 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 	}
 }
 
-// PeerHealth is nil while the last connection attempt to the peer
-// succeeded and its slices have not been failing for good, and an error
-// matching ErrPeer otherwise.
+// PeerHealth is nil while the connections to the peer work (or none was
+// made yet), and an error matching transport.ErrPeer, with the last cause,
+// once its last connection setup failed or a slice used up its retries on
+// a failure of the peer or the path to it (see classify): not for a
+// rejected key or range, which the peer's connections carried. A later
+// successful setup makes it nil again; ClosePeer forgets it. After Close
+// it is an error matching ErrClosed.
 func (t *Transport) PeerHealth(name string) error {
+	if t.life.Ended() {
+		return fmt.Errorf("rdma: peer %q: %w", name, ErrClosed)
+	}
 	t.peersMu.Lock()
 	p, ok := t.peers[name]
 	t.peersMu.Unlock()
-	if !ok || p.healthy.Load() {
+	if !ok {
 		return nil
 	}
-	return fmt.Errorf("rdma: connections to %q failed: %w", name, transport.ErrPeer)
+	if cause := p.fault.Load(); cause != nil {
+		return fmt.Errorf("rdma: connections to %q failed: %w", name, *cause)
+	}
+	return nil
 }
 
 // ClosePeer tears down every endpoint to the named peer: queued and
 // in-flight work for it fails with ErrClosed, and the next transfer
 // reconnects.
 func (t *Transport) ClosePeer(name string) {
-	t.callMu.RLock()
-	defer t.callMu.RUnlock()
-	if t.isDown.Load() {
+	if !t.life.Enter() {
 		return
 	}
+	defer t.life.Exit()
 	cause := fmt.Errorf("peer %q closed: %w", name, ErrClosed)
 	for _, c := range t.ctxs {
 		for _, ep := range c.store.removeIf(func(ep *endpoint) bool { return ep.peerName == name }) {
@@ -299,21 +293,17 @@ func (t *Transport) ClosePeer(name string) {
 // returns the first error.
 func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
-		t.spawnMu.Lock()
-		t.closed = true
-		t.spawnMu.Unlock()
-		t.isDown.Store(true)
-		t.cancelLife()
-		t.callMu.Lock()
-		t.callMu.Unlock() // a barrier: calls that started before isDown have returned
+		t.life.End()
 		for _, c := range t.ctxs {
 			for _, ep := range c.store.closeAll() {
 				ep.retire(modeClosed, ErrClosed)
 			}
 		}
 		// Connection setups end promptly: their ctx is cancelled.
-		t.wg.Wait()
-		t.waitDrained()
+		t.life.Wait()
+		if !t.life.Drain(time.Now().Add(t.cfg.DrainTimeout)) {
+			t.log.Warn("close: work requests still in flight after the drain timeout", zap.Int64("inflight", t.life.InFlight()))
+		}
 		t.stopPol()
 		for _, c := range t.ctxs {
 			c.wg.Wait()
@@ -321,12 +311,12 @@ func (t *Transport) Close() error {
 		var errs []error
 		for _, c := range t.ctxs {
 			for _, s := range c.slab.Drain() {
-				t.inflight.Add(-1)
+				t.life.Completed(1)
 				s.finish(ErrClosed)
 			}
 			errs = append(errs, c.destroyEndpoints())
 		}
-		errs = append(errs, t.mem.closeAll())
+		errs = append(errs, t.deregisterAll())
 		for _, c := range t.ctxs {
 			errs = append(errs, c.destroy())
 		}
@@ -334,48 +324,6 @@ func (t *Transport) Close() error {
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr
-}
-
-// waitDrained waits until no work request is in flight, or DrainTimeout.
-func (t *Transport) waitDrained() {
-	if t.inflight.Load() <= 0 {
-		return
-	}
-	timer := time.NewTimer(t.cfg.DrainTimeout)
-	defer timer.Stop()
-	for t.inflight.Load() > 0 {
-		select {
-		case <-t.drained:
-		case <-timer.C:
-			t.log.Warn("close: work requests still in flight after the drain timeout", zap.Int64("inflight", t.inflight.Load()))
-			return
-		}
-	}
-}
-
-// completed accounts for one finished work request.
-func (t *Transport) completed(n int64) {
-	if t.inflight.Add(-n) <= 0 && t.isDown.Load() {
-		select {
-		case t.drained <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// spawn runs f in a goroutine owned by the transport, unless it is closed.
-func (t *Transport) spawn(f func()) bool {
-	t.spawnMu.Lock()
-	defer t.spawnMu.Unlock()
-	if t.closed {
-		return false
-	}
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-	return true
 }
 
 // pick is the number a slice's first try selects a NIC with: random, or
@@ -389,8 +337,10 @@ func (t *Transport) pick(rr *atomic.Uint64) uint64 {
 
 // peerState is what the transport remembers of one peer.
 type peerState struct {
-	healthy atomic.Bool
-	route   atomic.Pointer[route]
+	// fault is the failure that made the peer unhealthy (it matches
+	// transport.ErrPeer), nil while it is healthy.
+	fault atomic.Pointer[error]
+	route atomic.Pointer[route]
 }
 
 func (t *Transport) peer(name string) *peerState {
@@ -399,15 +349,22 @@ func (t *Transport) peer(name string) *peerState {
 	p, ok := t.peers[name]
 	if !ok {
 		p = &peerState{}
-		p.healthy.Store(true)
 		t.peers[name] = p
 	}
 	return p
 }
 
-func (t *Transport) setHealthy(name string, ok bool) {
-	p := t.peer(name)
-	if p.healthy.Load() != ok {
-		p.healthy.Store(ok)
+// peerFailed records a failure of the peer or the path to it; failures
+// that do not blame the peer (see classify) leave its health alone.
+func (t *Transport) peerFailed(name string, err error) {
+	if errors.Is(err, transport.ErrPeer) {
+		t.peer(name).fault.Store(&err)
+	}
+}
+
+// peerWorks records a connection that works.
+func (t *Transport) peerWorks(name string) {
+	if p := t.peer(name); p.fault.Load() != nil {
+		p.fault.Store(nil)
 	}
 }

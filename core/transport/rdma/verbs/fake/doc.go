@@ -6,7 +6,9 @@
 // A Fabric holds NICs, each on a named host; Provider(host) is what one
 // engine sees. Memory regions are real memory (tests mmap it) and transfers
 // really copy bytes, after checking keys, bounds and access flags as a NIC
-// would. Queue pairs follow the RESET→INIT→RTR→RTS→ERR state machine and
+// would. A dma-buf MR (RegDmabufMR) maps the dma-buf's pages and moves
+// bytes there, as a NIC's DMA would, not at its iova in the process: the
+// fake GPU's dma-bufs (core/gpu/fake) are files of its device memory. Queue pairs follow the RESET→INIT→RTR→RTS→ERR state machine and
 // reject missing attribute masks, wrong transitions, unknown destination
 // GIDs or QPNs, an MTU above the port's and rd_atomic values above the
 // device limits. A work request to a peer QP that is not ready is retried

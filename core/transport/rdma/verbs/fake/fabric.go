@@ -377,8 +377,8 @@ func (f *Fabric) process(r *request) {
 		return
 	}
 	if r.Length > 0 {
-		l := bytesAt(r.LocalAddr, r.Length)
-		m := bytesAt(r.RemoteAddr, r.Length)
+		l := local.bytes(r.LocalAddr, r.Length)
+		m := remote.bytes(r.RemoteAddr, r.Length)
 		if r.Opcode == verbs.WRRDMARead {
 			copy(l, m)
 		} else {

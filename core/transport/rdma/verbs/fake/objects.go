@@ -3,6 +3,8 @@ package fake
 import (
 	"context"
 	"fmt"
+	"math"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -203,18 +205,35 @@ type pd struct {
 }
 
 func (p *pd) RegMR(addr uintptr, length uint64, access verbs.Access) (verbs.MR, error) {
-	return p.reg(uint64(addr), length, access, false)
+	return p.reg(uint64(addr), length, access, nil)
 }
 
+// RegDmabufMR maps the dma-buf's pages [offset, offset+length) (a real
+// NIC reaches them by DMA): transfers on the MR read and write them there,
+// whatever is mapped at iova in this process.
 func (p *pd) RegDmabufMR(offset, length, iova uint64, fd int, access verbs.Access) (verbs.MR, error) {
 	if fd < 0 {
 		return nil, errno("reg dmabuf mr", syscall.EBADF)
 	}
-	// The fake has no dma-buf: iova is taken as the memory's address.
-	return p.reg(iova, length, access, true)
+	page := uint64(os.Getpagesize())
+	start := offset &^ (page - 1)
+	if length == 0 || offset+length < offset || offset-start+length > math.MaxInt {
+		return nil, errno("reg dmabuf mr", syscall.EINVAL)
+	}
+	mapping, err := syscall.Mmap(fd, int64(start), int(offset-start+length), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("fake reg dmabuf mr: map fd %d at %d: %w", fd, offset, err)
+	}
+	m, err := p.reg(iova, length, access, mapping)
+	if err != nil {
+		_ = syscall.Munmap(mapping)
+		return nil, err
+	}
+	m.pages = mapping[offset-start:]
+	return m, nil
 }
 
-func (p *pd) reg(addr, length uint64, access verbs.Access, dmabuf bool) (verbs.MR, error) {
+func (p *pd) reg(addr, length uint64, access verbs.Access, mapping []byte) (*mr, error) {
 	f := p.dev.fab()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -222,11 +241,11 @@ func (p *pd) reg(addr, length uint64, access verbs.Access, dmabuf bool) (verbs.M
 	if p.closed || addr == 0 || length == 0 || length > n.spec.Limits.MaxMRSize || addr+length < addr {
 		return nil, errno("reg mr", syscall.EINVAL)
 	}
-	m := &mr{pd: p, addr: addr, length: length, access: access, lkey: f.key()}
+	m := &mr{pd: p, addr: addr, length: length, access: access, lkey: f.key(), mapping: mapping}
 	m.rkey = m.lkey ^ 0x00a5_0000
 	n.lkeys[m.lkey] = m
 	n.rkeys[m.rkey] = m
-	if dmabuf {
+	if mapping != nil {
 		n.dmabufs++
 	}
 	p.children++
@@ -278,6 +297,19 @@ type mr struct {
 	access       verbs.Access
 	lkey, rkey   uint32
 	closed       bool
+	// mapping is a dma-buf MR's mapping of the dma-buf, and pages the MR's
+	// part of it, from addr on; nil for memory registered by address.
+	mapping, pages []byte
+}
+
+// bytes is where the NIC reads and writes [addr, addr+n) of the MR, which
+// covers it: the process's memory at addr, or a dma-buf's pages.
+func (m *mr) bytes(addr uint64, n uint32) []byte {
+	if m.pages != nil {
+		off := addr - m.addr
+		return m.pages[off : off+uint64(n)]
+	}
+	return bytesAt(addr, n)
 }
 
 func (m *mr) LKey() uint32 { return m.lkey }
@@ -300,6 +332,9 @@ func (m *mr) Close() error {
 	delete(n.rkeys, m.rkey)
 	m.pd.children--
 	f.untrack(m)
+	if m.mapping != nil {
+		return syscall.Munmap(m.mapping)
+	}
 	return nil
 }
 
