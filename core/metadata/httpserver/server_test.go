@@ -322,9 +322,12 @@ func TestNewErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Addr = "127.0.0.1:0"
+			before, _ := os.ReadFile(tc.cfg.PersistFile)
 			s, err := New(tc.cfg)
 			require.Nil(t, s)
 			require.ErrorIs(t, err, tc.wantErr)
+			after, _ := os.ReadFile(tc.cfg.PersistFile)
+			require.Equal(t, before, after, "a refused file is left unchanged")
 		})
 	}
 	s, err := New(Config{Addr: busy.Addr().String()})

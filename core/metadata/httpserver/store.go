@@ -46,6 +46,8 @@ const (
 	migrateSuffix = ".migrating"
 )
 
+var errNotEmpty = errors.New("not empty")
+
 var (
 	bucketInfo = []byte("info")
 	bucketData = []byte("metadata")
@@ -119,18 +121,19 @@ func openStore(path string, log *zap.Logger, beforeCommit func() error) (*store,
 	return s, data, nil
 }
 
-// init checks or creates the layout, then loads every key.
+// init checks the layout, or creates it in an empty file, then loads every
+// key. A file it refuses is left unchanged.
 func (s *store) init() (data map[string][]byte, err error) {
 	defer recoverError("load store", &err)
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	empty := false
+	err = s.db.View(func(tx *bolt.Tx) error {
 		info := tx.Bucket(bucketInfo)
 		if info == nil {
-			empty := true
-			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			empty = tx.ForEach(func([]byte, *bolt.Bucket) error { return errNotEmpty }) == nil
 			if !empty {
 				return errors.New("bbolt file without a pymooncake metadata layout")
 			}
-			return createLayout(tx)
+			return nil
 		}
 		if v := info.Get(keyLayout); string(v) != storeLayout {
 			return fmt.Errorf("layout %q, want %q", v, storeLayout)
@@ -140,6 +143,9 @@ func (s *store) init() (data map[string][]byte, err error) {
 		}
 		return nil
 	})
+	if err == nil && empty {
+		err = s.db.Update(createLayout)
+	}
 	if err != nil {
 		return nil, err
 	}
