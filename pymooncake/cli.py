@@ -76,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--host", default="0.0.0.0", help="address to bind (default %(default)s)")
     m.add_argument("--port", type=int, default=8080, help="port to bind, 0 for any (default %(default)s)")
-    m.add_argument("--persist", default="", metavar="FILE", help="load the store from FILE and save every change to it")
+    m.add_argument(
+        "--persist",
+        default="",
+        metavar="FILE",
+        help="keep the store in FILE, a bbolt database (an older JSON FILE is migrated); each change is on disk before its reply",
+    )
 
     sub.add_parser("version", help="print the version")
     return p

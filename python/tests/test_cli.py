@@ -8,6 +8,9 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,9 +98,8 @@ def test_result_math() -> None:
     assert "0.001 GB/s" in _bench.format_result(res)
 
 
-@pytest.fixture
-def metadata_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
-    persist = tmp_path / "meta.json"
+def start_metadata_server(persist: Path) -> tuple[str, subprocess.Popen[str]]:
+    """Start ``pymooncake metadata-server --persist persist``; return its URL and process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MC_LOG_LEVEL="WARNING")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pymooncake", "metadata-server", "--host", "127.0.0.1", "--port", "0", "--persist", str(persist)],
@@ -107,13 +109,34 @@ def metadata_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]
     line = proc.stdout.readline()
     m = re.search(r"(http://\S+/metadata)", line)
     assert m, line + (proc.stderr.read() if proc.stderr else "")
-    yield m.group(1), proc, persist
+    return m.group(1), proc
+
+
+def stop_metadata_server(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
     for f in (proc.stdout, proc.stderr):
         if f:
             f.close()
+
+
+def http_call(method: str, url: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request to a metadata server; return the status and body."""
+    req = urllib.request.Request(f"{url}?key={urllib.parse.quote(key, safe='')}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture
+def metadata_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    persist = tmp_path / "meta.db"
+    url, proc = start_metadata_server(persist)
+    yield url, proc, persist
+    stop_metadata_server(proc)
 
 
 def test_metadata_server_serves_engines(metadata_server: tuple[str, subprocess.Popen[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,9 +157,30 @@ def test_metadata_server_serves_engines(metadata_server: tuple[str, subprocess.P
     finally:
         a.close()
         b.close()
+    assert http_call("PUT", url, "mooncake/kept", b'{"a":1}') == (200, b"metadata updated")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert isinstance(json.loads(persist.read_text()), (dict, list))
+    url, proc = start_metadata_server(persist)
+    try:
+        assert http_call("GET", url, "mooncake/kept") == (200, b'{"a":1}')
+    finally:
+        stop_metadata_server(proc)
+
+
+def test_metadata_server_persist_survives_kill(metadata_server: tuple[str, subprocess.Popen[str], Path]) -> None:
+    url, proc, persist = metadata_server
+    for i in range(20):
+        assert http_call("PUT", url, f"mooncake/k{i}", b"v%d" % i)[0] == 200
+    assert http_call("DELETE", url, "mooncake/k0")[0] == 200
+    proc.kill()  # SIGKILL, right after the acknowledged writes
+    proc.wait()
+    url, proc = start_metadata_server(persist)
+    try:
+        assert http_call("GET", url, "mooncake/k0")[0] == 404
+        for i in range(1, 20):
+            assert http_call("GET", url, f"mooncake/k{i}") == (200, b"v%d" % i)
+    finally:
+        stop_metadata_server(proc)
 
 
 def test_metadata_server_stops_on_sigint(metadata_server: tuple[str, subprocess.Popen[str], Path]) -> None:

@@ -12,11 +12,27 @@
 // The key is stripped of surrounding white space and an empty key is a 400,
 // as Mooncake's newer server. Bodies larger than Config.MaxBody get 413.
 //
-// Ownership: New binds the listener, loads Config.PersistFile if set, and
-// serves in a goroutine that the Server owns; Close shuts it down gracefully
-// and must be called. With a PersistFile every change is written to it
-// atomically (temporary file, fsync, rename) before the reply; a change that
-// cannot be written is undone and answered with 500. The whole store is
-// rewritten per change, which suits the few keys per engine that Mooncake
-// keeps there.
+// Ownership: New binds the listener, opens Config.PersistFile if set, and
+// serves in goroutines that the Server owns; Close shuts them down
+// gracefully and must be called.
+//
+// Reads are answered from memory and never wait for a disk write. Writes
+// go through one committer goroutine, which takes every PUT and DELETE
+// waiting and decides them in order (duplicate rpc_meta, missing key) as
+// Mooncake's server would one by one. With a PersistFile it then writes
+// them in one bbolt transaction (group commit: concurrent writes share the
+// fsyncs; a lone write does not wait for company), and only then updates
+// the map and replies. So a 200 means the change is on disk: after kill -9,
+// or a power loss on a disk that honours fsync, the file opens at its last
+// commit, holding every acknowledged change; GETs never see a change
+// before it is on disk. A commit costs the pages it touches, not the size
+// of the store; store.go describes the layout. A JSON persist file from
+// earlier versions is migrated at open.
+//
+// A commit that fails is answered 500 "metadata not persisted" and leaves
+// the map unchanged; since the file's state is then unknown (the failed
+// commit may still reach the disk), every later change is refused with the
+// same 500 until the server is restarted, while reads go on. With a
+// PersistFile, keys longer than bbolt's 32 KiB limit get 414, and a second
+// server on the same file fails to start (the file is locked).
 package httpserver

@@ -47,7 +47,15 @@ func FuzzServerKeys(f *testing.F) {
 		f.Add(seed.method, seed.query, seed.body)
 	}
 	f.Fuzz(func(t *testing.T, method, rawQuery string, body []byte) {
-		h := &handler{log: zap.NewNop(), maxBody: fuzzMaxBody, data: map[string][]byte{}}
+		h, err := newHandler(Config{MaxBody: fuzzMaxBody}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := h.close(); err != nil {
+				t.Fatal(err)
+			}
+		}()
 		code, reply := request(h, method, rawQuery, body)
 		switch method {
 		case http.MethodGet, http.MethodDelete:
@@ -87,8 +95,8 @@ func FuzzServerKeys(f *testing.F) {
 		requireOneOf(t, code, reply, 200, msgDeleted)
 		code, reply = request(h, http.MethodGet, rawQuery, nil)
 		requireOneOf(t, code, reply, 404, msgNotFound)
-		if len(h.data) != 0 {
-			t.Fatalf("store not empty after delete: %d keys", len(h.data))
+		if n := h.keys(); n != 0 {
+			t.Fatalf("store not empty after delete: %d keys", n)
 		}
 	})
 }

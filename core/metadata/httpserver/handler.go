@@ -22,16 +22,29 @@ const (
 	msgNoKey     = "Missing key parameter"
 	msgTooLarge  = "metadata too large"
 	msgPersist   = "metadata not persisted"
+	// Not Mooncake's: its server neither persists nor shuts down mid-request.
+	msgKeyTooLong = "key too long"
+	msgStopping   = "metadata server stopping"
 )
 
-// handler serves Path over an in-memory map, optionally persisted.
+// handler serves Path from an in-memory map. Writes go through one
+// committer goroutine (commit.go), which persists them when a store is set;
+// reads take the map's lock only for the lookup.
 type handler struct {
 	log     *zap.Logger
 	maxBody int64
-	persist string // file path, or "" for none
+	maxKey  int    // longest key a PUT may store; 0 for no limit
+	store   *store // nil: memory only
 
 	mu   sync.RWMutex
-	data map[string][]byte // guarded by mu
+	data map[string][]byte // guarded by mu; written only by the committer
+
+	ops     chan *op      // to the committer
+	cancel  func()        // stops the committer
+	stopped chan struct{} // closed when the committer has returned
+	// failed is set (by the committer only) after a commit failed: the
+	// file's state is then unknown, and every later change is refused.
+	failed error
 }
 
 // isSpace is Python's str.isspace, which Mooncake's server strips keys with:
@@ -66,7 +79,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case http.MethodPut:
 		h.put(w, r, key)
 	case http.MethodDelete:
-		h.delete(w, key)
+		h.delete(w, r, key)
 	default:
 		w.Header().Set("Allow", "GET, PUT, DELETE")
 		reply(w, http.StatusMethodNotAllowed, msgMethod)
@@ -94,6 +107,10 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
 		reply(w, http.StatusRequestEntityTooLarge, msgTooLarge)
 		return
 	}
+	if h.maxKey > 0 && len(key) > h.maxKey {
+		reply(w, http.StatusRequestURITooLong, msgKeyTooLong)
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -104,51 +121,43 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
 		reply(w, http.StatusBadRequest, "read body: "+err.Error())
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	old, existed := h.data[key]
-	if existed && strings.Contains(key, "rpc_meta") {
-		reply(w, http.StatusBadRequest, msgDuplicate)
+	if body == nil {
+		body = []byte{} // nil means deleted to the committer
+	}
+	h.submit(w, r, &op{key: key, value: body})
+}
+
+func (h *handler) delete(w http.ResponseWriter, r *http.Request, key string) {
+	h.submit(w, r, &op{key: key, deleted: true})
+}
+
+// submit hands o to the committer and replies with its outcome. If the
+// client goes away first, the change may still be applied, as with any
+// request whose answer is lost.
+func (h *handler) submit(w http.ResponseWriter, r *http.Request, o *op) {
+	o.done = make(chan result, 1)
+	select {
+	case h.ops <- o:
+	case <-h.stopped:
+		reply(w, http.StatusServiceUnavailable, msgStopping)
+		return
+	case <-r.Context().Done():
 		return
 	}
-	h.data[key] = body
-	if err := h.save(); err != nil {
-		if existed {
-			h.data[key] = old
-		} else {
-			delete(h.data, key)
+	var res result
+	select {
+	case res = <-o.done:
+	case <-h.stopped:
+		select {
+		case res = <-o.done: // answered just before stopping
+		default:
+			reply(w, http.StatusServiceUnavailable, msgStopping)
+			return
 		}
-		h.log.Error("persist metadata put", zap.String("key", key), zap.Error(err))
-		reply(w, http.StatusInternalServerError, msgPersist)
+	case <-r.Context().Done():
 		return
 	}
-	reply(w, http.StatusOK, msgUpdated)
-}
-
-func (h *handler) delete(w http.ResponseWriter, key string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	old, ok := h.data[key]
-	if !ok {
-		reply(w, http.StatusNotFound, msgNotFound)
-		return
-	}
-	delete(h.data, key)
-	if err := h.save(); err != nil {
-		h.data[key] = old
-		h.log.Error("persist metadata delete", zap.String("key", key), zap.Error(err))
-		reply(w, http.StatusInternalServerError, msgPersist)
-		return
-	}
-	reply(w, http.StatusOK, msgDeleted)
-}
-
-// save writes the whole map to the persist file, if any. Caller holds mu.
-func (h *handler) save() error {
-	if h.persist == "" {
-		return nil
-	}
-	return writeSnapshot(h.persist, h.data)
+	reply(w, res.code, res.text)
 }
 
 // reply writes a short text answer. Mooncake's server labels every answer

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap"
 )
 
@@ -37,18 +38,25 @@ type Config struct {
 	// Addr is the host:port to listen on; port 0 picks a free port
 	// (see Server.Addr). Default ":8080".
 	Addr string
-	// PersistFile, if set, is loaded at start (a missing file is an empty
-	// store) and rewritten atomically after every change.
+	// PersistFile, if set, is the store's file: a bbolt database, created
+	// if missing, loaded at start, and written incrementally (each change
+	// is on disk before its reply). A file in the earlier JSON format is
+	// migrated to it. The file is locked while the server runs.
 	PersistFile string
 	// MaxBody bounds a PUT body in bytes (default 16 MiB); larger gets 413.
+	// With a PersistFile it may not exceed bbolt's value limit (2 GiB).
 	MaxBody int64
 	// Logger receives the server's logs; nil means none.
 	Logger *zap.Logger
+
+	// beforeCommit is a test hook: see store.beforeCommit.
+	beforeCommit func() error
 }
 
 // Server is a running metadata server.
 type Server struct {
 	log  *zap.Logger
+	h    *handler
 	ln   net.Listener
 	srv  *http.Server
 	done chan struct{} // closed when Serve has returned
@@ -72,6 +80,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = DefaultMaxBody
 	}
+	if cfg.PersistFile != "" && cfg.MaxBody > bolt.MaxValueSize {
+		return nil, fmt.Errorf("%w: max body %d exceeds the persist file's value limit %d",
+			ErrConfig, cfg.MaxBody, int64(bolt.MaxValueSize))
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -82,10 +94,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		_ = h.close()
 		return nil, fmt.Errorf("httpserver: listen on %s: %w", cfg.Addr, err)
 	}
 	s := &Server{
 		log: log,
+		h:   h,
 		ln:  ln,
 		srv: &http.Server{
 			Handler:           h,
@@ -101,20 +115,8 @@ func New(cfg Config) (*Server, error) {
 	go s.serve()
 	log.Info("metadata server listening",
 		zap.String("addr", s.Addr()), zap.String("persist_file", cfg.PersistFile),
-		zap.Int("keys", len(h.data)), zap.Int64("max_body", cfg.MaxBody))
+		zap.Int("keys", h.keys()), zap.Int64("max_body", cfg.MaxBody))
 	return s, nil
-}
-
-func newHandler(cfg Config, log *zap.Logger) (*handler, error) {
-	h := &handler{log: log, maxBody: cfg.MaxBody, persist: cfg.PersistFile, data: map[string][]byte{}}
-	if cfg.PersistFile != "" {
-		data, err := loadSnapshot(cfg.PersistFile)
-		if err != nil {
-			return nil, err
-		}
-		h.data = data
-	}
-	return h, nil
 }
 
 func (s *Server) serve() {
@@ -129,7 +131,8 @@ func (s *Server) serve() {
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Close stops accepting, waits for in-flight requests until ctx is done and
-// then drops the remaining connections. It is idempotent.
+// then drops the remaining connections, then closes the persist file after
+// the write in progress, if any. It is idempotent.
 func (s *Server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		if err := s.srv.Shutdown(ctx); err != nil {
@@ -139,6 +142,9 @@ func (s *Server) Close(ctx context.Context) error {
 		<-s.done
 		if s.closeErr == nil {
 			s.closeErr = s.serveErr
+		}
+		if err := s.h.close(); err != nil && s.closeErr == nil {
+			s.closeErr = fmt.Errorf("httpserver: %w", err)
 		}
 	})
 	return s.closeErr

@@ -3,6 +3,7 @@ package httpserver
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,10 +13,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
@@ -235,29 +238,56 @@ func TestPersistAcrossRestart(t *testing.T) {
 	require.Equal(t, msgDuplicate, string(body))
 }
 
-func TestPersistFailureUndoesChange(t *testing.T) {
+func TestPersistFailureChangesNothing(t *testing.T) {
 	testutil.ResourceCheck(t)
-	dir := filepath.Join(t.TempDir(), "sub")
-	require.NoError(t, os.Mkdir(dir, 0o700))
-	s := startServer(t, Config{PersistFile: filepath.Join(dir, "meta.json")})
+	file := filepath.Join(t.TempDir(), "meta.db")
+	var failing atomic.Bool
+	errDisk := errors.New("injected disk failure")
+	hook := func() error {
+		if failing.Load() {
+			return errDisk
+		}
+		return nil
+	}
+	s, err := New(Config{Addr: "127.0.0.1:0", PersistFile: file, beforeCommit: hook, Logger: zaptest.NewLogger(t)})
+	require.NoError(t, err)
 	c := testClient(t)
 	code, _ := do(t, c, http.MethodPut, keyURL(s, "kept"), []byte("v"))
 	require.Equal(t, 200, code)
-	require.NoError(t, os.RemoveAll(dir)) // later writes fail
+	failing.Store(true)
 
 	code, body := do(t, c, http.MethodPut, keyURL(s, "new"), []byte("v"))
 	require.Equal(t, 500, code)
 	require.Equal(t, msgPersist, string(body))
 	code, _ = do(t, c, http.MethodGet, keyURL(s, "new"), nil)
-	require.Equal(t, 404, code, "failed put must be undone")
+	require.Equal(t, 404, code, "failed put must not be applied")
 
+	// After a failed commit the file's state is unknown: every later
+	// change is refused, even once the disk works again.
+	failing.Store(false)
 	code, _ = do(t, c, http.MethodPut, keyURL(s, "kept"), []byte("changed"))
 	require.Equal(t, 500, code)
 	code, _ = do(t, c, http.MethodDelete, keyURL(s, "kept"), nil)
 	require.Equal(t, 500, code)
 	code, body = do(t, c, http.MethodGet, keyURL(s, "kept"), nil)
-	require.Equal(t, 200, code, "failed delete must be undone")
-	require.Equal(t, "v", string(body), "failed overwrite must be undone")
+	require.Equal(t, 200, code, "failed delete must not be applied")
+	require.Equal(t, "v", string(body), "failed overwrite must not be applied")
+	// Answers that change nothing are still given.
+	code, body = do(t, c, http.MethodDelete, keyURL(s, "missing"), nil)
+	require.Equal(t, 404, code)
+	require.Equal(t, msgNotFound, string(body))
+	require.NoError(t, s.Close(context.Background()))
+	c.CloseIdleConnections()
+
+	// A restart reopens the file at its last commit.
+	s = startServer(t, Config{PersistFile: file})
+	code, body = do(t, c, http.MethodGet, keyURL(s, "kept"), nil)
+	require.Equal(t, 200, code)
+	require.Equal(t, "v", string(body))
+	code, _ = do(t, c, http.MethodGet, keyURL(s, "new"), nil)
+	require.Equal(t, 404, code)
+	code, _ = do(t, c, http.MethodPut, keyURL(s, "new"), []byte("v"))
+	require.Equal(t, 200, code)
 }
 
 func TestNewErrors(t *testing.T) {
@@ -271,6 +301,8 @@ func TestNewErrors(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer busy.Close()
+	held := filepath.Join(dir, "held.db")
+	startServer(t, Config{PersistFile: held})
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -280,19 +312,50 @@ func TestNewErrors(t *testing.T) {
 		{"wrong version", Config{PersistFile: write("v2.json", `{"version":2,"entries":[]}`)}, ErrPersistFile},
 		{"empty key in file", Config{PersistFile: write("empty.json", `{"version":1,"entries":[{"key":"","value":"eA=="}]}`)}, ErrPersistFile},
 		{"persist path is a directory", Config{PersistFile: dir}, ErrPersistFile},
+		{"neither JSON nor bbolt", Config{PersistFile: write("junk.db", "\x00\x01 not a database"+strings.Repeat("x", 8192))}, ErrPersistFile},
+		{"bbolt file of another program", Config{PersistFile: boltFile(t, dir, "other.db", "other", "")}, ErrPersistFile},
+		{"unknown layout", Config{PersistFile: boltFile(t, dir, "layout.db", string(bucketInfo), "99")}, ErrPersistFile},
+		{"file in use by a running server", Config{PersistFile: held}, ErrPersistFile},
 		{"negative max body", Config{MaxBody: -1}, ErrConfig},
+		{"max body over the store's value limit", Config{PersistFile: filepath.Join(dir, "big.db"), MaxBody: 4 << 30}, ErrConfig},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Addr = "127.0.0.1:0"
+			before, _ := os.ReadFile(tc.cfg.PersistFile)
 			s, err := New(tc.cfg)
 			require.Nil(t, s)
 			require.ErrorIs(t, err, tc.wantErr)
+			after, _ := os.ReadFile(tc.cfg.PersistFile)
+			require.Equal(t, before, after, "a refused file is left unchanged")
 		})
 	}
 	s, err := New(Config{Addr: busy.Addr().String()})
 	require.Nil(t, s)
 	require.ErrorContains(t, err, "address already in use")
+	// A failed listen releases the persist file it opened.
+	s, err = New(Config{Addr: busy.Addr().String(), PersistFile: filepath.Join(dir, "listen.db")})
+	require.Nil(t, s)
+	require.ErrorContains(t, err, "address already in use")
+	startServer(t, Config{PersistFile: filepath.Join(dir, "listen.db")})
+}
+
+// boltFile makes a bbolt file at dir/name holding one bucket; with value,
+// the bucket holds keyLayout -> value.
+func boltFile(t *testing.T, dir, name, bucket, value string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	db, err := bolt.Open(p, 0o600, nil)
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte(bucket))
+		if err != nil || value == "" {
+			return err
+		}
+		return b.Put(keyLayout, []byte(value))
+	}))
+	require.NoError(t, db.Close())
+	return p
 }
 
 func TestRun(t *testing.T) {
