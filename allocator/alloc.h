@@ -10,6 +10,11 @@
 // mc_cu is the bound table, or NULL before mc_alloc_bind.
 const struct pymc_cu *mc_cu(void);
 int mc_alloc_bind(void *table);
+// mc_cu_or_bind is mc_cu for the allocating entry points: before Bind it
+// binds (through Go, loading libcuda), so that torch can be handed the
+// extension by its path alone. NULL, with the last error set under op's
+// name, when that fails.
+const struct pymc_cu *mc_cu_or_bind(const char *op);
 // mc_enter makes device's primary context current (retaining it once for
 // the life of the process) and saves the caller's; mc_leave restores it.
 CUresult mc_enter(const struct pymc_cu *cu, int device, CUcontext *ctx, CUcontext *old);

@@ -21,6 +21,18 @@ int mc_alloc_bind(void *t) {
 	return 0;
 }
 
+// allocator/autobind.go (Go, exported): Bind; 0 or a CUresult.
+extern int mc_alloc_autobind(void);
+
+const struct pymc_cu *mc_cu_or_bind(const char *op) {
+	const struct pymc_cu *cu = mc_cu();
+	if (cu != NULL) return cu;
+	int r = mc_alloc_autobind();
+	cu = mc_cu();
+	if (cu == NULL) mc_set_error(op, r != CUDA_SUCCESS ? r : CUDA_ERROR_NOT_INITIALIZED);
+	return cu;
+}
+
 void mc_set_error(const char *op, CUresult r) {
 	__atomic_store_n(&last_op, op, __ATOMIC_RELAXED);
 	__atomic_store_n(&last_code, r, __ATOMIC_RELEASE);

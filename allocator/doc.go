@@ -21,9 +21,15 @@
 //
 // The C code calls the CUDA driver through core/gpu/cuda's function table:
 // Bind loads libcuda once (through core/internal/dl) and hands the table
-// over. Until Bind, the allocators return NULL, which torch reports as out
-// of memory. Bind keeps its driver reference for the life of the process:
-// torch may call the allocator until exit.
+// over. An allocating entry point (mc_stream_alloc, mc_nvlink_malloc,
+// mc_allocator_malloc, mc_allocator_probe) called before Bind calls Bind
+// itself, so that torch can be handed the extension by its path alone
+// (CUDAPluggableAllocator(path, "mc_stream_alloc", "mc_stream_free") in a
+// process that never imported pymooncake); the extension loads with
+// RTLD_NOW for that (core/topology/nvmlgpu/internal/nvmlsym). When Bind
+// fails the allocator returns NULL, which torch reports as out of memory,
+// and records why. Bind keeps its driver reference for the life of the
+// process: torch may call the allocator until exit.
 //
 // Errors: the C functions cannot return one (torch's ABI), so they record
 // the last failure, which LastError reports.

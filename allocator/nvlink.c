@@ -73,11 +73,8 @@ static CUresult create(const struct pymc_cu *cu, int device, CUdevice dev, size_
 
 void *mc_nvlink_malloc(ssize_t size, int device, CUstream stream) {
 	(void)stream; // mapping is not stream ordered
-	const struct pymc_cu *cu = mc_cu();
-	if (cu == NULL) {
-		mc_set_error("mc_nvlink_malloc before the allocator was bound", CUDA_ERROR_NOT_INITIALIZED);
-		return NULL;
-	}
+	const struct pymc_cu *cu = mc_cu_or_bind("mc_nvlink_malloc: bind the allocator to the CUDA driver");
+	if (cu == NULL) return NULL;
 	if (!vmm_present(cu)) {
 		mc_set_error("mc_nvlink_malloc: the driver lacks the virtual memory API", CUDA_ERROR_NOT_SUPPORTED);
 		return NULL;
@@ -173,9 +170,9 @@ void *mc_allocator_malloc(ssize_t size, int device, CUstream stream) { return mc
 void mc_allocator_free(void *ptr, ssize_t size, int device, CUstream stream) { mc_nvlink_free(ptr, size, device, stream); }
 
 // mc_allocator_probe: 1 when device can use the VMM allocator, 0 when it
-// cannot (use cudaMalloc), -1 when unknown (not bound, no such device).
+// cannot (use cudaMalloc), -1 when unknown (no driver, no such device).
 int mc_allocator_probe(int device) {
-	const struct pymc_cu *cu = mc_cu();
+	const struct pymc_cu *cu = mc_cu_or_bind("mc_allocator_probe: bind the allocator to the CUDA driver");
 	CUdevice dev;
 	int v = 0;
 	if (cu == NULL || cu->cuDeviceGet(&dev, device) != CUDA_SUCCESS) return -1;

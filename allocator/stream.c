@@ -97,11 +97,8 @@ static CUmemoryPool get_pool(const struct pymc_cu *cu, int device) {
 }
 
 void *mc_stream_alloc(ssize_t size, int device, CUstream stream) {
-	const struct pymc_cu *cu = mc_cu();
-	if (cu == NULL) {
-		mc_set_error("mc_stream_alloc before the allocator was bound", CUDA_ERROR_NOT_INITIALIZED);
-		return NULL;
-	}
+	const struct pymc_cu *cu = mc_cu_or_bind("mc_stream_alloc: bind the allocator to the CUDA driver");
+	if (cu == NULL) return NULL;
 	if (size < 0) {
 		mc_set_error("mc_stream_alloc of a negative size", CUDA_ERROR_INVALID_VALUE);
 		return NULL;

@@ -2,9 +2,19 @@
 
 ``import pymooncake`` loads nothing: the extension (the Go runtime plus the
 engine) is imported by the first ``TransferEngine.initialize`` (or CLI
-command) that needs it. It is imported with ``RTLD_LAZY`` added to the
-dlopen flags, restored afterwards, because go-nvml leaves NVML symbols
-unresolved until NVML is initialised.
+command) that needs it.
+
+It is imported with the interpreter's dlopen flags, unchanged (RTLD_NOW
+by default). The extension leaves no symbol for the dynamic loader to
+resolve later: NVML is reached through trampolines bound at run time
+(core/topology/nvmlgpu/internal/nvmlsym), and every other optional library
+through dlopen. Earlier versions added RTLD_LAZY here because go-nvml left
+NVML symbols unresolved; that is no longer needed, and not doing it
+(a) loads the file the way torch's CUDAPluggableAllocator and
+``LD_BIND_NOW=1`` do, so the path tested is the one used; (b) turns a
+missing symbol into an ImportError at load instead of a crash at its
+first call; (c) avoids ``sys.setdlopenflags``, which is process-wide and
+would also apply to extensions other threads import meanwhile.
 
 The Go runtime does not survive ``fork()``: a child process that inherits a
 loaded extension must not call into it (timers and goroutines hang). Engines
@@ -61,8 +71,6 @@ def load() -> ModuleType:
 
 def _import() -> None:
     global _ext, _pid
-    flags = sys.getdlopenflags()
-    sys.setdlopenflags((flags & ~os.RTLD_NOW) | os.RTLD_LAZY)
     try:
         mod = importlib.import_module(EXTENSION)
     except ImportError as e:
@@ -71,8 +79,6 @@ def _import() -> None:
             f"{sys.version_info.major}.{sys.version_info.minor}: {e}. "
             "Build it with `make build` (or reinstall with `pip install .`)."
         ) from e
-    finally:
-        sys.setdlopenflags(flags)
     _ext, _pid = mod, os.getpid()
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -48,16 +48,18 @@ find "$out" -maxdepth 1 -type f ! -name '__init__.py' ! -name 'bindings.py' ! -n
   ! -name '_pymooncake_go.*.so' -delete
 [[ -f $out/_pymooncake_go$suffix ]] || { echo "build_ext: $out/_pymooncake_go$suffix was not produced" >&2; exit 1; }
 
-# Smoke test: the extension loads into this interpreter (lazily bound, as
-# pymooncake/_loader.py loads it) and answers a call.
-PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} "$pyexe" - <<'PY'
-import os, sys
-flags = sys.getdlopenflags()
-sys.setdlopenflags((flags & ~os.RTLD_NOW) | os.RTLD_LAZY)
+# Smoke test: the extension loads with every symbol bound at load, as
+# torch's CUDAPluggableAllocator and LD_BIND_NOW=1 load it (RTLD_NOW, in a
+# process that loaded nothing of it before: no symbol may wait for a library
+# opened at run time, DESIGN rule 2), then imports the way
+# pymooncake/_loader.py imports it and answers a call.
+PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} "$pyexe" - "$root/$out/_pymooncake_go$suffix" <<'PY'
+import ctypes, os, sys
 try:
-    from pymooncake._gopy import _pymooncake_go as ext
-finally:
-    sys.setdlopenflags(flags)
+    ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW)
+except OSError as e:
+    sys.exit(f"build_ext: the extension does not load with RTLD_NOW: {e}")
+from pymooncake._gopy import _pymooncake_go as ext
 assert ext.NumHandles() >= 0
 PY
 echo "build_ext: built $out/_pymooncake_go$suffix in $(( $(date +%s) - start )) s" >&2

@@ -26,6 +26,13 @@ Checks (each failure is printed; the exit status is 1 if any failed):
   RUNPATH leaving the wheel; glibc symbol versions no newer than the
   manylinux tag allows; the extension exports ``PyInit__pymooncake_go`` and,
   with ``--allocator``, the allocator's C entry points for torch.
+- undefined symbols of the extension: each must be libc's (versioned
+  ``GLIBC_*`` against ``libc.so.6``), Python's C API (``Py*``/``_Py*``,
+  unversioned: the interpreter provides it), or weak. Anything else waits
+  for a library opened at run time, so the file would not load with
+  RTLD_NOW, which is how torch's CUDAPluggableAllocator, ``ctypes.CDLL``
+  and ``LD_BIND_NOW=1`` load it (DESIGN rule 2; go-nvml's NVML calls once
+  left 428 such symbols).
 - libaccl_barex anywhere: as a file, a DT_NEEDED or DT_SONAME, a run path,
   or a requirement. It is a host-provided vendor library (reference
   clients.md section 6): a wheel must never carry or need it.
@@ -48,7 +55,7 @@ from pathlib import PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
-from elftools.elf.gnuversions import GNUVerNeedSection
+from elftools.elf.gnuversions import GNUVerNeedSection, GNUVerSymSection
 from elftools.elf.sections import SymbolTableSection
 
 PACKAGE = "pymooncake"
@@ -89,6 +96,11 @@ FORBIDDEN = [
     (re.compile(r"^lib(cuda|cudart|nvidia-ml|nvrtc|cublas|nccl|nvshmem)\b"), "CUDA (host-provided): dlopen'd by core/gpu"),
     (re.compile(r"^lib(torch|c10|numa)\b"), "a host library Mooncake's wheels exclude"),
 ]
+# Undefined symbols the interpreter provides to an extension (gopy's
+# -dynamic-link): the C API, unversioned.
+PYTHON_API = re.compile(r"^_?Py[A-Za-z_]")
+# The library whose versioned symbols an extension may leave undefined.
+LIBC = "libc.so.6"
 # torch.cuda.memory.CUDAPluggableAllocator entry points (allocator/doc.go).
 ALLOCATOR_SYMBOLS = [
     "mc_stream_alloc",
@@ -122,6 +134,16 @@ class Report:
 
 
 @dataclass
+class Undefined:
+    """An undefined dynamic symbol: its name, whether it is weak, and the
+    library its version ties it to (None when unversioned)."""
+
+    name: str
+    weak: bool
+    library: str | None
+
+
+@dataclass
 class ELFInfo:
     machine: str
     needed: list[str]
@@ -129,6 +151,7 @@ class ELFInfo:
     runpaths: list[str]
     glibc: list[tuple[int, ...]]
     exports: set[str]
+    undefined: list[Undefined]
 
 
 def tag_str(tag: object, attr: str) -> str:
@@ -144,6 +167,8 @@ def read_elf(data: bytes) -> ELFInfo:
     soname = None
     exports: set[str] = set()
     glibc: list[tuple[int, ...]] = []
+    versions: dict[int, str] = {}  # version index -> the library that defines it
+    dynsym: SymbolTableSection | None = None
     for sec in elf.iter_sections():
         if isinstance(sec, DynamicSection):
             for tag in sec.iter_tags():
@@ -157,16 +182,30 @@ def read_elf(data: bytes) -> ELFInfo:
                 elif kind == "DT_SONAME":
                     soname = tag_str(tag, "soname")
         elif isinstance(sec, GNUVerNeedSection):
-            for _verneed, auxes in sec.iter_versions():
+            for verneed, auxes in sec.iter_versions():
                 for aux in auxes:
+                    versions[aux["vna_other"]] = str(verneed.name)
                     m = re.fullmatch(r"GLIBC_(\d+(?:\.\d+)*)", aux.name)
                     if m:
                         glibc.append(tuple(int(x) for x in m.group(1).split(".")))
         elif isinstance(sec, SymbolTableSection) and sec.name == ".dynsym":
+            dynsym = sec
             for sym in sec.iter_symbols():
                 if sym.name and sym["st_shndx"] != "SHN_UNDEF":
                     exports.add(sym.name)
-    return ELFInfo(elf["e_machine"], needed, soname, [p for p in runpaths if p], glibc, exports)
+    undefined: list[Undefined] = []
+    versym = elf.get_section_by_name(".gnu.version")
+    if dynsym is not None:
+        for i, sym in enumerate(dynsym.iter_symbols()):
+            if not sym.name or sym["st_shndx"] != "SHN_UNDEF":
+                continue
+            library = None
+            if isinstance(versym, GNUVerSymSection):
+                ndx = versym.get_symbol(i)["ndx"]
+                if isinstance(ndx, int):
+                    library = versions.get(ndx & 0x7FFF)  # bit 15: hidden
+            undefined.append(Undefined(sym.name, sym["st_info"]["bind"] == "STB_WEAK", library))
+    return ELFInfo(elf["e_machine"], needed, soname, [p for p in runpaths if p], glibc, exports, undefined)
 
 
 def platform_floor(plat: str, arch: str, r: Report) -> tuple[int, int] | None:
@@ -219,6 +258,21 @@ def check_elf(path: str, data: bytes, role: str, arch: str, floor: tuple[int, in
     for sym in require:
         if sym not in info.exports:
             r.fail(f"{path}: does not export {sym}")
+    if role == "extension":
+        check_undefined(path, info.undefined, r)
+
+
+def check_undefined(path: str, undefined: list[Undefined], r: Report) -> None:
+    """Refuse undefined symbols that neither libc nor the interpreter
+    provides: the extension must load with RTLD_NOW."""
+    bad = sorted(u.name for u in undefined if not u.weak and u.library != LIBC and not (u.library is None and PYTHON_API.match(u.name)))
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        r.fail(f"{path}: {len(bad)} undefined symbol(s) that neither {LIBC} nor the Python interpreter provides ({shown}): "
+               "it would not load with RTLD_NOW (torch's CUDAPluggableAllocator, ctypes.CDLL, LD_BIND_NOW=1); resolve optional "
+               "libraries at run time (core/internal/dl; NVML through core/topology/nvmlgpu/internal/nvmlsym)")
+    else:
+        r.note(f"{path}: {len(undefined)} undefined symbols, all from {LIBC}, the Python C API or weak: loads with RTLD_NOW")
 
 
 def check_record(zf: zipfile.ZipFile, record_name: str, r: Report) -> None:

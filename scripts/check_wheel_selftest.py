@@ -6,7 +6,8 @@ must, by breaking a good wheel one way at a time.
 
 Needs patchelf on PATH (auditwheel's) and gcc for the fake barex shims.
 Each case copies the good wheel, changes one thing (a DT_NEEDED added with
-patchelf, a file added or dropped, a tag changed), and expects the check to
+patchelf, an undefined symbol renamed, a file added or dropped, a tag
+changed), and expects the check to
 fail with a message naming that thing; the good wheel itself must pass, and
 so must one with a clean shim added.
 """
@@ -60,6 +61,14 @@ def patched(files: Files, member: str, tmp: Path, *args: str) -> Files:
     return {**files, member: p.read_bytes()}
 
 
+def renamed(files: Files, member: str, tmp: Path, old: str, new: str) -> Files:
+    """The member with its dynamic symbol ``old`` renamed ``new`` (an
+    undefined symbol stays undefined, under the new name)."""
+    mapfile = tmp / "rename.map"
+    mapfile.write_text(f"{old} {new}\n")
+    return patched(files, member, tmp, "--rename-dynamic-symbols", str(mapfile))
+
+
 def fake_shim(tmp: Path, *patch: str) -> bytes:
     src = tmp / "shim.c"
     src.write_text("int mcbx_abi_version(void) { return 1; }\n")
@@ -108,6 +117,11 @@ def main() -> int:
         ("extension needs libibverbs", same(lambda f, t: patched(f, ext, t, "--add-needed", "libibverbs.so.1")), "any", "RDMA"),
         ("extension needs libcuda", same(lambda f, t: patched(f, ext, t, "--add-needed", "libcuda.so.1")), "any", "CUDA"),
         ("extension needs libm", same(lambda f, t: patched(f, ext, t, "--add-needed", "libm.so.6")), "any", "unexpected DT_NEEDED libm.so.6"),
+        # What go-nvml's cgo calls used to leave: a symbol only a library
+        # opened at run time would define (PyBool_FromLong, which the
+        # interpreter provides, renamed).
+        ("extension with an undefined NVML symbol", same(lambda f, t: renamed(f, ext, t, "PyBool_FromLong", "nvmlInit_v2")), "any",
+         "undefined symbol(s) that neither libc.so.6 nor the Python interpreter provides (nvmlInit_v2)"),
         ("build machine RUNPATH", same(lambda f, t: patched(f, ext, t, "--set-rpath", "/opt/python/lib")), "any", "leaves the wheel"),
         ("barex SDK RUNPATH", same(lambda f, t: patched(f, ext, t, "--set-rpath", "$ORIGIN/../accl/lib")), "any", "barex SDK"),
         ("no py.typed", same(lambda f, _t: {k: v for k, v in f.items() if k != "pymooncake/py.typed"}), "any", "missing pymooncake/py.typed"),

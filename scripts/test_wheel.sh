@@ -14,6 +14,12 @@
 #     with -I so that only the venv's site-packages are on sys.path); then
 #     again with the host's RDMA, CUDA, NVML and barex libraries made
 #     unloadable, where root may unshare a mount namespace;
+#     RTLD_NOW (DESIGN rule 2): ctypes.CDLL(<the installed extension>,
+#     RTLD_NOW) in a fresh process, as torch's CUDAPluggableAllocator loads
+#     it; the smoke run again under LD_BIND_NOW=1; and, where gcc is found,
+#     `pymooncake topology` under LD_BIND_NOW=1 with a FAKE libnvidia-ml
+#     (core/topology/nvmlgpu/testdata/fake_nvml.c, a test double) first on
+#     LD_LIBRARY_PATH: its two made-up GPUs must be listed;
 #  3. runs the console script: pymooncake bench --mode loopback --duration 2;
 #  4. checks the start-up hook: PYMOONCAKE_AS_MOONCAKE=1 makes
 #     `from mooncake.engine import TransferEngine` give pymooncake's;
@@ -92,10 +98,30 @@ if [[ -z ${hide// /} ]]; then
   echo "test_wheel: this host has none of the optional libraries (RDMA, CUDA, NVML, barex)" >&2
 elif [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then
   echo "test_wheel: import and loopback again with these unloadable: $hide" >&2
-  isolated env HIDE="$hide" unshare -m bash -c 'for f in $HIDE; do mount --bind /dev/null "$f" || exit 1; done; exec "$@"' _ \
+  isolated env HIDE="$hide" LD_BIND_NOW=1 unshare -m bash -c 'for f in $HIDE; do mount --bind /dev/null "$f" || exit 1; done; exec "$@"' _ \
     "$venvpy" -I "$root/scripts/wheel_smoke.py" --not-under "$root"
 else
   echo "test_wheel: not root or no unshare: the run without optional libraries is skipped" >&2
+fi
+
+# RTLD_NOW: no symbol of the extension may wait for a library opened at
+# run time (torch's CUDAPluggableAllocator(path, ...) and LD_BIND_NOW=1).
+ext=$(isolated "$venvpy" -I -c 'import importlib.util; print(importlib.util.find_spec("pymooncake._gopy._pymooncake_go").origin)')
+[[ $ext == "$site"/* ]] || { echo "test_wheel: extension $ext is not the installed one (under $site)" >&2; exit 1; }
+echo "test_wheel: ctypes.CDLL($(basename "$ext"), RTLD_NOW) in a fresh process" >&2
+isolated "$venvpy" -I -c 'import ctypes, os, sys; ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW)' "$ext"
+echo "test_wheel: import and loopback transfer under LD_BIND_NOW=1" >&2
+isolated env LD_BIND_NOW=1 "$venvpy" -I "$root/scripts/wheel_smoke.py" --not-under "$root"
+if command -v gcc >/dev/null; then
+  mkdir -p "$work/fakenvml"
+  gcc -shared -fPIC -Wall -Wextra -Werror -o "$work/fakenvml/libnvidia-ml.so.1" "$root/core/topology/nvmlgpu/testdata/fake_nvml.c"
+  echo "test_wheel: pymooncake topology under LD_BIND_NOW=1 with a FAKE libnvidia-ml (test double) on LD_LIBRARY_PATH" >&2
+  topo=$(isolated env -u CUDA_VISIBLE_DEVICES LD_BIND_NOW=1 LD_LIBRARY_PATH="$work/fakenvml" "$work/venv/bin/pymooncake" topology)
+  echo "$topo" >&2
+  grep -q '"cuda:0"' <<<"$topo" && grep -q '"cuda:1"' <<<"$topo" ||
+    { echo "test_wheel: the fake NVML's two GPUs are not in the topology" >&2; exit 1; }
+else
+  echo "test_wheel: no gcc: the run with a fake NVML is skipped" >&2
 fi
 
 echo "test_wheel: pymooncake bench --mode loopback --duration 2" >&2

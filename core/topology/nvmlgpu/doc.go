@@ -3,10 +3,14 @@
 // CUDA ordinal, because Mooncake names GPU memory "cuda:<ordinal>".
 //
 // NVML is loaded only when GPUs is called, and unloaded before it returns;
-// importing this package needs no NVML. When libnvidia-ml cannot be opened
-// the error matches topology.ErrUnavailable and keeps dlerror's text (the
-// library is probed through core/internal/dl first, because go-nvml's Init
-// reports only ERROR_LIBRARY_NOT_FOUND).
+// importing this package needs no NVML, and linking it leaves no NVML
+// symbol for the dynamic loader: go-nvml's C calls land on the trampolines
+// of internal/nvmlsym, which GPUs binds to the library for the duration of
+// the call (so the extension loads under RTLD_NOW). When libnvidia-ml
+// cannot be opened the error matches topology.ErrUnavailable and keeps
+// dlerror's text (the library is opened through core/internal/dl first,
+// because go-nvml's Init reports only ERROR_LIBRARY_NOT_FOUND). Only
+// linux/amd64 and linux/arm64 builds with cgo use NVML.
 //
 // NVML enumerates GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES and
 // CUDA_DEVICE_ORDER; CUDA honours both (transports.md §3.5). GPUs

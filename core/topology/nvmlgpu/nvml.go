@@ -1,4 +1,4 @@
-//go:build cgo
+//go:build cgo && linux && (amd64 || arm64)
 
 package nvmlgpu
 
@@ -7,18 +7,22 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
-	"github.com/pymooncake/pymooncake/core/internal/dl"
 	"github.com/pymooncake/pymooncake/core/topology"
+	"github.com/pymooncake/pymooncake/core/topology/nvmlgpu/internal/nvmlsym"
 )
 
 // GPUs loads NVML, lists the GPUs by CUDA ordinal and unloads NVML. Without
 // NVML the error matches topology.ErrUnavailable.
+//
+// go-nvml's calls reach NVML through nvmlsym's trampolines, bound here for
+// the duration of the call (the binding also opens the library through
+// core/internal/dl, whose error keeps dlerror's text).
 func (i *Info) GPUs() ([]topology.GPU, error) {
-	probe, err := dl.Open(i.opts.Library)
+	binding, err := nvmlsym.Bind(i.opts.Library)
 	if err != nil {
 		return nil, fmt.Errorf("list gpus: %w", err)
 	}
-	defer probe.Close()
+	defer binding.Close()
 
 	lib := nvml.New(nvml.WithLibraryPath(i.opts.Library))
 	if r := lib.Init(); r != nvml.SUCCESS {
