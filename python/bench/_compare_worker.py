@@ -23,7 +23,7 @@ then one JSON object answering one command line on stdin:
     {"cmd": "digest", "offset", "length"}         -> {"ok", "sha256"}
     {"cmd": "run", ...}                           the timed workload (see run()) -> {"ok", ...}
     {"cmd": "cfill", "spec", "side", "as", "seed"}   prepare the regions for a client-shaped run
-                                                  (see Layout.fill_source, fill_dest) -> {"ok", "entries", "rest", "layout"}
+                                                  (see fill_source, fill_dest) -> {"ok", "entries", "rest", "layout"}
     {"cmd": "cdigest", "spec", "side"}            -> {"ok", "entries", "rest", "layout"}
     {"cmd": "crun", ...}                          the client-shaped workload (see crun()) -> {"ok", ...}
     {"cmd": "calls", "seconds", "repeat"}         per-call cost of cheap calls -> {"ok", ...}
@@ -307,39 +307,41 @@ def self_test() -> int:
             n = lay.block - (short if i == 0 else 0) + (over if i == 0 else 0)
             dst[b : b + n] = src[a : a + n]
 
-    wrong: dict[str, dict[str, int | bool]] = {
-        "one entry missing": {"skip": 5},
-        "two entries swapped": {"swap": True},
-        "every entry shifted by 8 bytes": {"shift": 8},
-        "one entry a byte short": {"short": 1},
-        "one entry a byte too long": {"over": 1},
-    }
+    def state(lay: Layout) -> dict[str, Any]:
+        span = lay.span("remote", size)
+        return {"entries": entries_digest(dst, bases, lay, "remote"), "rest": rest_digest(dst, bases, lay, "remote", span), "layout": lay.id}
+
+    # (what the simulated engine does, whether it is right, whether it needs room after an entry to show)
+    cases: list[tuple[str, Callable[[Layout], None], bool, bool]] = [
+        ("right", copy, True, False),
+        ("one entry missing", lambda lay: copy(lay, skip=5), False, False),
+        ("two entries swapped", lambda lay: copy(lay, swap=True), False, False),
+        ("every entry shifted by 8 bytes", lambda lay: copy(lay, shift=8), False, False),
+        ("one entry a byte short", lambda lay: copy(lay, short=1), False, False),
+        ("one entry a byte too long", lambda lay: copy(lay, over=1), False, True),
+    ]
     failed = 0
     for name, spec in specs.items():
         lay = Layout(spec)
-        for seed, how in [("right", {}), *((f"wrong/{k}", v) for k, v in wrong.items())]:
-            if how.get("over") and lay.rstride == lay.block and not spec.get("pool"):
-                continue  # no byte past an entry that the next entry does not overwrite
-            source = {"entries": fill_source(src, bases, lay, "local", size, seed), "layout": lay.id}
-            d_entries, d_rest = fill_dest(dst, bases, lay, "remote", size, seed)
+        for what, engine, right, needs_room in cases:
+            if needs_room and lay.rstride == lay.block and not spec.get("pool"):
+                continue  # every byte after an entry belongs to another entry, which overwrites it
+            source = {"entries": fill_source(src, bases, lay, "local", size, what), "layout": lay.id}
+            d_entries, d_rest = fill_dest(dst, bases, lay, "remote", size, what)
             before = {"entries": d_entries, "rest": d_rest, "layout": lay.id}
-            copy(lay, **how)  # type: ignore[arg-type]
-            span = lay.span("remote", size)
-            after = {"entries": entries_digest(dst, bases, lay, "remote"), "rest": rest_digest(dst, bases, lay, "remote", span), "layout": lay.id}
-            why = check(source, before, after)
-            ok = (why == "") == (seed == "right")
+            engine(lay)
+            why = check(source, before, state(lay))
+            ok = (why == "") == right
             failed += not ok
-            print(f"{'ok ' if ok else 'BAD'} {name}: {seed}: {why or 'passes'}", file=sys.stderr)
+            print(f"{'ok ' if ok else 'BAD'} {name}: {what}: {why or 'passes'}", file=sys.stderr)
         # an entry left over from an earlier run (the same layout, another seed) must not pass
         fill_source(src, bases, lay, "local", size, "earlier")
         fill_dest(dst, bases, lay, "remote", size, "earlier")
         copy(lay)
         source = {"entries": fill_source(src, bases, lay, "local", size, "later"), "layout": lay.id}
-        span = lay.span("remote", size)
-        before = {"entries": entries_digest(dst, bases, lay, "remote"), "rest": rest_digest(dst, bases, lay, "remote", span), "layout": lay.id}
+        before = state(lay)  # the receiver is not filled again: its entries are the earlier run's
         copy(lay, skip=3)
-        after = {"entries": entries_digest(dst, bases, lay, "remote"), "rest": rest_digest(dst, bases, lay, "remote", span), "layout": lay.id}
-        why = check(source, before, after)
+        why = check(source, before, state(lay))
         failed += why == ""
         print(f"{'BAD' if why == '' else 'ok '} {name}: one entry stale from an earlier run: {why or 'passes'}", file=sys.stderr)
     for v in (src, dst):

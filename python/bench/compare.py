@@ -35,7 +35,7 @@ both): batches as SGLang's and vLLM's Mooncake connectors make them (issue
 other, as the per-layer KV tensors are; one batch_transfer_sync_{write,read}
 call carries all layers' blocks (or one layer's, for hetero-TP), and the
 remote slots are drawn at random (a fixed seed, --layout-seed) from the
-target's regions, so no two neighbours are neighbours there. Each scattered
+target's regions, so that blocks side by side here are not there. Each scattered
 point of 32 KiB blocks or more is followed by its contiguous twin (the same
 entries, remote slots in order) for the 70% goal; last come one-entry 4 KiB
 batch_transfer_sync_write and transfer_sync_write (p50/p99). Data check:
@@ -1299,8 +1299,8 @@ def main(argv: list[str]) -> int:
     args.cmdline = "python3 python/bench/compare.py" + "".join(" " + shlex.quote(a) for a in argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 3.0
-    args.grid_repeat = args.repeat or (2 if args.quick else 1)
-    args.client_repeat = args.repeat or 1
+    args.grid_repeat = args.repeat if args.repeat is not None else (2 if args.quick else 1)
+    args.client_repeat = args.repeat if args.repeat is not None else 1
     if args.duration <= 0 or args.grid_repeat < 1 or args.buffer_mib < 1:
         ap.error("--duration, --repeat and --buffer-mib must be positive")
     if args.clients and (args.blocks or args.batches or args.threads):
@@ -1353,7 +1353,7 @@ def main(argv: list[str]) -> int:
         what = " + ".join(parts)
         print(f"# {what}, x {len(ENGINES)} engines, {args.duration:g} s each; about {guess / 60:.1f} min or more; load {load0[0]:.2f}", flush=True)
         if regions[0]:
-            print(f"# {regions[0]} regions of {regions[1] // MiB} MiB registered by each of the 4 processes", flush=True)
+            print(f"# {plural(regions[0], 'region')} of {regions[1] // MiB} MiB registered by each of the 4 processes", flush=True)
         print(f"{'point':34} {'MC GB/s':>9} {'PY GB/s':>9} {'x':>6} {'MC p50':>10} {'PY p50':>10} {'MC p99':>10} {'PY p99':>10}  data", flush=True)
         sweep(pairs, todo, [r.runs for r in rows], args.grid_repeat, args, 0)
         if args.calls and run_grid:
