@@ -221,7 +221,7 @@ CLIENT_PATTERNS = [
         per_region=204,
         what="vLLM, one request of 3,264 tokens: 204 blocks of 16 tokens (32 KiB) per tensor, 64 tensors, one call",
     ),
-    Pattern("vllm-req", "13056x32K", "read", block=32 * KiB, regions=64, per_region=204, what="the same, read (a decode side that pulls)"),
+    Pattern("vllm-req", "13056x32K", "read", block=32 * KiB, regions=64, per_region=204, what="the same, read, as a decode side that pulls"),
     Pattern(
         "mla-p64",
         "3904x72K",
