@@ -75,6 +75,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -1328,6 +1329,8 @@ def main(argv: list[str]) -> int:
     png_dir = args.png_dir or (os.path.dirname(os.path.abspath(args.doc)) if args.doc else None)
     if not args.png:
         png_dir = None
+    if png_dir and not os.path.isdir(png_dir):
+        ap.error(f"--png-dir {png_dir}: no such folder")
 
     # SIGTERM unwinds like Ctrl-C, so the finally below reaps the workers
     signal.signal(signal.SIGTERM, _interrupt)
@@ -1376,12 +1379,12 @@ def main(argv: list[str]) -> int:
     sections = []
     if run_grid:
         png = None
-        if png_dir and plot_grid(rows, os.path.join(png_dir, GRID_PNG), title + " — the grid"):
+        if png_dir and draw(plot_grid, rows, os.path.join(png_dir, GRID_PNG), title + " — the grid"):
             png = os.path.join(png_dir, GRID_PNG)
         sections.append((report(ctx, rows, calls, skipped, doc_link(png, args.doc)), BEGIN, END, png))
     if run_clients:
         png = None
-        if png_dir and plot_clients(crows, os.path.join(png_dir, CLIENTS_PNG), title + " — client-shaped points"):
+        if png_dir and draw(plot_clients, crows, os.path.join(png_dir, CLIENTS_PNG), title + " — client-shaped points"):
             png = os.path.join(png_dir, CLIENTS_PNG)
         sections.append((clients_report(ctx, crows, doc_link(png, args.doc)), BEGIN_CLIENTS, END_CLIENTS, png))
     for lines, _, _, png in sections:
@@ -1414,6 +1417,16 @@ def main(argv: list[str]) -> int:
         print(f"\nwrote {os.path.relpath(args.doc, REPO)}")
     every = [r for row in rows for i in ENGINES for r in row.runs[i]] + [r for row in crows for i in ENGINES for r in row.runs[i]]
     return 1 if any(r.verified is False or not r.ok for r in every) else 0
+
+
+def draw(plot: Callable[[Any, str, str], bool], rows: Any, path: str, title: str) -> bool:
+    """plot(rows, path, title), where a failure to draw or save costs the
+    picture only, never the figures of the run."""
+    try:
+        return plot(rows, path, title)
+    except Exception as e:  # matplotlib's errors have no common base
+        print(f"compare: could not draw {path}: {type(e).__name__}: {e}", file=sys.stderr)
+        return False
 
 
 def doc_link(png: str | None, doc: str | None) -> str | None:
