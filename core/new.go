@@ -181,7 +181,7 @@ func (b *builder) tcp(s engine.Services) (transport.Transport, error) {
 	if b.staging != nil {
 		cfg.GPU = &tcpGPU{mem: s.Memory, staging: b.staging}
 	}
-	t, err := tcp.New(cfg, ln, s.Memory.Contains)
+	t, err := tcp.New(cfg, ln, s.Memory)
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("tcp transport: %w", err)

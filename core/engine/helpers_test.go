@@ -100,7 +100,7 @@ func (te testEngine) config() (Config, error) {
 			if staging != nil {
 				tcpCfg.GPU = &stagedGPU{mem: s.Memory, staging: staging}
 			}
-			t, err := tcp.New(tcpCfg, ln, s.Memory.Contains)
+			t, err := tcp.New(tcpCfg, ln, s.Memory)
 			if err != nil {
 				ln.Close()
 				return nil, err

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -56,6 +57,7 @@ func (e *Engine) RegisterMemoryBatch(addrs []uintptr, lengths []uint64, location
 		if _, rerr := e.mem.Remove(starts); rerr != nil {
 			e.log.Error("undo a failed registration", zap.Error(rerr))
 		}
+		_ = e.mem.Wait(e.ctx, starts) // nothing can hold them: just forget them
 		return err
 	}
 	return nil
@@ -100,7 +102,9 @@ func (e *Engine) UnregisterMemory(addr uintptr) error {
 }
 
 // UnregisterMemoryBatch unregisters several regions by start address: all
-// or none.
+// or none. When it returns, no peer request touches them any more: new
+// ones are refused at once, and those that a transport was serving (their
+// ranges pinned) have finished, within MC_TRANSFER_TIMEOUT.
 func (e *Engine) UnregisterMemoryBatch(addrs []uintptr) error {
 	if e.closed.Load() {
 		return ErrClosed
@@ -117,12 +121,15 @@ func (e *Engine) UnregisterMemoryBatch(addrs []uintptr) error {
 		return err
 	}
 	if err := e.publishDesc(e.ctx); err != nil {
-		if aerr := e.mem.Add(removed); aerr != nil { // still registered everywhere
-			e.log.Error("restore registrations after a failed publication", zap.Error(aerr))
+		if rerr := e.mem.Restore(removed); rerr != nil { // still registered everywhere
+			e.log.Error("restore registrations after a failed publication", zap.Error(rerr))
 		}
 		return fmt.Errorf("unregister memory: %w", err)
 	}
 	var errs []error
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.Env.TransferTimeout)
+	errs = append(errs, e.mem.Wait(ctx, starts))
+	cancel()
 	for _, x := range e.xps {
 		reg, ok := x.(transport.Registrar)
 		if !ok {

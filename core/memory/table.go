@@ -2,6 +2,7 @@ package memory
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"slices"
 	"strconv"
@@ -46,11 +47,35 @@ func (r Region) End() uint64 { return r.Addr + r.Length }
 type Table struct {
 	mu   sync.Mutex // serialises writers
 	seq  uint64     // guarded by mu
+	gone []*entry   // guarded by mu: removed, not yet waited for
 	snap atomic.Pointer[snapshot]
 }
 
 // snapshot is sorted by address, with no overlaps.
-type snapshot struct{ byAddr []Region }
+type snapshot struct{ byAddr []*entry }
+
+// entry is a registered region and the count of the transfers that use it
+// now (Pin): Remove waits for them before it returns.
+type entry struct {
+	Region
+	pins    atomic.Int64
+	removed atomic.Bool
+	idle    chan struct{} // closed by the last Unpin of a removed entry
+	once    sync.Once
+}
+
+// Pin is a hold on a registered region, taken by Table.Pin.
+type Pin struct{ e *entry }
+
+// Unpin releases the hold. The zero Pin holds nothing.
+func (p Pin) Unpin() {
+	if p.e == nil {
+		return
+	}
+	if p.e.pins.Add(-1) == 0 && p.e.removed.Load() {
+		p.e.once.Do(func() { close(p.e.idle) })
+	}
+}
 
 // New returns an empty table.
 func New() *Table {
@@ -61,22 +86,43 @@ func New() *Table {
 
 // Find returns the region that holds [addr, addr+size), without locking.
 func (t *Table) Find(addr, size uint64) (Region, bool) {
-	return t.snap.Load().find(addr, size)
+	if e := t.snap.Load().find(addr, size); e != nil {
+		return e.Region, true
+	}
+	return Region{}, false
 }
 
 // Contains reports whether [addr, addr+size) lies inside one region. It
 // takes no lock: transports call it for every request.
 func (t *Table) Contains(addr, size uint64) bool {
-	_, ok := t.snap.Load().find(addr, size)
-	return ok
+	return t.snap.Load().find(addr, size) != nil
+}
+
+// Pin checks that [addr, addr+size) lies inside one region and holds that
+// region until Unpin: a Remove of it returns only once every pin is
+// released, and no pin is granted on a region being removed. Lock-free;
+// the server of a transport pins each range it serves for the time it
+// touches it, so that no peer writes into memory unregister_memory has
+// returned for.
+func (t *Table) Pin(addr, size uint64) (Pin, bool) {
+	e := t.snap.Load().find(addr, size)
+	if e == nil {
+		return Pin{}, false
+	}
+	e.pins.Add(1)
+	if e.removed.Load() {
+		Pin{e}.Unpin()
+		return Pin{}, false
+	}
+	return Pin{e}, true
 }
 
 // Device returns the GPU ordinal of the region holding [addr, addr+size),
 // or Host (also for unregistered ranges, which callers have validated
 // away). Lock-free, like Contains.
 func (t *Table) Device(addr, size uint64) int {
-	if r, ok := t.snap.Load().find(addr, size); ok {
-		return r.Device
+	if e := t.snap.Load().find(addr, size); e != nil {
+		return e.Device
 	}
 	return Host
 }
@@ -86,31 +132,39 @@ func (t *Table) Len() int { return len(t.snap.Load().byAddr) }
 
 // Regions returns the regions in registration order.
 func (t *Table) Regions() []Region {
-	out := slices.Clone(t.snap.Load().byAddr)
+	es := t.snap.Load().byAddr
+	out := make([]Region, len(es))
+	for i, e := range es {
+		out[i] = e.Region
+	}
 	slices.SortFunc(out, func(a, b Region) int { return cmp.Compare(a.seq, b.seq) })
 	return out
 }
 
-func (s *snapshot) find(addr, size uint64) (Region, bool) {
+func (s *snapshot) find(addr, size uint64) *entry {
 	if size == 0 || addr+size < addr {
-		return Region{}, false
+		return nil
 	}
 	i := s.below(addr)
 	if i < 0 {
-		return Region{}, false
+		return nil
 	}
-	r := s.byAddr[i]
-	return r, addr+size <= r.End()
+	if e := s.byAddr[i]; addr+size <= e.End() {
+		return e
+	}
+	return nil
 }
 
 // below is the index of the last region starting at or below addr, or -1.
 func (s *snapshot) below(addr uint64) int {
-	i, found := slices.BinarySearchFunc(s.byAddr, addr, func(r Region, a uint64) int { return cmp.Compare(r.Addr, a) })
+	i, found := slices.BinarySearchFunc(s.byAddr, addr, byStart)
 	if !found {
 		i--
 	}
 	return i
 }
+
+func byStart(e *entry, a uint64) int { return cmp.Compare(e.Addr, a) }
 
 // Add registers rs all at once, or none of them.
 func (t *Table) Add(rs []Region) error {
@@ -122,10 +176,10 @@ func (t *Table) Add(rs []Region) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load().byAddr
-	byAddr := make([]Region, len(old), len(old)+len(rs))
+	byAddr := make([]*entry, len(old), len(old)+len(rs))
 	copy(byAddr, old)
 	for _, r := range rs {
-		i, _ := slices.BinarySearchFunc(byAddr, r.Addr, func(x Region, a uint64) int { return cmp.Compare(x.Addr, a) })
+		i, _ := slices.BinarySearchFunc(byAddr, r.Addr, byStart)
 		if i > 0 && byAddr[i-1].End() > r.Addr {
 			p := byAddr[i-1]
 			return fmt.Errorf("register [%#x, %#x) overlaps [%#x, %#x): %w", r.Addr, r.End(), p.Addr, p.End(), ErrOverlapped)
@@ -136,7 +190,7 @@ func (t *Table) Add(rs []Region) error {
 		}
 		t.seq++
 		r.seq = t.seq
-		byAddr = slices.Insert(byAddr, i, r)
+		byAddr = slices.Insert(byAddr, i, &entry{Region: r, idle: make(chan struct{})})
 	}
 	t.snap.Store(&snapshot{byAddr: byAddr})
 	return nil
@@ -158,28 +212,25 @@ func check(r Region) error {
 }
 
 // Remove unregisters the regions starting at addrs, all or none, and
-// returns them in the order of addrs.
+// returns them in the order of addrs. Once it returns no new Pin is granted
+// on them; Wait waits for the pins already held.
 func (t *Table) Remove(addrs []uint64) ([]Region, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.snap.Load().byAddr
 	idx := make([]int, len(addrs))
 	for k, a := range addrs {
-		i, found := slices.BinarySearchFunc(old, a, func(x Region, a uint64) int { return cmp.Compare(x.Addr, a) })
+		i, found := slices.BinarySearchFunc(old, a, byStart)
 		if !found {
 			return nil, fmt.Errorf("unregister %#x: %w", a, ErrNotRegistered)
 		}
 		idx[k] = i
 	}
-	removed := make([]Region, len(addrs))
-	for k, i := range idx {
-		removed[k] = old[i]
-	}
-	var keep []Region
+	var keep []*entry
 	if len(idx) == 1 {
 		// The common case (one unregister_memory call): one copy around
 		// the hole.
-		keep = make([]Region, 0, len(old)-1)
+		keep = make([]*entry, 0, len(old)-1)
 		keep = append(append(keep, old[:idx[0]]...), old[idx[0]+1:]...)
 	} else {
 		sorted := slices.Clone(idx)
@@ -189,7 +240,7 @@ func (t *Table) Remove(addrs []uint64) ([]Region, error) {
 				return nil, fmt.Errorf("unregister %#x: listed twice: %w", old[sorted[k]].Addr, ErrInvalid)
 			}
 		}
-		keep = make([]Region, 0, len(old)-len(idx))
+		keep = make([]*entry, 0, len(old)-len(idx))
 		prev := 0
 		for _, i := range sorted {
 			keep = append(keep, old[prev:i]...)
@@ -197,8 +248,53 @@ func (t *Table) Remove(addrs []uint64) ([]Region, error) {
 		}
 		keep = append(keep, old[prev:]...)
 	}
+	removed := make([]Region, len(addrs))
+	for k, i := range idx {
+		e := old[i]
+		e.removed.Store(true)
+		if e.pins.Load() == 0 {
+			e.once.Do(func() { close(e.idle) })
+		}
+		removed[k] = e.Region
+		t.gone = append(t.gone, e)
+	}
 	t.snap.Store(&snapshot{byAddr: keep})
 	return removed, nil
+}
+
+// Wait blocks until no pin is held on the removed regions starting at
+// addrs, or ctx ends (then it returns ctx's error). A transfer in flight
+// holds its pins until it stops, bounded by its own deadline.
+func (t *Table) Wait(ctx context.Context, addrs []uint64) error {
+	t.mu.Lock()
+	var es []*entry
+	t.gone = slices.DeleteFunc(t.gone, func(e *entry) bool {
+		if slices.Contains(addrs, e.Addr) {
+			es = append(es, e)
+			return true
+		}
+		return false
+	})
+	t.mu.Unlock()
+	for _, e := range es {
+		select {
+		case <-e.idle:
+		case <-ctx.Done():
+			return fmt.Errorf("unregister [%#x, +%d): transfers still use it: %w", e.Addr, e.Length, ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Restore registers again regions that Remove took out, as they were (a
+// failed unregistration is undone).
+func (t *Table) Restore(rs []Region) error {
+	t.mu.Lock()
+	t.gone = slices.DeleteFunc(t.gone, func(e *entry) bool {
+		return slices.ContainsFunc(rs, func(r Region) bool { return r.Addr == e.Addr })
+	})
+	t.mu.Unlock()
+	return t.Add(rs)
 }
 
 // CheckLocation accepts Mooncake's location names: "*" (detect), "cpu:N",

@@ -42,7 +42,7 @@ func (p *peer) coalesce(bufs *descInfo, tasks []*transport.Task) []*transport.Ta
 		}
 		// Shrink the run until both sides lie in one registration: a TCP
 		// target checks each request against one buffer.
-		for j > i+1 && !(p.t.srv.validate(uint64(head.Local), total) && bufs.oneBuffer(head.Remote, total)) {
+		for j > i+1 && !(p.t.srv.mem.Contains(uint64(head.Local), total) && bufs.oneBuffer(head.Remote, total)) {
 			j--
 			total -= tasks[j].Length
 		}

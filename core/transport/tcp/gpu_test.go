@@ -106,7 +106,7 @@ func gpuTransport(t *testing.T, cfg Config, g *fakeGPU, mems ...*mem) *Transport
 	}
 	cfg.Logger = zaptest.NewLogger(t)
 	cfg.GPU = g
-	tr, err := New(cfg, localListener(t), reg.validate)
+	tr, err := New(cfg, localListener(t), reg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, tr.Close()) })
 	return tr
@@ -279,7 +279,7 @@ func TestGPUNoStagingBuffers(t *testing.T) {
 	src := mmapBuf(t, 4096)
 	tgt := newTransport(t, Config{}, mmapBuf(t, 4096))
 	cfg := Config{GPU: noStages{}, Logger: zaptest.NewLogger(t)}
-	ini, err := New(cfg, localListener(t), (&registry{}).validate)
+	ini, err := New(cfg, localListener(t), &registry{})
 	require.NoError(t, err)
 	defer ini.Close()
 	tasks := transfer(t, ini, peerOf(tgt, 2), write(src, 1))

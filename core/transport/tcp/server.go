@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	memtable "github.com/pymooncake/pymooncake/core/memory"
 )
 
 // serverIdle is how long a server connection may wait for its next header
@@ -24,7 +26,7 @@ var (
 // server answers requests against the local registered memory.
 type server struct {
 	ln       net.Listener
-	validate Validator
+	mem      Memory
 	gpu      GPU         // nil: all registered memory is host memory
 	log      *zap.Logger // sampled: peers choose how often it is called
 	io, idle time.Duration
@@ -106,13 +108,14 @@ func (s *server) close() error {
 	return err
 }
 
-// allowed reports whether h names a non-empty range that the validator
-// approves; ranges that wrap around or are absurdly large never reach it.
-func (s *server) allowed(h Header) bool {
-	if h.Size == 0 || h.Size >= maxSize || h.Addr+h.Size < h.Addr {
-		return false
+// pin pins [addr, addr+size) when it is a non-empty range of registered
+// memory; ranges that wrap around or are absurdly large never reach the
+// table.
+func (s *server) pin(addr, size uint64) (memtable.Pin, bool) {
+	if size == 0 || size >= maxSize || addr+size < addr {
+		return memtable.Pin{}, false
 	}
-	return s.validate(h.Addr, h.Size)
+	return s.mem.Pin(addr, size)
 }
 
 // serveConn answers requests on c until the peer closes it, a request is
@@ -148,7 +151,8 @@ func (s *server) serveConn(c net.Conn) {
 			s.pollNext(pl, h.Size)
 			continue
 		}
-		if !s.allowed(h) {
+		pin, ok := s.pin(h.Addr, h.Size)
+		if !ok {
 			s.log.Warn("tcp server: request rejected: address range not registered",
 				zap.Stringer("peer", c.RemoteAddr()), zap.Uint64("addr", h.Addr),
 				zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode))
@@ -161,6 +165,7 @@ func (s *server) serveConn(c net.Conn) {
 		// GPU memory goes through a stage's page-locked buffers.
 		stage, err := stageFor(s.gpu, h.Addr, h.Size)
 		if err != nil {
+			pin.Unpin()
 			s.log.Warn("tcp server: cannot serve GPU memory, connection dropped", zap.Stringer("peer", c.RemoteAddr()),
 				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Error(err))
 			return
@@ -188,6 +193,7 @@ func (s *server) serveConn(c net.Conn) {
 		if stage != nil {
 			stage.Release()
 		}
+		pin.Unpin()
 		if err != nil {
 			s.log.Debug("tcp server: transfer failed", zap.Stringer("peer", c.RemoteAddr()),
 				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode), zap.Error(err))
@@ -212,10 +218,11 @@ func (s *server) pollNext(pl *poller, size uint64) {
 type serverConn struct {
 	stream
 	hdr     [HeaderSize]byte
-	table   []byte   // a scatter-gather table as read
-	ranges  []Range  // ... decoded
-	refused []byte   // ... and the bitmap of the refused ones
-	bufs    [][]byte // the memory of a request's ranges
-	out     [][]byte // a reply: status, bitmap, data
-	scratch []byte   // where refused WRITE ranges are read and dropped
+	table   []byte         // a scatter-gather table as read
+	ranges  []Range        // ... decoded
+	refused []byte         // ... and the bitmap of the refused ones
+	bufs    [][]byte       // the memory of a request's ranges
+	out     [][]byte       // a reply: status, bitmap, data
+	pins    []memtable.Pin // what a scatter-gather request holds
+	scratch []byte         // where refused WRITE ranges are read and dropped
 }

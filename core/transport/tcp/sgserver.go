@@ -35,12 +35,16 @@ func (s *server) serveSG(st *serverConn, h Header) error {
 	st.refused = grow(st.refused, bitmapSize(n))
 	clear(st.refused)
 	refused, staged := 0, false
+	st.pins = st.pins[:0]
+	defer st.unpin()
 	for i, r := range ranges {
-		if r.Len >= maxSize || !s.validate(r.Addr, r.Len) {
+		pin, ok := s.pin(r.Addr, r.Len)
+		if !ok {
 			st.refused[i/8] |= 1 << (i % 8)
 			refused++
 			continue
 		}
+		st.pins = append(st.pins, pin)
 		if s.gpu != nil && s.gpu.Device(r.Addr, r.Len) >= 0 {
 			staged = true
 		}
@@ -164,6 +168,15 @@ func (s *server) drain(st *serverConn, n uint64) error {
 		n -= k
 	}
 	return nil
+}
+
+// unpin releases the pins of a scatter-gather request.
+func (st *serverConn) unpin() {
+	for _, p := range st.pins {
+		p.Unpin()
+	}
+	clear(st.pins)
+	st.pins = st.pins[:0]
 }
 
 // grow returns b resized to n bytes, reallocated only when too small.

@@ -361,7 +361,7 @@ func TestServerPollStopsOnClose(t *testing.T) {
 	testutil.ResourceCheck(t)
 	remote := mmapBuf(t, 4096)
 	local := mmapBuf(t, 4096)
-	server, err := New(Config{PollBudget: MaxPollBudget}, localListener(t), (&registry{regions: []region{{addrOf(remote), addrOf(remote) + 4096}}}).validate)
+	server, err := New(Config{PollBudget: MaxPollBudget}, localListener(t), &registry{regions: []region{{addrOf(remote), addrOf(remote) + 4096}}})
 	require.NoError(t, err)
 	client := newTransport(t, Config{PollBudget: -1})
 	for i := 0; i < 20; i++ {

@@ -14,14 +14,23 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pymooncake/pymooncake/core/internal/listen"
+	memtable "github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
-// Validator reports whether [addr, addr+size) lies inside one registered
-// local buffer. The engine provides it; it must be lock-free, since the
-// server calls it for every request.
-type Validator func(addr, size uint64) bool
+// Memory is the local registered memory (the engine's memory.Table). Its
+// methods are lock-free: they run for every request.
+type Memory interface {
+	// Contains reports whether [addr, addr+size) lies inside one
+	// registered region (the client's check before coalescing).
+	Contains(addr, size uint64) bool
+	// Pin is Contains that also holds the region until Unpin: the server
+	// pins every range it reads or writes for as long as it touches it,
+	// so that unregister_memory waits for it and no peer writes into a
+	// region once that has returned.
+	Pin(addr, size uint64) (memtable.Pin, bool)
+}
 
 // Defaults and limits of Config.
 const (
@@ -151,13 +160,13 @@ var (
 )
 
 // New starts a transport serving on ln, which it takes over (Close closes
-// it); validate decides which remote requests may touch local memory.
-func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
+// it); mem decides which remote requests may touch local memory.
+func New(cfg Config, ln net.Listener, mem Memory) (*Transport, error) {
 	if ln == nil {
 		return nil, fmt.Errorf("tcp: nil listener: %w", ErrInvalidConfig)
 	}
-	if validate == nil {
-		return nil, fmt.Errorf("tcp: nil validator: %w", ErrInvalidConfig)
+	if mem == nil {
+		return nil, fmt.Errorf("tcp: nil memory: %w", ErrInvalidConfig)
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -176,15 +185,15 @@ func New(cfg Config, ln net.Listener, validate Validator) (*Transport, error) {
 	t.ctx, t.cancel = context.WithCancelCause(context.Background())
 	t.peers.Store(&map[peerKey]*peer{})
 	t.srv = &server{
-		ln:       ln,
-		validate: validate,
-		gpu:      cfg.GPU,
-		log:      hot,
-		io:       cfg.IOTimeout,
-		poll:     cfg.PollBudget,
-		idle:     max(serverIdle, cfg.IOTimeout),
-		wg:       &t.wg,
-		conns:    map[net.Conn]struct{}{},
+		ln:    ln,
+		mem:   mem,
+		gpu:   cfg.GPU,
+		log:   hot,
+		io:    cfg.IOTimeout,
+		poll:  cfg.PollBudget,
+		idle:  max(serverIdle, cfg.IOTimeout),
+		wg:    &t.wg,
+		conns: map[net.Conn]struct{}{},
 	}
 	t.wg.Add(2)
 	go func() {

@@ -36,7 +36,7 @@ func TestConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := localListener(t)
 			defer ln.Close()
-			_, err := New(tc.cfg, ln, func(uint64, uint64) bool { return true })
+			_, err := New(tc.cfg, ln, &registry{all: true})
 			require.ErrorIs(t, err, ErrInvalidConfig)
 		})
 	}
@@ -47,7 +47,7 @@ func TestConfig(t *testing.T) {
 		require.ErrorIs(t, err, ErrInvalidConfig)
 	})
 	t.Run("nil listener", func(t *testing.T) {
-		_, err := New(Config{}, nil, func(uint64, uint64) bool { return true })
+		_, err := New(Config{}, nil, &registry{all: true})
 		require.ErrorIs(t, err, ErrInvalidConfig)
 	})
 	t.Run("defaults", func(t *testing.T) {
@@ -654,7 +654,7 @@ func TestCloseInFlight(t *testing.T) {
 	f := stuckPeer(t)
 	remote := mmapBuf(t, 64<<20)
 	server := newTransport(t, Config{}, remote)
-	client, err := New(Config{Lanes: 2}, localListener(t), func(uint64, uint64) bool { return false })
+	client, err := New(Config{Lanes: 2}, localListener(t), &registry{})
 	require.NoError(t, err)
 	local := mmapBuf(t, 64<<20)
 	g := transport.NewGroup()
@@ -756,7 +756,7 @@ func FuzzServer(f *testing.F) {
 			a := binary.LittleEndian.Uint64(in[8:16])
 			binary.LittleEndian.PutUint64(in[8:16], base-uint64(page)+a%uint64(3*page))
 		}
-		s := &server{validate: reg.validate, log: zaptestNop(), io: time.Second, idle: time.Second}
+		s := &server{mem: reg, log: zaptestNop(), io: time.Second, idle: time.Second}
 		a, b := net.Pipe()
 		done := make(chan struct{})
 		go func() {
