@@ -47,7 +47,9 @@ func (r *registry) add(b []byte) {
 
 // Pin is Contains without holding anything: the tests that check
 // unregistration use the engine's table.
-func (r *registry) Pin(addr, size uint64) (memtable.Pin, bool) { return memtable.Pin{}, r.Contains(addr, size) }
+func (r *registry) Pin(addr, size uint64) (memtable.Pin, bool) {
+	return memtable.Pin{}, r.Contains(addr, size)
+}
 
 func (r *registry) Contains(addr, size uint64) bool {
 	if r.all {
