@@ -298,6 +298,7 @@ class TransferEngine:
         self._state = "new"  # new | ready | closed | forked
         self._rpc_port = -1
         self._name = ""
+        self._p2p = False  # peers found by P2P handshake, not a metadata store
         self._lock = threading.Lock()  # serialises initialize and close
 
     # ----------------------------------------------------------------- life
@@ -390,6 +391,7 @@ class TransferEngine:
             self._x = x
             self._rpc_port = x.bindings_Engine_RPCPort(h)
             self._name = x.bindings_Engine_Name(h)
+            self._p2p = server == "P2PHANDSHAKE"
             self._state = "ready"
             self._h = h
             _loader.on_fork(self)
@@ -666,13 +668,14 @@ class TransferEngine:
         Parameters
         ----------
         length : int
-            Bytes wanted, > 0.
+            Bytes wanted. 0 gets a block of the smallest class (8 KiB), as
+            in Mooncake; free it with length 0 (or any length up to 8 KiB).
 
         Returns
         -------
         int
-            The buffer's address; 0 on failure (zero length, out of memory,
-            engine not initialized).
+            The buffer's address; 0 on failure (out of memory, engine not
+            initialized).
         """
         op = "allocate_managed_buffer"
         h = self._h
@@ -683,7 +686,7 @@ class TransferEngine:
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), 0)
         try:
-            addr: int = self._x.bindings_Engine_AllocateManaged(h, n)
+            addr: int = self._x.bindings_Engine_AllocateManaged(h, max(n, 1))
             return addr
         except RuntimeError as e:
             return _errors.failed(op, e, 0)
@@ -1267,9 +1270,12 @@ class TransferEngine:
         Returns
         -------
         int
-            0 if the peer answered; otherwise non-zero: -200 its metadata
-            cannot be found, -102 it cannot be reached, -1 other failures or
-            engine not initialized.
+            0 if the peer answered; otherwise Mooncake's code for the cause:
+            -101 the host does not resolve (also a name with no host, in
+            P2P mode), -102 the connection failed, was closed or timed out,
+            or the peer answered with a bad frame, -103 its reply is not
+            JSON, -200 its metadata cannot be found (metadata store modes),
+            -1 other failures or engine not initialized.
         """
         op = "send_probe"
         h = self._h
@@ -1279,6 +1285,12 @@ class TransferEngine:
             name = _text(op, "peer_server_name", peer_server_name)
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), -1)
+        if name == "" or (name[0] == ":" and name.count(":") == 1):
+            # No host: Mooncake's getaddrinfo fails (P2P), or a store has
+            # no such entry.
+            if self._p2p:
+                return _errors.refuse(op, "dns", f"peer name {name!r} has no host", -101, -101)
+            return _errors.refuse(op, "metadata", f"peer name {name!r} has no host", -200, -200)
         try:
             rc: int = self._x.bindings_Engine_SendProbe(h, name)
             return rc
