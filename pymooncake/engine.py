@@ -31,8 +31,11 @@ One engine may be shared by several Python threads. The GIL is released
 during every call into the engine, so other threads run while a transfer is
 in flight. The engine lives in a Go runtime that does not survive
 ``fork()``: create engines in processes started with ``spawn`` or
-``forkserver``, or fork before the first ``initialize``. In a fork child,
-every call returns its failure value and logs "used after fork; use spawn".
+``forkserver``, or fork before the first ``initialize``. In a fork child of
+a process that had started the engine, ``initialize`` raises
+:class:`pymooncake.EngineStateError` (a ``RuntimeError``) naming that fix,
+strict mode or not, and every other call returns its failure value and logs
+"used after fork: ..." (Mooncake allows engines in fork children).
 
 Environment and timeouts
 ------------------------
@@ -68,6 +71,10 @@ Differences from Mooncake
   ``*_on_cuda`` methods return a ticket for :meth:`TransferEngine.cuda_transfer_status`
   and report a failed transfer there instead of ending the process; without
   a driver they raise :class:`pymooncake.NotSupportedError`.
+- A second ``initialize`` replaces the engine as Mooncake's does (the first
+  one stops: its port, registrations and peers' handles go). Managed buffers
+  of the first engine are released too; Mooncake keeps their memory and
+  hands it out again unregistered.
 - Additions: :meth:`TransferEngine.close`, use as a context manager, and
   :meth:`TransferEngine.get_segment_name`.
 """
@@ -327,13 +334,29 @@ class TransferEngine:
         -------
         int
             0 on success; -1 on failure (bad arguments, a bad MC_* variable,
-            an unreachable metadata service, no free port, an engine that is
-            already initialized, or a fork child).
+            an unreachable metadata service, no free port).
 
         Raises
         ------
         ImportError
             The Go extension is missing or does not load.
+        EngineStateError
+            This process is a ``fork()`` child of a process that had started
+            pymooncake's engine: no engine can run here (the Go runtime does
+            not survive fork). Raised in every mode; the message names the
+            fix (the ``spawn`` or ``forkserver`` start method, or forking
+            before the first ``initialize``).
+
+        Notes
+        -----
+        Called again on an initialized engine, it replaces it, as
+        Mooncake's does: the first engine stops as :meth:`close` stops it
+        (its RPC port closes, its registrations and managed buffers go,
+        and peers using its name fail), then a new one starts (in P2P mode
+        on a new port, so peers need the new :meth:`get_rpc_port`). If the
+        new one fails to start, the object is left uninitialized and may be
+        initialized again. ``protocol="xgmi"`` is refused before the first
+        engine is touched, as in Mooncake.
         """
         return self._init("initialize", local_hostname, metadata_server, protocol, device_name, "")
 
@@ -359,7 +382,8 @@ class TransferEngine:
         Returns
         -------
         int
-            0 on success, -1 on failure (as :meth:`initialize`).
+            0 on success, -1 on failure (as :meth:`initialize`, which also
+            says what a second call does and when it raises).
         """
         return self._init("initialize_ext", local_hostname, metadata_server, protocol, device_name, metadata_type)
 
@@ -376,14 +400,14 @@ class TransferEngine:
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), -1)
         with self._lock:
-            if self._state == "ready":
-                return _errors.refuse(op, "state", "engine is already initialized", -1)
             if self._state == "forked" or _loader.forked():
-                return self._unusable(op, -1)
+                _raise(op, "state", _loader.FORKED)  # even outside strict mode: -1 is too easy to miss
             try:
                 x = _loader.load()
             except _loader.ForkedError:
-                return self._unusable(op, -1)
+                _raise(op, "state", _loader.FORKED)
+            if self._state == "ready" and protocol != "xgmi":
+                self._stop_for_reinit(op)
             try:
                 h = x.bindings_NewEngine(local, server, mtype or "", protocol, devices, _environ())
             except RuntimeError as e:
@@ -396,6 +420,19 @@ class TransferEngine:
             self._h = h
             _loader.on_fork(self)
         return 0
+
+    def _stop_for_reinit(self, op: str) -> None:
+        """Stop the running engine before a second initialize starts a new
+        one, as Mooncake's second call destroys its first engine (the caller
+        holds self._lock). A protocol Mooncake refuses ("xgmi") keeps the
+        first engine, as there."""
+        h, self._h = self._h, None
+        self._state = "new"
+        _errors.logger.info("%s: stopping engine %r (rpc port %d) to start a new one", op, self._name, self._rpc_port)
+        try:
+            self._x.bindings_Engine_Close(h)
+        except RuntimeError as e:
+            _errors.logger.warning("%s: stopping the previous engine: %s", op, _errors.parse(e)[2])
 
     def close(self) -> int:
         """Stop the engine: its listeners, connections and goroutines.
@@ -447,7 +484,7 @@ class TransferEngine:
 
     def _unusable(self, op: str, rc: int) -> int:
         if self._state == "forked" or _loader.forked():
-            reason = "used after fork; use spawn"
+            reason = _loader.FORKED
         elif self._state == "closed":
             reason = "engine is closed"
         else:
@@ -1505,7 +1542,7 @@ class TransferEngine:
 
     def _unusable_raise(self, op: str) -> NoReturn:
         if self._state == "forked" or _loader.forked():
-            reason = "used after fork; use spawn"
+            reason = _loader.FORKED
         elif self._state == "closed":
             reason = "engine is closed"
         else:
