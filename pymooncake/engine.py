@@ -71,6 +71,17 @@ Differences from Mooncake
   ``*_on_cuda`` methods return a ticket for :meth:`TransferEngine.cuda_transfer_status`
   and report a failed transfer there instead of ending the process; without
   a driver they raise :class:`pymooncake.NotSupportedError`.
+- Return codes are Mooncake's for the same cause (the interop suite's
+  python/tests/interop/test_return_codes.py compares them), except where
+  pymooncake checks more: the local memory of a transfer must be registered
+  (-1; Mooncake's TCP transport reads any address); ``register_memory``
+  refuses a location other than ``"*"``, ``"cpu:N"`` or ``"cuda:N"`` (-1;
+  Mooncake's TCP transport accepts any); an asynchronous submit whose
+  remote range lies outside the target's registered buffers fails at once
+  (batch id 0; Mooncake returns an id whose status then fails); and a
+  ``batch_unregister_memory`` that names an unregistered address (-3 in
+  both) changes nothing, where Mooncake has already dropped the other
+  regions from its transport and can neither use nor register them again.
 - A second ``initialize`` replaces the engine as Mooncake's does (the first
   one stops: its port, registrations and peers' handles go). Managed buffers
   of the first engine are released too; Mooncake keeps their memory and
