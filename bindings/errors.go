@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 
@@ -20,7 +21,9 @@ const (
 	codeAddressNotRegistered = -3
 	codeBatchBusy            = -4
 	codeAddressOverlapped    = -7
+	codeDNS                  = -101
 	codeSocket               = -102
+	codeMalformedJSON        = -103
 	codeMetadata             = -200
 	codeNotImplemented       = -303
 )
@@ -36,7 +39,9 @@ const (
 	kindUnknownBatch   = "unknown_batch"
 	kindUnknownSegment = "unknown_segment"
 	kindMetadata       = "metadata"
+	kindDNS            = "dns"
 	kindSocket         = "socket"
+	kindMalformed      = "malformed"
 	kindTimeout        = "timeout"
 	kindClosed         = "closed"
 	kindNotSupported   = "not_supported"
@@ -48,6 +53,13 @@ const (
 var errInternal = errors.New("internal error")
 
 // classes is checked in order; the first match decides the code and kind.
+// The codes follow what Mooncake's engine returns for the same cause, which
+// is visible where a method returns the code itself (send_probe and the
+// memory registration methods): a host that cannot be resolved is ERR_DNS,
+// a connection that fails, closes early or answers with a bad frame or the
+// wrong message type is ERR_SOCKET, a reply that is not JSON is
+// ERR_MALFORMED_JSON. A failure that ran out of time keeps the code of what
+// it was doing (classify).
 var classes = []struct {
 	err  error
 	code int
@@ -67,23 +79,54 @@ var classes = []struct {
 	{transport.ErrUnavailable, codeNotImplemented, kindNotSupported},
 	{metadata.ErrUnsupportedBackend, codeNotImplemented, kindNotSupported},
 	{engine.ErrInvalidArgument, codeInvalidArgument, kindInvalid},
-	{context.DeadlineExceeded, codeInvalidArgument, kindTimeout},
 	{engine.ErrMetadata, codeMetadata, kindMetadata},
 	{metadata.ErrMalformed, codeMetadata, kindMetadata},
+	{handshake.ErrNotifyRejected, codeMetadata, kindMetadata},
+	// A name whose host part is empty or not a host (Mooncake's getaddrinfo
+	// fails on it).
+	{handshake.ErrInvalidAddress, codeDNS, kindDNS},
+	{handshake.ErrMalformed, codeMalformedJSON, kindMalformed},
+	{handshake.ErrUnexpectedType, codeSocket, kindSocket},
+	{handshake.ErrTruncated, codeSocket, kindSocket},
+	{handshake.ErrFrameTooLarge, codeSocket, kindSocket},
+	{handshake.ErrEmptyFrame, codeSocket, kindSocket},
+	{handshake.ErrUnknownType, codeSocket, kindSocket},
 	{transport.ErrPeer, codeSocket, kindSocket},
-	{handshake.ErrInvalidAddress, codeSocket, kindSocket},
+	{io.EOF, codeSocket, kindSocket},
+	{io.ErrUnexpectedEOF, codeSocket, kindSocket},
 }
 
-// classify returns Mooncake's code and the kind of err.
+// classify returns Mooncake's code and the kind of err. A failure that is
+// also a deadline (a socket or store operation that ran out of time) keeps
+// its cause's code and is of kindTimeout; a deadline alone is -1.
 func classify(err error) (code int, kind string) {
+	code, kind = cause(err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		switch kind {
+		case kindFailed, kindSocket, kindDNS, kindMalformed, kindMetadata:
+			kind = kindTimeout
+		}
+	}
+	return code, kind
+}
+
+// cause is classify before deadlines are considered.
+func cause(err error) (code int, kind string) {
 	for _, c := range classes {
 		if errors.Is(err, c.err) {
 			return c.code, c.kind
 		}
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		if ne.Timeout() {
+	var dns *net.DNSError
+	var addr *net.AddrError
+	if errors.As(err, &dns) || errors.As(err, &addr) {
+		return codeDNS, kindDNS // no such host, or no address of the family
+	}
+	// Socket calls fail with *net.OpError (context.DeadlineExceeded is a
+	// net.Error too, so the interface would match a deadline alone).
+	var op *net.OpError
+	if errors.As(err, &op) {
+		if op.Timeout() {
 			return codeSocket, kindTimeout
 		}
 		return codeSocket, kindSocket

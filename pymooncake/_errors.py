@@ -89,7 +89,9 @@ class MetadataError(MooncakeError):
 
 
 class SocketError(MooncakeError):
-    """A network failure talking to a peer (code -102)."""
+    """A network failure talking to a peer: its host name does not resolve
+    (code -101), the connection fails or the peer answers with a bad frame
+    (-102), or its reply is not JSON (-103)."""
 
 
 class TransferTimeoutError(MooncakeError, TimeoutError):
@@ -122,7 +124,9 @@ _KINDS: dict[str, type[MooncakeError]] = {
     "batch_busy": BatchBusyError,
     "overlapped": AddressOverlappedError,
     "metadata": MetadataError,
+    "dns": SocketError,
     "socket": SocketError,
+    "malformed": SocketError,
     "timeout": TransferTimeoutError,
     "failed": TransferFailedError,
     "closed": EngineStateError,

@@ -16,10 +16,14 @@ missing symbol into an ImportError at load instead of a crash at its
 first call; (c) avoids ``sys.setdlopenflags``, which is process-wide and
 would also apply to extensions other threads import meanwhile.
 
-The Go runtime does not survive ``fork()``: a child process that inherits a
-loaded extension must not call into it (timers and goroutines hang). Engines
-refuse every call in such a child and log "used after fork; use spawn".
-Forking before the first use is harmless.
+The Go runtime does not survive ``fork()``: only the forking thread exists in
+the child, while the runtime still counts on its other threads, so goroutines
+never run there (an engine started in such a child binds its port, then its
+first transfer hangs; golang/go#15538, #53806). A child process that inherits
+a loaded extension therefore never calls into it: ``initialize`` raises
+:class:`pymooncake.EngineStateError` (a RuntimeError) with :data:`FORKED`,
+and every other method returns its failure value and logs it. Forking before
+the first use is harmless.
 """
 
 from __future__ import annotations
@@ -32,9 +36,17 @@ import weakref
 from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["load", "forked", "on_fork", "EXTENSION"]
+__all__ = ["load", "forked", "on_fork", "EXTENSION", "FORKED"]
 
 EXTENSION = "pymooncake._gopy._pymooncake_go"
+
+#: Why an engine cannot work in a fork() child, and what to do instead.
+FORKED = (
+    "used after fork: this process is a fork() child of a process that had started pymooncake, "
+    "and the Go runtime does not survive fork(); start processes that use engines with the "
+    "'spawn' or 'forkserver' method (multiprocessing.set_start_method('spawn'); vLLM: "
+    "VLLM_WORKER_MULTIPROC_METHOD=spawn), or fork them before the first initialize()"
+)
 
 _lock = threading.Lock()
 _ext: ModuleType | None = None
@@ -65,7 +77,7 @@ def load() -> ModuleType:
             ext = _ext
     assert ext is not None
     if _pid != os.getpid():
-        raise ForkedError("pymooncake used after fork; use spawn (multiprocessing.set_start_method('spawn'))")
+        raise ForkedError(f"pymooncake {FORKED}")
     return ext
 
 

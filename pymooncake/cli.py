@@ -6,6 +6,10 @@
     pymooncake topology [--device_name NICS]                      # local topology JSON
     pymooncake metadata-server [--host H] [--port P] [--persist FILE]
     pymooncake version
+
+The commands log at WARNING and above, so that engine INFO lines do not
+break up their output; ``MC_LOG_LEVEL`` or ``--log-level`` (which wins)
+sets another level. The library itself keeps Mooncake's default, INFO.
 """
 
 from __future__ import annotations
@@ -23,7 +27,22 @@ from types import FrameType
 from . import _bench, _errors, _loader
 from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["main", "DEFAULT_LOG_LEVEL"]
+
+#: The commands' log level unless MC_LOG_LEVEL or --log-level names another.
+DEFAULT_LOG_LEVEL = "WARNING"
+
+# MC_LOG_LEVEL's names (core/config ParseLogLevel) as Python logging levels.
+_PY_LEVELS = {
+    "trace": logging.DEBUG,
+    "verbose": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.ERROR,
+}
 
 
 def _size(text: str) -> int:
@@ -45,10 +64,18 @@ def _size(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pymooncake", description="pymooncake transfer engine tools")
     sub = p.add_subparsers(dest="command", required=True)
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=["trace", "debug", "info", "warning", "error"],
+        help=f"engine and pymooncake log level; overrides MC_LOG_LEVEL (default: MC_LOG_LEVEL, else {DEFAULT_LOG_LEVEL.lower()})",
+    )
 
     d = _bench.Config()
     b = sub.add_parser(
         "bench",
+        parents=[logs],
         help="Mooncake's transfer_engine_bench for this engine",
         description="Throughput and latency of batched transfers (Mooncake's transfer_engine_bench). "
         "loopback runs a target and an initiator in this process over TCP on 127.0.0.1.",
@@ -66,11 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=d.duration, help="seconds (default %(default)s)")
     b.add_argument("--buffer_size", type=_size, default=d.buffer_size, help="bytes registered on each side (default %(default)s)")
 
-    t = sub.add_parser("topology", help="print the local topology JSON (get_local_topology)")
+    t = sub.add_parser("topology", parents=[logs], help="print the local topology JSON (get_local_topology)")
     t.add_argument("--device_name", default="", help="comma-separated NIC filter")
 
     m = sub.add_parser(
         "metadata-server",
+        parents=[logs],
         help="run the HTTP metadata server (Mooncake's mooncake_http_metadata_server)",
         description="Serve metadata over HTTP at http://HOST:PORT/metadata until SIGINT or SIGTERM.",
     )
@@ -150,8 +178,24 @@ def _metadata_server_cmd(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    level = getattr(args, "log_level", None) or os.environ.get("MC_LOG_LEVEL") or DEFAULT_LOG_LEVEL
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=_PY_LEVELS.get(level.strip().lower(), logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    # The engines read MC_LOG_LEVEL from os.environ when they start (a value
+    # that is not a level fails them, naming the variable). Set for this
+    # command only: main() may run inside a larger program.
+    saved = os.environ.get("MC_LOG_LEVEL")
+    os.environ["MC_LOG_LEVEL"] = level
+    try:
+        return _run(args)
+    finally:
+        if saved is None:
+            os.environ.pop("MC_LOG_LEVEL", None)
+        else:
+            os.environ["MC_LOG_LEVEL"] = saved
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         return _bench_cmd(args)
     if args.command == "topology":

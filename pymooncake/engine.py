@@ -31,8 +31,11 @@ One engine may be shared by several Python threads. The GIL is released
 during every call into the engine, so other threads run while a transfer is
 in flight. The engine lives in a Go runtime that does not survive
 ``fork()``: create engines in processes started with ``spawn`` or
-``forkserver``, or fork before the first ``initialize``. In a fork child,
-every call returns its failure value and logs "used after fork; use spawn".
+``forkserver``, or fork before the first ``initialize``. In a fork child of
+a process that had started the engine, ``initialize`` raises
+:class:`pymooncake.EngineStateError` (a ``RuntimeError``) naming that fix,
+strict mode or not, and every other call returns its failure value and logs
+"used after fork: ..." (Mooncake allows engines in fork children).
 
 Environment and timeouts
 ------------------------
@@ -71,6 +74,21 @@ Differences from Mooncake
   ``*_on_cuda`` methods return a ticket for :meth:`TransferEngine.cuda_transfer_status`
   and report a failed transfer there instead of ending the process; without
   a driver they raise :class:`pymooncake.NotSupportedError`.
+- Return codes are Mooncake's for the same cause (the interop suite's
+  python/tests/interop/test_return_codes.py compares them), except where
+  pymooncake checks more: the local memory of a transfer must be registered
+  (-1; Mooncake's TCP transport reads any address); ``register_memory``
+  refuses a location other than ``"*"``, ``"cpu:N"`` or ``"cuda:N"`` (-1;
+  Mooncake's TCP transport accepts any); an asynchronous submit whose
+  remote range lies outside the target's registered buffers fails at once
+  (batch id 0; Mooncake returns an id whose status then fails); and a
+  ``batch_unregister_memory`` that names an unregistered address (-3 in
+  both) changes nothing, where Mooncake has already dropped the other
+  regions from its transport and can neither use nor register them again.
+- A second ``initialize`` replaces the engine as Mooncake's does (the first
+  one stops: its port, registrations and peers' handles go). Managed buffers
+  of the first engine are released too; Mooncake keeps their memory and
+  hands it out again unregistered.
 - Additions: :meth:`TransferEngine.close`, use as a context manager, and
   :meth:`TransferEngine.get_segment_name`.
 """
@@ -301,6 +319,7 @@ class TransferEngine:
         self._state = "new"  # new | ready | closed | forked
         self._rpc_port = -1
         self._name = ""
+        self._p2p = False  # peers found by P2P handshake, not a metadata store
         self._lock = threading.Lock()  # serialises initialize and close
 
     # ----------------------------------------------------------------- life
@@ -331,13 +350,29 @@ class TransferEngine:
         -------
         int
             0 on success; -1 on failure (bad arguments, a bad MC_* variable,
-            an unreachable metadata service, no free port, an engine that is
-            already initialized, or a fork child).
+            an unreachable metadata service, no free port).
 
         Raises
         ------
         ImportError
             The Go extension is missing or does not load.
+        EngineStateError
+            This process is a ``fork()`` child of a process that had started
+            pymooncake's engine: no engine can run here (the Go runtime does
+            not survive fork). Raised in every mode; the message names the
+            fix (the ``spawn`` or ``forkserver`` start method, or forking
+            before the first ``initialize``).
+
+        Notes
+        -----
+        Called again on an initialized engine, it replaces it, as
+        Mooncake's does: the first engine stops as :meth:`close` stops it
+        (its RPC port closes, its registrations and managed buffers go,
+        and peers using its name fail), then a new one starts (in P2P mode
+        on a new port, so peers need the new :meth:`get_rpc_port`). If the
+        new one fails to start, the object is left uninitialized and may be
+        initialized again. ``protocol="xgmi"`` is refused before the first
+        engine is touched, as in Mooncake.
         """
         return self._init("initialize", local_hostname, metadata_server, protocol, device_name, "")
 
@@ -363,7 +398,8 @@ class TransferEngine:
         Returns
         -------
         int
-            0 on success, -1 on failure (as :meth:`initialize`).
+            0 on success, -1 on failure (as :meth:`initialize`, which also
+            says what a second call does and when it raises).
         """
         return self._init("initialize_ext", local_hostname, metadata_server, protocol, device_name, metadata_type)
 
@@ -380,14 +416,14 @@ class TransferEngine:
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), -1)
         with self._lock:
-            if self._state == "ready":
-                return _errors.refuse(op, "state", "engine is already initialized", -1)
             if self._state == "forked" or _loader.forked():
-                return self._unusable(op, -1)
+                _raise(op, "state", _loader.FORKED)  # even outside strict mode: -1 is too easy to miss
             try:
                 x = _loader.load()
             except _loader.ForkedError:
-                return self._unusable(op, -1)
+                _raise(op, "state", _loader.FORKED)
+            if self._state == "ready" and protocol != "xgmi":
+                self._stop_for_reinit(op)
             try:
                 h = x.bindings_NewEngine(local, server, mtype or "", protocol, devices, _environ())
             except RuntimeError as e:
@@ -395,10 +431,24 @@ class TransferEngine:
             self._x = x
             self._rpc_port = x.bindings_Engine_RPCPort(h)
             self._name = x.bindings_Engine_Name(h)
+            self._p2p = server == "P2PHANDSHAKE"
             self._state = "ready"
             self._h = h
             _loader.on_fork(self)
         return 0
+
+    def _stop_for_reinit(self, op: str) -> None:
+        """Stop the running engine before a second initialize starts a new
+        one, as Mooncake's second call destroys its first engine (the caller
+        holds self._lock). A protocol Mooncake refuses ("xgmi") keeps the
+        first engine, as there."""
+        h, self._h = self._h, None
+        self._state = "new"
+        _errors.logger.info("%s: stopping engine %r (rpc port %d) to start a new one", op, self._name, self._rpc_port)
+        try:
+            self._x.bindings_Engine_Close(h)
+        except RuntimeError as e:
+            _errors.logger.warning("%s: stopping the previous engine: %s", op, _errors.parse(e)[2])
 
     def close(self) -> int:
         """Stop the engine: its listeners, connections and goroutines.
@@ -450,7 +500,7 @@ class TransferEngine:
 
     def _unusable(self, op: str, rc: int) -> int:
         if self._state == "forked" or _loader.forked():
-            reason = "used after fork; use spawn"
+            reason = _loader.FORKED
         elif self._state == "closed":
             reason = "engine is closed"
         else:
@@ -672,13 +722,14 @@ class TransferEngine:
         Parameters
         ----------
         length : int
-            Bytes wanted, > 0.
+            Bytes wanted. 0 gets a block of the smallest class (8 KiB), as
+            in Mooncake; free it with length 0 (or any length up to 8 KiB).
 
         Returns
         -------
         int
-            The buffer's address; 0 on failure (zero length, out of memory,
-            engine not initialized).
+            The buffer's address; 0 on failure (out of memory, engine not
+            initialized).
         """
         op = "allocate_managed_buffer"
         h = self._h
@@ -689,7 +740,7 @@ class TransferEngine:
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), 0)
         try:
-            addr: int = self._x.bindings_Engine_AllocateManaged(h, n)
+            addr: int = self._x.bindings_Engine_AllocateManaged(h, max(n, 1))
             return addr
         except RuntimeError as e:
             return _errors.failed(op, e, 0)
@@ -1287,9 +1338,12 @@ class TransferEngine:
         Returns
         -------
         int
-            0 if the peer answered; otherwise non-zero: -200 its metadata
-            cannot be found, -102 it cannot be reached, -1 other failures or
-            engine not initialized.
+            0 if the peer answered; otherwise Mooncake's code for the cause:
+            -101 the host does not resolve (also a name with no host, in
+            P2P mode), -102 the connection failed, was closed or timed out,
+            or the peer answered with a bad frame, -103 its reply is not
+            JSON, -200 its metadata cannot be found (metadata store modes),
+            -1 other failures or engine not initialized.
         """
         op = "send_probe"
         h = self._h
@@ -1299,6 +1353,12 @@ class TransferEngine:
             name = _text(op, "peer_server_name", peer_server_name)
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), -1)
+        if name == "" or (name[0] == ":" and name.count(":") == 1):
+            # No host: Mooncake's getaddrinfo fails (P2P), or a store has
+            # no such entry.
+            if self._p2p:
+                return _errors.refuse(op, "dns", f"peer name {name!r} has no host", -101, -101)
+            return _errors.refuse(op, "metadata", f"peer name {name!r} has no host", -200, -200)
         try:
             rc: int = self._x.bindings_Engine_SendProbe(h, name)
             return rc
@@ -1513,7 +1573,7 @@ class TransferEngine:
 
     def _unusable_raise(self, op: str) -> NoReturn:
         if self._state == "forked" or _loader.forked():
-            reason = "used after fork; use spawn"
+            reason = _loader.FORKED
         elif self._state == "closed":
             reason = "engine is closed"
         else:

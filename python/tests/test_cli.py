@@ -50,6 +50,62 @@ def test_bench_loopback(operation: str) -> None:
     assert "GB/s" in r.stderr  # the live progress line
 
 
+def _quick_bench(*flags: str, level: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MC_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(ROOT)
+    if level is not None:
+        env["MC_LOG_LEVEL"] = level
+    args = ["bench", "--mode", "loopback", "--duration", "0.2", "--threads", "1", "--batch_size", "4", "--block_size", "4K", "--buffer_size", "1M", *flags]
+    r = subprocess.run([sys.executable, "-m", "pymooncake", *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "throughput" in r.stdout
+    return r
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "info"),
+    [
+        (None, None, False),  # the command's default: warnings and above
+        ("info", None, True),
+        (None, "INFO", True),  # MC_LOG_LEVEL when no flag
+        ("warning", "INFO", False),  # the flag wins
+        ("error", "TRACE", False),
+    ],
+)
+def test_bench_log_level(flag: str | None, env: str | None, info: bool) -> None:
+    r = _quick_bench(*(["--log-level", flag] if flag else []), level=env)
+    engine_info = [line for line in r.stderr.splitlines() if "\tINFO\t" in line]
+    if info:
+        assert any("engine started" in line for line in engine_info), r.stderr
+    else:
+        assert engine_info == [], r.stderr
+    assert "GB/s" in r.stderr  # the progress line is there either way
+
+
+def test_library_keeps_mooncakes_info_default() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MC_LOG_LEVEL"}
+    code = "from pymooncake.engine import TransferEngine\ne = TransferEngine()\nassert e.initialize('127.0.0.1', 'P2PHANDSHAKE', 'tcp', '') == 0\ne.close()\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(env, PYTHONPATH=str(ROOT)), timeout=60, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stderr
+    assert any("\tINFO\t" in line and "engine started" in line for line in r.stderr.splitlines()), r.stderr
+
+
+def test_main_restores_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("MC_LOG_LEVEL", raising=False)
+    assert cli.main(["version"]) == 0
+    assert "MC_LOG_LEVEL" not in os.environ
+    monkeypatch.setenv("MC_LOG_LEVEL", "ERROR")
+    assert cli.main(["version"]) == 0
+    assert os.environ["MC_LOG_LEVEL"] == "ERROR"
+    assert capsys.readouterr().out.split("\n") == [f"pymooncake {__version__}"] * 2 + [""]
+
+
+def test_log_level_flag_rejects_unknown_levels() -> None:
+    r = pymooncake("bench", "--log-level", "loud")
+    assert r.returncode == 2
+    assert "--log-level" in r.stderr
+
+
 def test_bench_rejects_a_buffer_too_small() -> None:
     r = pymooncake("bench", "--mode", "loopback", "--buffer_size", "1M", "--block_size", "64K", "--batch_size", "128")
     assert r.returncode == 2

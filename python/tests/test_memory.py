@@ -101,8 +101,16 @@ def test_large_managed_buffer_has_its_own_registration(engine: TransferEngine) -
     assert engine.read_bytes_from_buffer(addr, 1) == b""  # unregistered and unmapped
 
 
+def test_managed_buffer_of_zero_bytes(engine: TransferEngine) -> None:
+    """Mooncake hands out a block of the smallest class for 0 bytes."""
+    addr = engine.allocate_managed_buffer(0)
+    assert addr != 0
+    assert engine.write_bytes_to_buffer(addr + 8 * KiB - 4, b"last", 4) == 0
+    assert engine.free_managed_buffer(addr, 0) == 0
+    assert engine.allocate_managed_buffer(0) == addr  # back in the 8 KiB class
+
+
 def test_managed_buffer_failures(engine: TransferEngine) -> None:
-    assert engine.allocate_managed_buffer(0) == 0
     addr = engine.allocate_managed_buffer(64 * KiB)
     assert engine.free_managed_buffer(addr + 8, 64 * KiB) == -1  # not a block
     assert engine.free_managed_buffer(addr, 1 * MiB) == -1  # wrong size class

@@ -74,21 +74,30 @@ def _forked_child(e: TransferEngine, addr: int, conn: Connection) -> None:
             records.append(record.getMessage())
 
     logging.getLogger("pymooncake").addHandler(Keep())
-    fresh = TransferEngine()
     out = [
         e.get_rpc_port(),
         e.register_memory(addr, 16),
         e.transfer_sync_write("127.0.0.1:1", addr, 0, 1),
         e.allocate_managed_buffer(4096),
-        fresh.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", ""),
+        e.send_probe("127.0.0.1:1"),
+        e.get_local_topology(),
         e.close(),
     ]
-    conn.send((out, records))
+    raised: list[tuple[str, str] | None] = []
+    for engine in (TransferEngine(), e):  # a new engine, and the inherited one
+        try:
+            engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+            raised.append(None)
+        except RuntimeError as exc:
+            raised.append((type(exc).__name__, str(exc)))
+    conn.send((out, records, raised))
     conn.close()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fork_after_first_use_is_refused(engine: TransferEngine) -> None:
+    """multiprocessing's fork: initialize raises (not in strict mode here),
+    every other call returns its failure value and logs why."""
     m = Mem(4096)
     ctx = multiprocessing.get_context("fork")
     parent, child_end = ctx.Pipe()
@@ -96,19 +105,52 @@ def test_fork_after_first_use_is_refused(engine: TransferEngine) -> None:
     child.start()
     try:
         assert parent.poll(30), "fork child did not answer"
-        out, records = parent.recv()
+        out, records, raised = parent.recv()
     finally:
         child.join(30)
         if child.is_alive():
             child.kill()
     assert child.exitcode == 0
-    assert out == [-1, -1, -1, 0, -1, 0]
-    assert len(records) == 5
-    assert all("used after fork; use spawn" in r for r in records)
+    assert out == [-1, -1, -1, 0, -1, "", 0]
+    assert len(records) == 8  # six calls, two initializes
+    assert all("used after fork" in r and "'spawn' or 'forkserver'" in r for r in records)
+    for r in raised:
+        assert r is not None, "initialize did not raise in a fork child"
+        name, message = r
+        assert name == "EngineStateError"
+        assert "fork()" in message
+        assert "'spawn' or 'forkserver'" in message
+        assert "before the first initialize()" in message
     # the parent's engine is untouched
     assert engine.get_rpc_port() > 0
     assert engine.register_memory(m.addr, m.size) == 0
     assert engine.unregister_memory(m.addr) == 0
+
+
+def test_os_fork_after_first_use_raises() -> None:
+    """os.fork() directly, outside strict mode: the child's initialize raises
+    a RuntimeError that names the fix, and the parent goes on."""
+    from pmtest import run_python
+
+    r = run_python(
+        "import os\n"
+        "from pymooncake.engine import TransferEngine\n"
+        "e = TransferEngine()\n"
+        "assert e.initialize('127.0.0.1', 'P2PHANDSHAKE', 'tcp', '') == 0\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    try:\n"
+        "        TransferEngine().initialize('127.0.0.1', 'P2PHANDSHAKE', 'tcp', '')\n"
+        "    except RuntimeError as exc:\n"
+        "        os._exit(0 if 'forkserver' in str(exc) else 4)\n"
+        "    os._exit(3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), e.send_probe(e.get_segment_name()))\n"
+        "e.close()\n",
+        env={"PYMOONCAKE_STRICT": "0"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "0"]
 
 
 def test_fork_before_first_use_is_harmless() -> None:

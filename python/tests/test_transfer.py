@@ -4,6 +4,7 @@ every transfer method, notifies, probes, segments; success and failure."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -216,9 +217,56 @@ def test_warmup_efa_segment_is_a_no_op(engine: TransferEngine) -> None:
     assert engine.warmup_efa_segment("anything") == 0
 
 
-def test_engine_reinitialize_and_close(pair: tuple[TransferEngine, TransferEngine]) -> None:
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_second_initialize_replaces_the_engine(peers: Peers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Mooncake 0.3.13.post1 (seen with its wheel; the interop suite
+    compares the two): the first engine stops, a new one starts."""
+    a, ma, b, mb = peers  # b writes into a
+    first, port1 = a.get_segment_name(), a.get_rpc_port()
+    mb.write(0, b"before")
+    assert b.transfer_sync_write(first, mb.addr, ma.addr, 6) == 0
+    managed = a.allocate_managed_buffer(8192)
+    assert managed != 0
+    ptr1 = a.get_engine_ptr()
+
+    assert a.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    second, port2 = a.get_segment_name(), a.get_rpc_port()
+    assert port2 > 0
+    assert second == f"127.0.0.1:{port2}"
+    assert a.get_engine_ptr() not in (0, ptr1)
+    if port2 != port1:  # a new random port, but the same one may come back
+        assert not _listening(port1), "the first engine's RPC port is still open"
+        assert b.send_probe(first) == -102
+        assert b.transfer_sync_write(first, mb.addr, ma.addr, 6) == -1, "a peer still reaches the first engine"
+    assert b.transfer_sync_write(second, mb.addr, ma.addr, 6) == -1, "the registration survived"
+    assert a.read_bytes_from_buffer(managed, 1) == b"", "the first engine's managed buffer survived"
+    assert a.register_memory(ma.addr, ma.size) == 0
+    mb.write(0, b"after!")
+    assert b.transfer_sync_write(second, mb.addr, ma.addr, 6) == 0
+    assert ma.read(0, 6) == b"after!"
+
+    # a protocol Mooncake refuses keeps the running engine, as there
+    assert a.initialize("127.0.0.1", "P2PHANDSHAKE", "xgmi", "") == -1
+    assert a.get_rpc_port() == port2
+    assert b.transfer_sync_write(second, mb.addr, ma.addr, 6) == 0
+
+    # a new engine that fails to start leaves none: calls fail, initialize may be retried
+    monkeypatch.setenv("MC_TRANSFER_TIMEOUT", "soon")
+    assert a.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == -1
+    assert a.get_rpc_port() == -1
+    assert not _listening(port2)
+    assert a.register_memory(ma.addr, ma.size) == -1
+    monkeypatch.delenv("MC_TRANSFER_TIMEOUT")
+    assert a.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    assert a.register_memory(ma.addr, ma.size) == 0  # the fixture unregisters it
+
+
+def test_engine_close_and_initialize_again(pair: tuple[TransferEngine, TransferEngine]) -> None:
     a, _ = pair
-    assert a.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == -1  # already initialized
     assert a.close() == 0
     assert a.close() == 0  # idempotent
     assert a.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0  # a closed engine may start again
