@@ -493,7 +493,8 @@ func (l *lane) serveV1(w *wreq) bool {
 	c, err := l.p.dial(w.ctx)
 	if err == nil {
 		cn := newConn(l.p, c, nil)
-		stop := context.AfterFunc(w.ctx, func() { cn.interrupt(w.ctx.Err()) })
+		ctx := w.ctx // w lives in the lane's batch, cleared once served
+		stop := context.AfterFunc(ctx, func() { cn.interrupt(ctx.Err()) })
 		_, err = cn.exchange(w)
 		stop()
 		_ = c.Close()

@@ -44,7 +44,8 @@ func (p *peer) inline(w *wreq) bool {
 		return false
 	}
 	defer p.putSync(l)
-	stopReq := context.AfterFunc(w.ctx, func() { l.interrupt(w.ctx.Err()) })
+	ctx := w.ctx
+	stopReq := context.AfterFunc(ctx, func() { l.interrupt(ctx.Err()) })
 	defer stopReq()
 	stopPeer := context.AfterFunc(p.ctx, func() { l.interrupt(cancelCause(p)) })
 	defer stopPeer()
