@@ -48,6 +48,9 @@ type Batch struct {
 	// timed out; Segment is recovered if it fails.
 	Deadline time.Time
 	Segment  segment.Handle
+	// Cancel, set with them, ends the ctx the batch's tasks were submitted
+	// under: the transports then stop them promptly.
+	Cancel context.CancelFunc
 }
 
 // ID is the batch's id.

@@ -73,8 +73,11 @@ func (e *Engine) SubmitAsync(target string, reqs []Request) (BatchID, error) {
 	if err != nil {
 		return 0, err
 	}
-	b.Deadline, b.Segment = start.Add(e.TransferTimeout(total)), h
-	if err := e.submit(e.ctx, b.ID(), reqs, nil, transport.SubmitOptions{}); err != nil {
+	// The batch's own ctx: giving up on it (WaitAsync) stops its tasks.
+	bctx, bcancel := context.WithCancel(e.ctx)
+	b.Deadline, b.Segment, b.Cancel = start.Add(e.TransferTimeout(total)), h, bcancel
+	if err := e.submit(bctx, b.ID(), reqs, nil, transport.SubmitOptions{}); err != nil {
+		bcancel()
 		if ferr := e.FreeBatch(b.ID()); ferr != nil {
 			e.log.Debug("free unsubmitted batch", zap.Error(ferr))
 		}
@@ -181,21 +184,44 @@ func (e *Engine) recoverBatch(b *batch.Batch, cause error) {
 
 // release frees a finished batch.
 func (e *Engine) release(id BatchID) {
+	if b, err := e.batches.Get(id); err == nil && b.Cancel != nil {
+		b.Cancel()
+	}
 	if err := e.FreeBatch(id); err != nil {
 		e.log.Debug("free batch", zap.Uint64("batch", uint64(id)), zap.Error(err))
 	}
 }
 
-// abandon frees batches that the application will not poll again. Batches
-// whose tasks are still in flight are freed by a goroutine once they
-// finish; Close ends those goroutines.
+// stopGrace bounds how long giving up on a transfer waits for its tasks
+// to stop once their ctx ended. TCP stops at once (it cuts the
+// connections short and waits for their readers); RDMA and barex let
+// posted work complete, which the NIC does within its retry timeouts.
+const stopGrace = 10 * time.Second
+
+// abandon gives up on batches that the application will not poll again:
+// their ids are freed now (a later poll finds them unknown, not in
+// flight), their tasks are stopped, and abandon returns once they have
+// stopped, so that no byte of them is written into local memory after the
+// failure is reported. A write that timed out may still land at the
+// target: its bytes may be in the peer's socket buffers already.
 func (e *Engine) abandon(bs []*batch.Batch) {
 	for _, b := range bs {
-		err := e.FreeBatch(b.ID())
-		if !errors.Is(err, ErrBatchBusy) {
+		if b.Cancel != nil {
+			b.Cancel()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+	defer cancel()
+	for _, b := range bs {
+		if err := b.Wait(ctx); err != nil {
+			e.log.Error("tasks of an abandoned batch did not stop; its memory may still be written",
+				zap.Uint64("batch", uint64(b.ID())), zap.Int64("in_flight", b.Group().Pending()))
+			e.reap(b.ID()) // freed once they stop, or at Close
 			continue
 		}
-		e.reap(b.ID())
+		if err := e.FreeBatch(b.ID()); err != nil && !errors.Is(err, ErrUnknownBatch) {
+			e.log.Debug("free abandoned batch", zap.Uint64("batch", uint64(b.ID())), zap.Error(err))
+		}
 	}
 }
 

@@ -259,6 +259,18 @@ func (e *Engine) Transfer(ctx context.Context, reqs []Request, n *Notify) error 
 	}
 	st, err := e.Wait(ctx, id)
 	if st == transport.Timeout {
+		// ctx has ended, so the transports are stopping the tasks: wait
+		// for that, so that no byte of them lands in local memory after
+		// the failure is reported.
+		if b, gerr := e.batches.Get(id); gerr == nil {
+			sctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+			werr := b.Wait(sctx)
+			cancel()
+			if werr != nil {
+				e.log.Error("tasks of a timed-out transfer did not stop; its memory may still be written",
+					zap.Int64("in_flight", b.Group().Pending()))
+			}
+		}
 		e.reap(id)
 		return fmt.Errorf("transfer of %d requests: %w", len(reqs), err)
 	}
