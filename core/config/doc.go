@@ -1,5 +1,8 @@
-// Package config reads Mooncake's environment variables (MC_*) once, strictly,
-// into a typed Env. A bad value is an error naming the variable and the value,
-// never a silent default. core never calls os.Getenv: callers pass a lookup
-// function (os.LookupEnv in production, a map in tests) to FromEnv.
+// Package config reads the engine's environment variables (MC_*) once,
+// strictly, into a typed Env, and provides the strict Parser with which
+// each transport reads its own (tcp.ConfigFromEnv, rdma.ConfigFromEnv,
+// barex.ConfigFromEnv); the composition root (package core, FromEnv) calls
+// them all at initialize. A bad value is an error naming the variable and
+// the value, never a silent default. core never calls os.Getenv: callers
+// pass a lookup function (os.LookupEnv in production, a map in tests).
 package config

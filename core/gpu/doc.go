@@ -15,7 +15,10 @@
 // Staging lends Stages: a copier plus a few page-locked buffers of one
 // device, through which the TCP transport pipelines GPU memory with its
 // socket I/O. Whoever creates a Staging closes it, after every Stage it
-// lent has been released; a Stage is released exactly once.
+// lent has been released; a Stage is released exactly once. BouncePool
+// lends the page-locked buffers that stream-ordered transfers (Mooncake's
+// *_on_cuda) move GPU memory through; the engine owns it and registers
+// each buffer with the transports that need local memory registered.
 //
 // This package is pure Go: the transports and the engine depend on it
 // without needing cgo. Errors: ErrInvalidRange for a range that is not
