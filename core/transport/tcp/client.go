@@ -435,9 +435,9 @@ func (l *lane) teardown(cn *conn) bool {
 	}
 	l.mu.Unlock()
 	var ws []wreq
-	if cn.cur != nil {
-		ws = append(ws, *cn.cur)
-		cn.cur = nil
+	if cn.busy {
+		ws = append(ws, cn.cur)
+		cn.cur, cn.busy = wreq{}, false
 	}
 	for {
 		select {

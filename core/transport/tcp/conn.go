@@ -42,9 +42,10 @@ type conn struct {
 	readerDone chan struct{}
 	failOnce   sync.Once
 	err        error // why it failed, set before dead is closed
-	// cur is the request the reader was serving when it stopped; the
-	// lane takes it back after readerDone.
-	cur *wreq
+	// cur is the request the reader was serving when it stopped (busy
+	// says so); the lane takes it back after readerDone.
+	cur  wreq
+	busy bool
 	// replied is set once the peer answered any request on the connection:
 	// then a failure is not a stale pooled connection.
 	replied atomic.Bool
@@ -267,23 +268,22 @@ func (cn *conn) armIdleBusy() error {
 // oldest request in flight, reads the rest of the reply and reports the
 // outcome.
 func (cn *conn) reply() error {
-	var w wreq
 	select {
-	case w = <-cn.inflight:
+	case cn.cur = <-cn.inflight:
 	default:
 		return errUnsolicited
 	}
-	cn.cur = &w
+	cn.busy = true
 	cn.replied.Store(true)
-	err := cn.finishReply(&w, &cn.r)
+	err := cn.finishReply(&cn.cur, &cn.r)
 	if err != nil && !cn.rejectedClose.Load() {
 		return err // cur stays: the lane reports it
 	}
 	// Reported (a rejection reports the request, then fails the
 	// connection).
-	cn.cur = nil
+	cn.lane.release(&cn.cur)
+	cn.cur, cn.busy = wreq{}, false
 	cn.finished()
-	cn.lane.release(&w)
 	return err
 }
 
