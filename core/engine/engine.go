@@ -62,6 +62,10 @@ type Config struct {
 type Services struct {
 	// Name is the engine's segment name.
 	Name string
+	// Instance is the random id of this engine's incarnation, published
+	// in its descriptor (segment.InstanceKey): a descriptor carrying it is
+	// this engine's own.
+	Instance string
 	// Memory is the table of registered local memory.
 	Memory *memory.Table
 	// Handshake sends a Connection message to the named peer's RPC
@@ -196,7 +200,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		e.dir = segment.NewStore(e.store, e.prefix)
 	}
 
-	e.xps, err = cfg.Transports(ctx, Services{Name: e.name, Memory: e.mem, Handshake: e.sendConnection, PeerDesc: e.peerDesc})
+	e.xps, err = cfg.Transports(ctx, Services{Name: e.name, Instance: e.instance, Memory: e.mem, Handshake: e.sendConnection, PeerDesc: e.peerDesc})
 	if err != nil {
 		return nil, fmt.Errorf("initialize: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/memory"
+	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -57,6 +58,21 @@ func (t *ticketTable) start(wg *sync.WaitGroup, fn func(op *streamOp)) (*streamO
 	return op, nil
 }
 
+// queued issues a ticket for a transfer that is already on its stream: it
+// counts as done, the copies run when the stream reaches them.
+func (t *ticketTable) queued() (Ticket, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, ErrClosed
+	}
+	t.last++
+	op := &streamOp{ticket: t.last}
+	op.done.Store(true)
+	t.ring[t.last%ticketsKept] = op
+	return op.ticket, nil
+}
+
 func (t *ticketTable) get(k Ticket) *streamOp {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -89,6 +105,11 @@ func (t *ticketTable) close() {
 // with the copies queued on the stream itself at this call: device to
 // bounce before the hold (writes), bounce to device after it (reads).
 //
+// A peer whose memory this process addresses directly (its transport is a
+// transport.StreamSubmitter: the engine's own segment, a CUDA IPC peer)
+// gets its copies queued on the stream itself: no hold, no bounce buffer,
+// no host round trip; the ticket is done once they are queued.
+//
 // Problems found at once (no GPU driver: ErrNotSupported; an unknown
 // segment; an unregistered range; a copy the driver refuses) are returned.
 // A failure of the transfer itself (its deadline is timeout from when the
@@ -118,10 +139,13 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 	var onGPU []int // requests whose local memory is GPU memory
 	var gpuBytes uint64
 	firstDev := gpu.Host
+	var seg *segment.Segment
 	for i, r := range withSegment(reqs, h) {
-		if _, err := e.checkRequest(ctx, r); err != nil {
+		s, err := e.checkRequest(ctx, r)
+		if err != nil {
 			return 0, fmt.Errorf("transfer on a CUDA stream: request %d: %w", i, err)
 		}
+		seg = s
 		if r.Length == 0 {
 			continue
 		}
@@ -138,6 +162,18 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 	}
 	if stream == 0 && device < 0 {
 		device = firstDev
+	}
+	// A peer whose memory this process addresses directly: the copies go
+	// on the stream itself, with no hold and no bounce buffer.
+	if ss, ok := seg.Transport.(transport.StreamSubmitter); ok {
+		treqs := make([]transport.Request, len(reqs))
+		for i, r := range reqs {
+			treqs[i] = transport.Request{Opcode: r.Opcode, Local: r.Local, Remote: r.Remote, Length: r.Length}
+		}
+		if err := ss.SubmitOnStream(seg.Peer, treqs, stream, device); err != nil {
+			return 0, fmt.Errorf("transfer on CUDA stream %#x over %s: %w", stream, seg.Transport.Name(), err)
+		}
+		return e.tickets.queued()
 	}
 
 	// The requests as transferred: GPU buffers replaced by slices of the

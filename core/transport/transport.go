@@ -100,4 +100,17 @@ type (
 	CloseCounter interface {
 		PeerCloses(peer Peer) uint64
 	}
+
+	// StreamSubmitter is a transport whose peers' memory this process can
+	// address directly (the process itself; a peer on the same host whose
+	// GPU memory is mapped through CUDA IPC). It runs the stream-ordered
+	// transfers of Mooncake's *_on_cuda calls as copies queued on the
+	// caller's CUDA stream: they run in the stream's order, with no host
+	// round trip and no hold on the stream. SubmitOnStream validates reqs
+	// against the peer's registrations and queues their copies on stream
+	// (a CUstream handle; 0 is the legacy default stream of device); it
+	// returns once they are queued, or with an error when none was.
+	StreamSubmitter interface {
+		SubmitOnStream(peer Peer, reqs []Request, stream uintptr, device int) error
+	}
 )
