@@ -527,3 +527,30 @@ func TestTransferTimeout(t *testing.T) {
 	require.Equal(t, 30*time.Second+time.Duration(1<<30), e.TransferTimeout(1<<30), "1 ns per byte")
 	require.Equal(t, time.Duration(math.MaxInt64), e.TransferTimeout(math.MaxUint64), "saturates")
 }
+
+// Batches of any size: SGLang sends all layers' pages, 64,000 and more
+// entries, in one call (Mooncake's own TCP transport refuses above about
+// 2,048 queued entries and then stays broken).
+func TestHugeScatteredBatch(t *testing.T) {
+	testutil.ResourceCheck(t)
+	const n, block = 70_000, 256
+	p := newPair(t, 2*n*block, nil, nil)
+	perm := rand.New(rand.NewPCG(3, 4)).Perm(2 * n)
+	reqs := make([]Request, n)
+	for i := range reqs {
+		reqs[i] = Request{Opcode: transport.Write, Segment: p.seg, Length: block,
+			Local: addr(p.local) + uintptr(i*block), Remote: uint64(addr(p.remote)) + uint64(perm[i]*block)}
+	}
+	fill(p.local, 21)
+	require.NoError(t, p.ini.Transfer(ctxT(t), reqs, nil))
+	for i, r := range reqs {
+		off := r.Remote - uint64(addr(p.remote))
+		requireSame(t, p.local[i*block:(i+1)*block], p.remote[off:off+block], "block", i)
+	}
+	for i := range reqs {
+		reqs[i].Opcode = transport.Read
+		reqs[i].Local += uintptr(n * block) // read back into the second half, in order
+	}
+	require.NoError(t, p.ini.Transfer(ctxT(t), reqs, nil))
+	requireSame(t, p.local[:n*block], p.local[n*block:])
+}
