@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 )
 
@@ -272,4 +273,12 @@ func TestServerPeerFromContext(t *testing.T) {
 	require.Equal(t, netip.MustParseAddr("127.0.0.7"), <-got)
 	_, ok := PeerFromContext(context.Background())
 	require.False(t, ok)
+}
+
+// The engine's configuration documents the same defaults.
+func TestServerDefaultsMatchConfig(t *testing.T) {
+	d := config.Defaults()
+	require.Equal(t, DefaultMaxConns, d.HandshakeMaxConns)
+	require.Equal(t, DefaultMaxConnsPerPeer, d.HandshakeMaxConnsPerPeer)
+	require.Equal(t, DefaultHeaderTimeout, d.HandshakeHeaderTimeout)
 }

@@ -188,6 +188,16 @@ func TestSendNotifyRejected(t *testing.T) {
 			require.ErrorIs(t, c.SendNotify(testCtx(t), s.Addr().String(), NotifyMsg{Name: "n"}), ErrNotifyRejected)
 		})
 	}
+	t.Run("refusal with a reason", func(t *testing.T) {
+		s := startServer(t, ServerConfig{}, map[MsgType]Handler{
+			Notify: func(context.Context, MsgType, []byte) []byte { return NotifyRefusal("queue full: " + strings.Repeat("r", 1000)) },
+		})
+		var c Client
+		err := c.SendNotify(testCtx(t), s.Addr().String(), NotifyMsg{Name: "n"})
+		require.ErrorIs(t, err, ErrNotifyRejected)
+		require.ErrorContains(t, err, "queue full: rrr")
+		require.Less(t, len(err.Error()), 400, "a peer's reason is clipped")
+	})
 	t.Run("not an object", func(t *testing.T) {
 		s := startServer(t, ServerConfig{}, map[MsgType]Handler{
 			Notify: func(context.Context, MsgType, []byte) []byte { return []byte("[1]\n") },
