@@ -190,7 +190,9 @@ func TestSendNotifyRejected(t *testing.T) {
 	}
 	t.Run("refusal with a reason", func(t *testing.T) {
 		s := startServer(t, ServerConfig{}, map[MsgType]Handler{
-			Notify: func(context.Context, MsgType, []byte) []byte { return NotifyRefusal("queue full: " + strings.Repeat("r", 1000)) },
+			Notify: func(context.Context, MsgType, []byte) []byte {
+				return NotifyRefusal("queue full: " + strings.Repeat("r", 1000))
+			},
 		})
 		var c Client
 		err := c.SendNotify(testCtx(t), s.Addr().String(), NotifyMsg{Name: "n"})

@@ -107,6 +107,21 @@ func (l *Limiter) Len() int {
 	return l.n
 }
 
+// IdleLen is the number of admitted connections that are idle.
+func (l *Limiter) IdleLen() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, p := range l.peers {
+		for _, c := range p.conns {
+			if c.state.Load() > stateBusy {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Shed is the number of idle connections closed to make room so far.
 func (l *Limiter) Shed() uint64 {
 	l.mu.Lock()

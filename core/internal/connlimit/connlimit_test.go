@@ -80,6 +80,7 @@ func TestShedsLongestIdleOfBiggestPeer(t *testing.T) {
 	require.False(t, a1.closed.Load())
 	require.False(t, b1.closed.Load())
 	require.Equal(t, 4, l.Len())
+	require.Equal(t, 3, l.IdleLen(), "a1 works")
 	require.Equal(t, uint64(1), l.Shed())
 	la2.Release() // its goroutine's release after the shed changes nothing
 	require.Equal(t, 4, l.Len())
