@@ -68,10 +68,10 @@ type Env struct {
 	LogLevel zapcore.Level
 	// NotifyMaxCount and NotifyMaxBytes bound the notifies queued for
 	// get_notifies (PYMOONCAKE_NOTIFY_MAX_COUNT, default 65536;
-	// PYMOONCAKE_NOTIFY_MAX_BYTES, default 256 MiB); NotifyMaxCountPerPeer
+	// PYMOONCAKE_NOTIFY_MAX_BYTES, default 64 MiB); NotifyMaxCountPerPeer
 	// and NotifyMaxBytesPerPeer bound those of one sending IP
 	// (PYMOONCAKE_NOTIFY_MAX_COUNT_PER_PEER, default 16384;
-	// PYMOONCAKE_NOTIFY_MAX_BYTES_PER_PEER, default 64 MiB; when unset,
+	// PYMOONCAKE_NOTIFY_MAX_BYTES_PER_PEER, default 16 MiB; when unset,
 	// never above the engine's). Bytes count names and messages. A notify
 	// beyond a bound is refused, and its sender is told.
 	NotifyMaxCount, NotifyMaxCountPerPeer int
@@ -116,8 +116,8 @@ func Defaults() Env {
 const (
 	DefaultNotifyMaxCount           = 1 << 16
 	DefaultNotifyMaxCountPerPeer    = 1 << 14
-	DefaultNotifyMaxBytes           = 256 << 20
-	DefaultNotifyMaxBytesPerPeer    = 64 << 20
+	DefaultNotifyMaxBytes           = 64 << 20
+	DefaultNotifyMaxBytesPerPeer    = 16 << 20
 	DefaultHandshakeMaxConns        = 256
 	DefaultHandshakeMaxConnsPerPeer = 64
 	DefaultHandshakeHeaderTimeout   = time.Second

@@ -15,15 +15,15 @@ import (
 )
 
 // Issue 17 item 2: one peer could queue 65,536 notifies of any size. With
-// the default limits, 80 notifies of about 1 MiB from one peer stop at the
-// per-peer 64 MiB: the sender is told, and the queue holds no more; once
+// the default limits, 30 notifies of about 1 MiB from one peer stop at the
+// per-peer 16 MiB: the sender is told, and the queue holds no more; once
 // drained, the peer is accepted again.
 func TestNotifyFloodIsBoundedAndTheSenderIsTold(t *testing.T) {
 	testutil.ResourceCheck(t)
 	p := newPair(t, 4096, nil, nil)
 	msg := strings.Repeat("x", 1<<20-64) // fits the default 1 MiB frame
 	var accepted, refused int
-	for i := range 80 {
+	for i := range 30 {
 		err := p.ini.SendNotify(ctxT(t), p.tgt.Name(), Notify{Name: fmt.Sprint(i), Msg: msg})
 		if err != nil {
 			require.ErrorIs(t, err, handshake.ErrNotifyRejected)
@@ -40,7 +40,7 @@ func TestNotifyFloodIsBoundedAndTheSenderIsTold(t *testing.T) {
 		want++
 	}
 	require.Equal(t, want, accepted)
-	require.Equal(t, 80-accepted, refused)
+	require.Equal(t, 30-accepted, refused)
 	got := p.tgt.Notifies()
 	require.Len(t, got, accepted)
 	for i, n := range got {
@@ -166,7 +166,7 @@ func TestNotifyQueueTakeInPieces(t *testing.T) {
 // Zero limits mean the defaults, and a per-peer default is never above a
 // lower engine limit.
 func TestNotifyLimitsDefaults(t *testing.T) {
-	require.Equal(t, notifyLimits{count: 1 << 16, peerCount: 1 << 14, bytes: 256 << 20, peerBytes: 64 << 20}, notifyLimitsOf(config.Env{}))
+	require.Equal(t, notifyLimits{count: 1 << 16, peerCount: 1 << 14, bytes: 64 << 20, peerBytes: 16 << 20}, notifyLimitsOf(config.Env{}))
 	require.Equal(t, notifyLimits{count: 10, peerCount: 10, bytes: 1000, peerBytes: 1000},
 		notifyLimitsOf(config.Env{NotifyMaxCount: 10, NotifyMaxBytes: 1000}))
 }
