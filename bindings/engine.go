@@ -343,8 +343,9 @@ func (e *Engine) FirstBufferAddress(segment string) (addr uintptr, err error) {
 //	u64 taken, u64 left (notifies still queued)
 //	taken times: u32 name length, u32 msg length, name, msg
 //
-// and returns the bytes written. When the oldest notify does not fit, it
-// takes nothing and returns minus the capacity that would hold it.
+// and returns the bytes written; 0, writing nothing, when no notify is
+// queued. When the oldest notify does not fit, it takes nothing and returns
+// minus the capacity that would hold it.
 func (e *Engine) Notifies(dst uintptr, capacity int64, max int64) (n int64, err error) {
 	const op = "get_notifies"
 	defer recoverInto(op, e.log, &err)
@@ -369,8 +370,11 @@ func (e *Engine) Notifies(dst uintptr, capacity int64, max int64) (n int64, err 
 		room -= size
 		return true
 	})
-	if len(ns) == 0 && need > 0 {
+	switch {
+	case len(ns) == 0 && need > 0:
 		return -need, nil
+	case len(ns) == 0 && left == 0:
+		return 0, nil // the common case of a polled, empty queue
 	}
 	out := bytesAt(dst, capacity)
 	binary.LittleEndian.PutUint64(out[0:], uint64(len(ns)))

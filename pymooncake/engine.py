@@ -304,6 +304,26 @@ def _pack(op: str, name: str, seq: Any, limit: int) -> array[int]:
     return packed
 
 
+_notify_tls = threading.local()
+
+
+def _notify_buffer(size: int) -> tuple[bytearray, int]:
+    """A buffer of size bytes for get_notifies and its address. Each thread
+    keeps its first-size buffer, so that polling an empty queue allocates
+    nothing; larger ones live for one call."""
+    if size == _NOTIFY_BUF:
+        kept: tuple[bytearray, int] | None = getattr(_notify_tls, "buf", None)
+        if kept is not None:
+            return kept
+    import ctypes
+
+    buf = bytearray(size)
+    pair = (buf, ctypes.addressof((ctypes.c_char * size).from_buffer(buf)))
+    if size == _NOTIFY_BUF:
+        _notify_tls.buf = pair
+    return pair
+
+
 def _decode_notifies(buf: bytearray, taken: int, out: list[TransferNotify]) -> None:
     """Append the taken notifies that bindings' Engine.Notifies wrote into
     buf to out. The engine holds valid UTF-8 (its JSON decoder replaced any
@@ -1364,29 +1384,29 @@ class TransferEngine:
         if h is None:
             self._unusable(op, -1)
             return []
-        import ctypes
-
         # The engine moves notifies into our buffer a piece at a time, each
         # call costing what it moves; the count left after the first call
         # bounds the drain, so a peer that keeps sending cannot keep it going.
         out: list[TransferNotify] = []
         size = _NOTIFY_BUF
-        buf = bytearray(size)
+        buf, addr = getattr(_notify_tls, "buf", None) or _notify_buffer(size)
         most = _NOTIFY_MOST
         first = True
         while True:
-            addr = ctypes.addressof((ctypes.c_char * size).from_buffer(buf))
             try:
                 n: int = self._x.bindings_Engine_Notifies(h, addr, size, most)
             except RuntimeError as e:
                 _errors.failed(op, e, -1)
                 return out  # what was taken before the failure is not lost
+            if n == 0:  # none queued
+                return out
             if n < 0:  # the oldest notify needs a larger buffer
                 size = -n
-                buf = bytearray(size)
+                buf, addr = _notify_buffer(size)
                 continue
             taken, left = _NOTIFY_HEAD.unpack_from(buf, 0)
-            _decode_notifies(buf, taken, out)
+            if taken:
+                _decode_notifies(buf, taken, out)
             if first:
                 first, most = False, left
             else:
@@ -1395,7 +1415,7 @@ class TransferEngine:
                 return out
             if size < _NOTIFY_BUF_GROWN:  # more to come: fewer, larger pieces
                 size = min(size * 4, _NOTIFY_BUF_GROWN)
-                buf = bytearray(size)
+                buf, addr = _notify_buffer(size)
 
     def send_probe(self, peer_server_name: str) -> int:
         """Check that the engine called ``peer_server_name`` answers.
