@@ -195,12 +195,12 @@ func New(cfg Config, ln net.Listener, mem Memory) (*Transport, error) {
 		hot:    hot,
 		dialer: net.Dialer{Timeout: cfg.DialTimeout},
 	}
-	t.ctx, t.cancel = context.WithCancelCause(context.Background())
-	t.peers.Store(&map[peerKey]*peer{})
 	conns, err := connlimit.New(cfg.MaxConns, cfg.MaxConnsPerPeer)
 	if err != nil {
 		return nil, fmt.Errorf("tcp: %w: %w", ErrInvalidConfig, err)
 	}
+	t.ctx, t.cancel = context.WithCancelCause(context.Background())
+	t.peers.Store(&map[peerKey]*peer{})
 	t.srv = &server{
 		ln:    ln,
 		mem:   mem,
