@@ -2,6 +2,7 @@ package bindings
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -334,29 +335,66 @@ func (e *Engine) FirstBufferAddress(segment string) (addr uintptr, err error) {
 	return uintptr(a), nil
 }
 
-// Notifies drains the notifies received so far (get_notifies), as a JSON
-// array of [name, msg] pairs, or "" when there are none. JSON keeps NUL
-// bytes and any byte sequence intact across gopy's C strings.
-func (e *Engine) Notifies() (list string, err error) {
+// Notifies moves the oldest notifies received, at most max of them, into
+// [dst, dst+capacity), memory the caller owns (a Python bytearray), for
+// get_notifies, which calls it until the queue is drained: each call costs
+// what it moves, never the whole queue. It writes, little-endian:
+//
+//	u64 taken, u64 left (notifies still queued)
+//	taken times: u32 name length, u32 msg length, name, msg
+//
+// and returns the bytes written; 0, writing nothing, when no notify is
+// queued. When the oldest notify does not fit, it takes nothing and returns
+// minus the capacity that would hold it.
+func (e *Engine) Notifies(dst uintptr, capacity int64, max int64) (n int64, err error) {
 	const op = "get_notifies"
 	defer recoverInto(op, e.log, &err)
 	if err := e.check(op); err != nil {
-		return "", err
+		return 0, err
 	}
-	ns := e.eng.Notifies()
-	if len(ns) == 0 {
-		return "", nil
+	switch {
+	case capacity < notifyHeader:
+		return 0, invalid(op, "buffer of %d bytes (want at least %d)", capacity, notifyHeader)
+	case dst == 0:
+		return 0, invalid(op, "null buffer")
+	case max < 1:
+		return 0, invalid(op, "at most %d notifies (want at least 1)", max)
 	}
-	pairs := make([][2]string, len(ns))
-	for i, n := range ns {
-		pairs[i] = [2]string{n.Name, n.Msg}
+	room, need := capacity-notifyHeader, int64(0)
+	ns, left := e.eng.TakeNotifies(int(min(max, maxList)), func(n *engine.Notify) bool {
+		size := notifyRecord + int64(len(n.Name)) + int64(len(n.Msg))
+		if size > room {
+			need = notifyHeader + size
+			return false
+		}
+		room -= size
+		return true
+	})
+	switch {
+	case len(ns) == 0 && need > 0:
+		return -need, nil
+	case len(ns) == 0 && left == 0:
+		return 0, nil // the common case of a polled, empty queue
 	}
-	b, err := json.Marshal(pairs)
-	if err != nil {
-		return "", fail(op, err)
+	out := bytesAt(dst, capacity)
+	binary.LittleEndian.PutUint64(out[0:], uint64(len(ns)))
+	binary.LittleEndian.PutUint64(out[8:], uint64(left))
+	at := int64(notifyHeader)
+	for _, v := range ns {
+		binary.LittleEndian.PutUint32(out[at:], uint32(len(v.Name)))
+		binary.LittleEndian.PutUint32(out[at+4:], uint32(len(v.Msg)))
+		at += notifyRecord
+		at += int64(copy(out[at:], v.Name))
+		at += int64(copy(out[at:], v.Msg))
 	}
-	return string(b), nil
+	return at, nil
 }
+
+// The layout Notifies writes: a header, then a record header per notify.
+const (
+	notifyHeader = 16
+	notifyRecord = 8
+)
 
 // SendProbe asks the engine called peer to answer a Probe (send_probe).
 func (e *Engine) SendProbe(peer string) (rc int, err error) {

@@ -99,11 +99,13 @@ import enum
 import json
 import operator
 import os
+import struct
 import sys
 import threading
 import warnings
 from array import array
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -141,8 +143,18 @@ SUPPORT_INTRA_NVLINK = False
 _U64 = (1 << 64) - 1
 _I64 = (1 << 63) - 1
 
-# Values accepted where Mooncake takes a list of integers.
-IntList = Iterable[int]
+# Values accepted where Mooncake takes a list of integers: sequences (list,
+# tuple, array, numpy arrays...), never a mapping or a set, whose order does
+# not pair addresses with lengths.
+IntList = Sequence[int]
+
+# get_notifies: the first buffer, the size it grows to while notifies keep
+# filling it, and the layout bindings' Engine.Notifies writes.
+_NOTIFY_BUF = 64 << 10
+_NOTIFY_BUF_GROWN = 64 << 20
+_NOTIFY_MOST = 1 << 20
+_NOTIFY_HEAD = struct.Struct("<QQ")  # taken, left
+_NOTIFY_REC = struct.Struct("<II")  # name length, msg length
 
 
 class TransferOpcode(enum.IntEnum):
@@ -258,6 +270,16 @@ def _notify(op: str, value: Any) -> TransferNotify | None:
     return value
 
 
+def _is_sequence(seq: Any) -> bool:
+    """Whether seq is what pybind11 converts to a std::vector: ordered and
+    indexable (``__len__`` and ``__getitem__``), and neither text, bytes, a
+    mapping nor a set."""
+    if isinstance(seq, (str, bytes, bytearray, Mapping, AbstractSet)):
+        return False
+    t = type(seq)
+    return hasattr(t, "__len__") and hasattr(t, "__getitem__")
+
+
 def _pack(op: str, name: str, seq: Any, limit: int) -> array[int]:
     """Pack a sequence of ints into an array('Q') for the Go side, checking
     every element. An array('Q') is used as it is (not copied)."""
@@ -266,8 +288,9 @@ def _pack(op: str, name: str, seq: Any, limit: int) -> array[int]:
     if isinstance(seq, array) and seq.typecode == "Q":
         packed = seq
     else:
-        if isinstance(seq, (str, bytes, bytearray)) or not hasattr(seq, "__iter__"):
-            raise TypeError(f"{op}(): {name} must be a list of int, not {type(seq).__name__}")
+        if not _is_sequence(seq):
+            why = "; a set has no order to pair entries by" if isinstance(seq, AbstractSet) else ""
+            raise TypeError(f"{op}(): {name} must be a sequence of int (list, tuple, array), not {type(seq).__name__}{why}")
         items = seq if isinstance(seq, (list, tuple, array)) else list(seq)
         try:
             packed = array("Q", items)
@@ -279,6 +302,44 @@ def _pack(op: str, name: str, seq: Any, limit: int) -> array[int]:
         i = next(i for i, v in enumerate(packed) if v > limit)
         raise ValueError(f"{op}(): {name}[{i}] = {packed[i]} is out of range [0, {limit}]")
     return packed
+
+
+_notify_tls = threading.local()
+
+
+def _notify_buffer(size: int) -> tuple[bytearray, int]:
+    """A buffer of size bytes for get_notifies and its address. Each thread
+    keeps its first-size buffer, so that polling an empty queue allocates
+    nothing; larger ones live for one call."""
+    if size == _NOTIFY_BUF:
+        kept: tuple[bytearray, int] | None = getattr(_notify_tls, "buf", None)
+        if kept is not None:
+            return kept
+    import ctypes
+
+    buf = bytearray(size)
+    pair = (buf, ctypes.addressof((ctypes.c_char * size).from_buffer(buf)))
+    if size == _NOTIFY_BUF:
+        _notify_tls.buf = pair
+    return pair
+
+
+def _decode_notifies(buf: bytearray, taken: int, out: list[TransferNotify]) -> None:
+    """Append the taken notifies that bindings' Engine.Notifies wrote into
+    buf to out. The engine holds valid UTF-8 (its JSON decoder replaced any
+    invalid byte), so the replacement here never fires."""
+    mv = memoryview(buf)
+    at = _NOTIFY_HEAD.size
+    rec = _NOTIFY_REC
+    for _ in range(taken):
+        nl, ml = rec.unpack_from(buf, at)
+        at += rec.size
+        name = str(mv[at : at + nl], "utf-8", "replace")
+        at += nl
+        msg = str(mv[at : at + ml], "utf-8", "replace")
+        at += ml
+        out.append(TransferNotify(name, msg))
+    mv.release()
 
 
 def _environ() -> str:
@@ -1323,14 +1384,38 @@ class TransferEngine:
         if h is None:
             self._unusable(op, -1)
             return []
-        try:
-            raw: str = self._x.bindings_Engine_Notifies(h)
-        except RuntimeError as e:
-            _errors.failed(op, e, -1)
-            return []
-        if not raw:
-            return []
-        return [TransferNotify(name, msg) for name, msg in json.loads(raw)]
+        # The engine moves notifies into our buffer a piece at a time, each
+        # call costing what it moves; the count left after the first call
+        # bounds the drain, so a peer that keeps sending cannot keep it going.
+        out: list[TransferNotify] = []
+        size = _NOTIFY_BUF
+        buf, addr = getattr(_notify_tls, "buf", None) or _notify_buffer(size)
+        most = _NOTIFY_MOST
+        first = True
+        while True:
+            try:
+                n: int = self._x.bindings_Engine_Notifies(h, addr, size, most)
+            except RuntimeError as e:
+                _errors.failed(op, e, -1)
+                return out  # what was taken before the failure is not lost
+            if n == 0:  # none queued
+                return out
+            if n < 0:  # the oldest notify needs a larger buffer
+                size = -n
+                buf, addr = _notify_buffer(size)
+                continue
+            taken, left = _NOTIFY_HEAD.unpack_from(buf, 0)
+            if taken:
+                _decode_notifies(buf, taken, out)
+            if first:
+                first, most = False, left
+            else:
+                most -= taken
+            if taken == 0 or left == 0 or most <= 0:
+                return out
+            if size < _NOTIFY_BUF_GROWN:  # more to come: fewer, larger pieces
+                size = min(size * 4, _NOTIFY_BUF_GROWN)
+                buf, addr = _notify_buffer(size)
 
     def send_probe(self, peer_server_name: str) -> int:
         """Check that the engine called ``peer_server_name`` answers.

@@ -66,6 +66,26 @@ type Env struct {
 	TransferTimeout time.Duration
 	// LogLevel is MC_LOG_LEVEL (TRACE, DEBUG, INFO, WARNING, ERROR; default INFO).
 	LogLevel zapcore.Level
+	// NotifyMaxCount and NotifyMaxBytes bound the notifies queued for
+	// get_notifies (PYMOONCAKE_NOTIFY_MAX_COUNT, default 65536;
+	// PYMOONCAKE_NOTIFY_MAX_BYTES, default 64 MiB); NotifyMaxCountPerPeer
+	// and NotifyMaxBytesPerPeer bound those of one sending IP
+	// (PYMOONCAKE_NOTIFY_MAX_COUNT_PER_PEER, default 16384;
+	// PYMOONCAKE_NOTIFY_MAX_BYTES_PER_PEER, default 16 MiB; when unset,
+	// never above the engine's). Bytes count names and messages. A notify
+	// beyond a bound is refused, and its sender is told.
+	NotifyMaxCount, NotifyMaxCountPerPeer int
+	NotifyMaxBytes, NotifyMaxBytesPerPeer int64
+	// HandshakeMaxConns and HandshakeMaxConnsPerPeer bound the RPC server's
+	// connections, in total and per remote IP
+	// (PYMOONCAKE_HANDSHAKE_MAX_CONNS, default 256;
+	// PYMOONCAKE_HANDSHAKE_MAX_CONNS_PER_PEER, default 64; when unset, never
+	// above the total).
+	HandshakeMaxConns, HandshakeMaxConnsPerPeer int
+	// HandshakeHeaderTimeout is how long an RPC connection may stay without
+	// sending its request's length (PYMOONCAKE_HANDSHAKE_HEADER_TIMEOUT_MS,
+	// milliseconds, default 1000).
+	HandshakeHeaderTimeout time.Duration
 	// Set lists the variables that were present, for logging the effective
 	// configuration once at init.
 	Set map[string]string
@@ -74,16 +94,34 @@ type Env struct {
 // Defaults returns the configuration with no variable set.
 func Defaults() Env {
 	return Env{
-		MinPort:                 15000,
-		MaxPort:                 17000,
-		HandshakePort:           12001,
-		HandshakeMaxFrame:       1 << 20,
-		HandshakeConnectTimeout: 5 * time.Second,
-		TransferTimeout:         30 * time.Second,
-		LogLevel:                zapcore.InfoLevel,
-		Set:                     map[string]string{},
+		MinPort:                  15000,
+		MaxPort:                  17000,
+		HandshakePort:            12001,
+		HandshakeMaxFrame:        1 << 20,
+		HandshakeConnectTimeout:  5 * time.Second,
+		TransferTimeout:          30 * time.Second,
+		LogLevel:                 zapcore.InfoLevel,
+		NotifyMaxCount:           DefaultNotifyMaxCount,
+		NotifyMaxCountPerPeer:    DefaultNotifyMaxCountPerPeer,
+		NotifyMaxBytes:           DefaultNotifyMaxBytes,
+		NotifyMaxBytesPerPeer:    DefaultNotifyMaxBytesPerPeer,
+		HandshakeMaxConns:        DefaultHandshakeMaxConns,
+		HandshakeMaxConnsPerPeer: DefaultHandshakeMaxConnsPerPeer,
+		HandshakeHeaderTimeout:   DefaultHandshakeHeaderTimeout,
+		Set:                      map[string]string{},
 	}
 }
+
+// Defaults of the pymooncake limits (see Env).
+const (
+	DefaultNotifyMaxCount           = 1 << 16
+	DefaultNotifyMaxCountPerPeer    = 1 << 14
+	DefaultNotifyMaxBytes           = 64 << 20
+	DefaultNotifyMaxBytesPerPeer    = 16 << 20
+	DefaultHandshakeMaxConns        = 256
+	DefaultHandshakeMaxConnsPerPeer = 64
+	DefaultHandshakeHeaderTimeout   = time.Second
+)
 
 // LookupFunc is os.LookupEnv's signature.
 type LookupFunc func(key string) (string, bool)
@@ -145,12 +183,49 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 		}
 	}
 
+	parseLimits(p, &e)
+
 	if len(p.errs) == 0 {
 		if err := ValidatePortRange(e.MinPort, e.MaxPort); err != nil {
 			p.errs = append(p.errs, fmt.Errorf("%w: %s=%d %s=%d: %v", ErrInvalid, minKey, e.MinPort, maxKey, e.MaxPort, err))
 		}
 	}
 	return e, errors.Join(p.errs...)
+}
+
+// parseLimits reads the PYMOONCAKE_NOTIFY_* and PYMOONCAKE_HANDSHAKE_*
+// limits. A per-peer bound left unset follows a lower total down; one set
+// above its total is an error.
+func parseLimits(p *Parser, e *Env) {
+	p.Int(&e.NotifyMaxCount, "PYMOONCAKE_NOTIFY_MAX_COUNT", 1, 1<<24)
+	var maxBytes int
+	if p.Int(&maxBytes, "PYMOONCAKE_NOTIFY_MAX_BYTES", 1, 1<<40) {
+		e.NotifyMaxBytes = int64(maxBytes)
+	}
+	perPeer(p, &e.NotifyMaxCountPerPeer, e.NotifyMaxCount, "PYMOONCAKE_NOTIFY_MAX_COUNT_PER_PEER", "PYMOONCAKE_NOTIFY_MAX_COUNT", 1<<24)
+	peerBytes := int(e.NotifyMaxBytesPerPeer)
+	perPeer(p, &peerBytes, int(e.NotifyMaxBytes), "PYMOONCAKE_NOTIFY_MAX_BYTES_PER_PEER", "PYMOONCAKE_NOTIFY_MAX_BYTES", 1<<40)
+	e.NotifyMaxBytesPerPeer = int64(peerBytes)
+
+	p.Int(&e.HandshakeMaxConns, "PYMOONCAKE_HANDSHAKE_MAX_CONNS", 1, 1<<16)
+	perPeer(p, &e.HandshakeMaxConnsPerPeer, e.HandshakeMaxConns,
+		"PYMOONCAKE_HANDSHAKE_MAX_CONNS_PER_PEER", "PYMOONCAKE_HANDSHAKE_MAX_CONNS", 1<<16)
+	var ms int
+	if p.Int(&ms, "PYMOONCAKE_HANDSHAKE_HEADER_TIMEOUT_MS", 10, 60000) {
+		e.HandshakeHeaderTimeout = time.Duration(ms) * time.Millisecond
+	}
+}
+
+// perPeer parses key, a per-peer bound in [1, hi], into dst; unset, dst is
+// lowered to total when above it; set above total, it is an error.
+func perPeer(p *Parser, dst *int, total int, key, totalKey string, hi int) {
+	if !p.Int(dst, key, 1, hi) {
+		*dst = min(*dst, total)
+		return
+	}
+	if *dst > total {
+		p.Fail(key, strconv.Itoa(*dst), fmt.Sprintf("above %s (%d)", totalKey, total))
+	}
 }
 
 // ValidatePortRange applies Mooncake HEAD's rules to a random-port range:

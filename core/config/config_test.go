@@ -20,6 +20,13 @@ func TestFromEnvDefaults(t *testing.T) {
 	require.Equal(t, 17000, e.MaxPort)
 	require.Equal(t, uint64(1<<20), e.HandshakeMaxFrame)
 	require.Equal(t, 30*time.Second, e.TransferTimeout)
+	require.Equal(t, 1<<16, e.NotifyMaxCount)
+	require.Equal(t, int64(64<<20), e.NotifyMaxBytes)
+	require.Equal(t, 1<<14, e.NotifyMaxCountPerPeer)
+	require.Equal(t, int64(16<<20), e.NotifyMaxBytesPerPeer)
+	require.Equal(t, 256, e.HandshakeMaxConns)
+	require.Equal(t, 64, e.HandshakeMaxConnsPerPeer)
+	require.Equal(t, time.Second, e.HandshakeHeaderTimeout)
 	require.Empty(t, e.SortedSet())
 }
 
@@ -42,6 +49,26 @@ func TestFromEnvValues(t *testing.T) {
 		{"max frame", map[string]string{"MC_HANDSHAKE_MAX_LENGTH": "4096"}, func(t *testing.T, e Env) { require.Equal(t, uint64(4096), e.HandshakeMaxFrame) }},
 		{"force hca", map[string]string{"MC_FORCE_HCA": "1"}, func(t *testing.T, e Env) { require.True(t, e.ForceHCA) }},
 		{"use barex", map[string]string{"USE_BAREX": "2"}, func(t *testing.T, e Env) { require.True(t, e.UseBarex) }},
+		{"notify limits", map[string]string{"PYMOONCAKE_NOTIFY_MAX_COUNT": "100", "PYMOONCAKE_NOTIFY_MAX_BYTES": "1048576",
+			"PYMOONCAKE_NOTIFY_MAX_COUNT_PER_PEER": "10", "PYMOONCAKE_NOTIFY_MAX_BYTES_PER_PEER": "4096"}, func(t *testing.T, e Env) {
+			require.Equal(t, 100, e.NotifyMaxCount)
+			require.Equal(t, int64(1<<20), e.NotifyMaxBytes)
+			require.Equal(t, 10, e.NotifyMaxCountPerPeer)
+			require.Equal(t, int64(4096), e.NotifyMaxBytesPerPeer)
+		}},
+		{"notify per-peer follows a lower total", map[string]string{"PYMOONCAKE_NOTIFY_MAX_COUNT": "100", "PYMOONCAKE_NOTIFY_MAX_BYTES": "1000"},
+			func(t *testing.T, e Env) {
+				require.Equal(t, 100, e.NotifyMaxCountPerPeer)
+				require.Equal(t, int64(1000), e.NotifyMaxBytesPerPeer)
+			}},
+		{"notify per-peer keeps its default under a higher total", map[string]string{"PYMOONCAKE_NOTIFY_MAX_COUNT": "1000000"},
+			func(t *testing.T, e Env) { require.Equal(t, DefaultNotifyMaxCountPerPeer, e.NotifyMaxCountPerPeer) }},
+		{"handshake limits", map[string]string{"PYMOONCAKE_HANDSHAKE_MAX_CONNS": "32", "PYMOONCAKE_HANDSHAKE_HEADER_TIMEOUT_MS": "250"},
+			func(t *testing.T, e Env) {
+				require.Equal(t, 32, e.HandshakeMaxConns)
+				require.Equal(t, 32, e.HandshakeMaxConnsPerPeer, "follows the total down")
+				require.Equal(t, 250*time.Millisecond, e.HandshakeHeaderTimeout)
+			}},
 		{"set recorded", map[string]string{"MC_USE_IPV6": "1"}, func(t *testing.T, e Env) {
 			require.True(t, e.IPv6)
 			require.Equal(t, []string{"MC_USE_IPV6=1"}, e.SortedSet())
@@ -72,6 +99,13 @@ func TestFromEnvRejects(t *testing.T) {
 		{"bad bool", map[string]string{"MC_USE_IPV6": "maybe"}},
 		{"bad use barex", map[string]string{"USE_BAREX": "yes"}},
 		{"bad log level", map[string]string{"MC_LOG_LEVEL": "loud"}},
+		{"notify count zero", map[string]string{"PYMOONCAKE_NOTIFY_MAX_COUNT": "0"}},
+		{"notify bytes not a number", map[string]string{"PYMOONCAKE_NOTIFY_MAX_BYTES": "1G"}},
+		{"notify per-peer count above the total", map[string]string{"PYMOONCAKE_NOTIFY_MAX_COUNT": "10", "PYMOONCAKE_NOTIFY_MAX_COUNT_PER_PEER": "11"}},
+		{"notify per-peer bytes above the default total", map[string]string{"PYMOONCAKE_NOTIFY_MAX_BYTES_PER_PEER": "1099511627776"}},
+		{"handshake conns zero", map[string]string{"PYMOONCAKE_HANDSHAKE_MAX_CONNS": "0"}},
+		{"handshake per-peer above the total", map[string]string{"PYMOONCAKE_HANDSHAKE_MAX_CONNS_PER_PEER": "257"}},
+		{"handshake header timeout too short", map[string]string{"PYMOONCAKE_HANDSHAKE_HEADER_TIMEOUT_MS": "1"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

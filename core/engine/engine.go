@@ -208,9 +208,13 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("initialize: no transport was built: %w", ErrInvalidArgument)
 	}
 
+	e.notifies.init(cfg.Env, e.log)
 	e.rpc = handshake.NewServer(rpcLn, handshake.ServerConfig{
-		MaxFrame: cfg.Env.HandshakeMaxFrame,
-		Logger:   log.Named("rpc"),
+		MaxFrame:        cfg.Env.HandshakeMaxFrame,
+		HeaderTimeout:   cfg.Env.HandshakeHeaderTimeout,
+		MaxConns:        cfg.Env.HandshakeMaxConns,
+		MaxConnsPerPeer: cfg.Env.HandshakeMaxConnsPerPeer,
+		Logger:          log.Named("rpc"),
 	}, map[handshake.MsgType]handshake.Handler{
 		handshake.Connection: e.onConnection,
 		handshake.Legacy:     e.onConnection,

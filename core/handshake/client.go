@@ -76,7 +76,8 @@ func (c *Client) Probe(ctx context.Context, hostport string) error {
 // SendNotify delivers n to hostport. A reply with an empty notify_msg (JSON
 // null included) is ErrNotifyRejected, as in Mooncake's sendNotify (whose
 // 0.3.13.post1 engine was seen not to pass that failure on to
-// transfer_sync: callers decide what a rejection means).
+// transfer_sync: callers decide what a rejection means); the error carries
+// the reason a pymooncake receiver gives in the reply's name.
 func (c *Client) SendNotify(ctx context.Context, hostport string, n NotifyMsg) error {
 	body, err := n.Marshal()
 	if err != nil {
@@ -91,9 +92,23 @@ func (c *Client) SendNotify(ctx context.Context, hostport string, n NotifyMsg) e
 		return fmt.Errorf("handshake notify to %s: %w", hostport, err)
 	}
 	if ack.Msg == "" {
+		if ack.Name != "" { // a pymooncake receiver says why (NotifyRefusal)
+			return fmt.Errorf("handshake notify %q to %s: %w: %s", n.Name, hostport, ErrNotifyRejected, clip(ack.Name, maxReason))
+		}
 		return fmt.Errorf("handshake notify %q to %s: %w", n.Name, hostport, ErrNotifyRejected)
 	}
 	return nil
+}
+
+// maxReason bounds the bytes of a peer's refusal reason put into an error.
+const maxReason = 256
+
+// clip returns s cut to at most n bytes, marked when cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // FetchMetadata asks hostport for its segment descriptor and returns the

@@ -18,7 +18,11 @@
 //
 // NewServer takes ownership of the listener it is given: Server.Close closes
 // it, closes every live connection, cancels the context passed to handlers and
-// waits for every goroutine the server started. Handlers must return once
+// waits for every goroutine the server started. The server bounds its
+// connections in total and per remote IP and gives a new connection
+// ServerConfig.HeaderTimeout to send its request's length; at a limit it
+// closes the longest-idle connection of the IP holding the most (see
+// NewServer), so that idle connections cannot starve working ones. Handlers must return once
 // their context is cancelled, or Close waits for them. A Client holds no
 // resources between calls: each Call opens one connection and closes it as
 // soon as the reply is read (a Mooncake daemon that waits for the client to

@@ -153,6 +153,14 @@ const (
 // {"name":"","notify_msg":"success"} plus "\n".
 func NotifyAck() []byte { return []byte(notifyAck) }
 
+// NotifyRefusal returns the reply a receiver sends to refuse a notify: an
+// empty notify_msg, which Mooncake's sender takes as a refusal, and the
+// reason in name, which Mooncake ignores and Client.SendNotify reports.
+func NotifyRefusal(reason string) []byte {
+	b, _ := NotifyMsg{Name: reason}.Marshal()
+	return b
+}
+
 // ProbeRequest returns the body of a Probe request: {} plus "\n".
 func ProbeRequest() []byte { return []byte(probeRequest) }
 

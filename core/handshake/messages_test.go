@@ -132,6 +132,7 @@ func TestNotifyMsg(t *testing.T) {
 	require.Equal(t, `{"name":"","notify_msg":""}`+"\n", string(b))
 
 	require.Equal(t, `{"name":"","notify_msg":"success"}`+"\n", string(NotifyAck()))
+	require.Equal(t, `{"name":"full","notify_msg":""}`+"\n", string(NotifyRefusal("full")), "Mooncake's sender sees an empty notify_msg")
 	require.Equal(t, "{}\n", string(ProbeRequest()))
 	require.Equal(t, `{"status":"success"}`+"\n", string(ProbeReply()))
 

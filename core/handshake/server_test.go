@@ -27,17 +27,13 @@ func testCtx(t *testing.T) context.Context {
 
 // startServer serves handlers on a loopback port until the test ends.
 func startServer(t *testing.T, cfg ServerConfig, handlers map[MsgType]Handler) *Server {
-	return startServerLimit(t, cfg, handlers, maxConns)
-}
-
-func startServerLimit(t *testing.T, cfg ServerConfig, handlers map[MsgType]Handler, limit int) *Server {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
 	}
-	s := newServer(ln, cfg, handlers, limit)
+	s := NewServer(ln, cfg, handlers)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	return s
 }
@@ -192,6 +188,18 @@ func TestSendNotifyRejected(t *testing.T) {
 			require.ErrorIs(t, c.SendNotify(testCtx(t), s.Addr().String(), NotifyMsg{Name: "n"}), ErrNotifyRejected)
 		})
 	}
+	t.Run("refusal with a reason", func(t *testing.T) {
+		s := startServer(t, ServerConfig{}, map[MsgType]Handler{
+			Notify: func(context.Context, MsgType, []byte) []byte {
+				return NotifyRefusal("queue full: " + strings.Repeat("r", 1000))
+			},
+		})
+		var c Client
+		err := c.SendNotify(testCtx(t), s.Addr().String(), NotifyMsg{Name: "n"})
+		require.ErrorIs(t, err, ErrNotifyRejected)
+		require.ErrorContains(t, err, "queue full: rrr")
+		require.Less(t, len(err.Error()), 400, "a peer's reason is clipped")
+	})
 	t.Run("not an object", func(t *testing.T) {
 		s := startServer(t, ServerConfig{}, map[MsgType]Handler{
 			Notify: func(context.Context, MsgType, []byte) []byte { return []byte("[1]\n") },
@@ -293,7 +301,7 @@ func TestServerRecvTimeoutDropsSilentClient(t *testing.T) {
 // RecvTimeout; a client that never closes does not keep its slot.
 func TestServerWaitForCloseIsBounded(t *testing.T) {
 	testutil.ResourceCheck(t)
-	s := startServerLimit(t, ServerConfig{RecvTimeout: 50 * time.Millisecond}, nil, 1)
+	s := startServer(t, ServerConfig{RecvTimeout: 50 * time.Millisecond, MaxConns: 1}, nil)
 	c := dialRaw(t, s)
 	_, err := c.Write([]byte("\x04\x00\x00\x00\x00\x00\x00\x00\x03{}\n"))
 	require.NoError(t, err)
@@ -303,30 +311,7 @@ func TestServerWaitForCloseIsBounded(t *testing.T) {
 	require.Eventually(t, func() bool { return liveConns(s) == 0 }, testTimeout, time.Millisecond)
 }
 
-func liveConns(s *Server) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
-func TestServerConnectionLimit(t *testing.T) {
-	testutil.ResourceCheck(t)
-	s := startServerLimit(t, ServerConfig{RecvTimeout: time.Hour}, map[MsgType]Handler{
-		Probe: func(context.Context, MsgType, []byte) []byte { return ProbeReply() },
-	}, 1)
-	holder := dialRaw(t, s)
-	require.Eventually(t, func() bool { return liveConns(s) == 1 }, testTimeout, time.Millisecond)
-
-	// Over the limit: closed at once, without a reply.
-	require.Empty(t, exchangeRaw(t, s, "\x04\x00\x00\x00\x00\x00\x00\x00\x03{}\n"))
-	var c Client
-	require.Error(t, c.Probe(testCtx(t), s.Addr().String()))
-
-	// The slot frees when the holder goes.
-	require.NoError(t, holder.Close())
-	require.Eventually(t, func() bool { return liveConns(s) == 0 }, testTimeout, time.Millisecond)
-	require.NoError(t, c.Probe(testCtx(t), s.Addr().String()))
-}
+func liveConns(s *Server) int { return s.conns.Len() }
 
 func TestServerCloseIsIdempotentAndCancelsHandlers(t *testing.T) {
 	testutil.ResourceCheck(t)

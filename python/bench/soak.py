@@ -5,6 +5,7 @@ minutes while peers are killed, stopped and restarted.
         [--metadata P2PHANDSHAKE|http|etcd|<connection string>]
         [--restart-every 10] [--kinds kill,quit,stop] [--max-block 262144]
         [--transfer-timeout 5] [--report-every 30] [--json FILE]
+        [--floods notify,conns] [--flood-every 30] [--flood-seconds 10]
 
 Each engine runs in its own process (multiprocessing spawn) with one
 managed buffer: a static region every engine fills with the same bytes,
@@ -17,6 +18,12 @@ a random other engine, each checked byte for byte:
   batch   batch_transfer_sync_write of 1-8 blocks, batch_transfer_sync_read back
   async   batch_transfer_async_write + get_batch_transfer_status, then
           batch_transfer_async_read + transfer_check_status polling
+  notify  transfer_sync with a TransferNotify into its slot (the target
+          must accept the notify), transfer_sync_read it back
+
+Every engine drains its notifies with get_notifies(), as an application
+would: four times a second, the survivor every 5 s (a slow application,
+so that a notify flood meets its limits).
 
 Every --restart-every seconds the coordinator disturbs one engine other
 than engine 0, the survivor, cycling through --kinds: "kill" (SIGKILL, then
@@ -25,7 +32,19 @@ a new process under the same name in store modes, or at a new P2P name),
 timeout, then SIGCONT). Threads are told when a peer goes down and comes
 back; a failed or mismatched operation is "expected" when its target was
 down, stopped or changed incarnation while it ran, and "unexpected"
-otherwise. The report lists operations by type, failures by cause, and the
+otherwise.
+
+Every --flood-every seconds a flooder process (its own process, from the
+loopback addresses 127.0.0.2 and up, as other hosts would be) attacks the
+survivor for --flood-seconds, cycling through --floods: "notify" (three
+source addresses send notifies of almost 1 MiB as fast as they can, until
+the survivor's per-peer limit refuses them) and "conns" (thousands of idle
+connections to the survivor's data port and RPC port, more than its
+connection limits, re-opened as the survivor sheds them). Nothing of the
+engines' own traffic may fail because of a flood: such a failure is
+unexpected.
+
+The report lists operations by type, failures by cause, the floods, and the
 descriptors, goroutines and RSS of every engine over time (the survivor's
 are the leak check: it talks to every restarted peer and is never
 restarted). The exit status is 1 if any failure or mismatch was
@@ -41,9 +60,12 @@ import multiprocessing
 import os
 import queue
 import random
+import resource
+import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -125,9 +147,13 @@ class Worker:
             self.counts[key] += n
 
     def run(self) -> None:
-        self.out.put(("hello", self.index, self.incarnation, self.engine.get_segment_name(), self.base, os.getpid()))
+        rpc = self.engine.get_rpc_port()
+        data = [p for p in listening_ports() if p != rpc]
+        ports = (rpc, data[0] if len(data) == 1 else 0)
+        self.out.put(("hello", self.index, self.incarnation, self.engine.get_segment_name(), self.base, os.getpid(), ports))
         listener = threading.Thread(target=self.listen, daemon=True)
         listener.start()
+        threading.Thread(target=self.drain, daemon=True).start()
         threads = [threading.Thread(target=self.loop, args=(t,)) for t in range(self.layout.threads)]
         for t in threads:
             t.start()
@@ -156,6 +182,13 @@ class Worker:
                 self.peers[i] = Peer(state, gen, segment, addr)
                 self.out.put(("ack", self.index, self.incarnation, i, gen))
 
+    def drain(self) -> None:
+        """Take the notifies peers sent, as an application would."""
+        while not self.closing.wait(5.0 if self.index == 0 else 0.25):
+            n = len(self.engine.get_notifies())
+            if n:
+                self.count("notifies received", n)
+
     def report(self) -> None:
         from pymooncake import _loader
 
@@ -178,7 +211,7 @@ class Worker:
     def loop(self, t: int) -> None:
         rng = random.Random(f"{self.index}/{self.incarnation}/{t}")
         seen: dict[int, int] = {}  # peer -> gen this thread has succeeded against
-        ops = [("write", self.op_write), ("read", self.op_read), ("batch", self.op_batch), ("async", self.op_async)]
+        ops = [("write", self.op_write), ("read", self.op_read), ("batch", self.op_batch), ("async", self.op_async), ("notify", self.op_notify)]
         # The coordinator sends the whole directory, this engine included,
         # right after start.
         while len(self.peers) < self.layout.engines and not self.stop.is_set():
@@ -224,6 +257,20 @@ class Worker:
         ctypes.memset(dst, 0, n)
         self.engine.transfer_sync_read(p.segment, dst, slot, n)
         check(ctypes.string_at(dst, n), data, "write read back")
+
+    def op_notify(self, rng: random.Random, t: int, p: Peer) -> None:
+        from pymooncake.engine import TransferNotify, TransferOpcode
+
+        n = rng.randint(1, 4096)
+        src, dst = self.layout.scratch(self.base, t)
+        slot = self.layout.slot_at(p.addr, self.index, t)
+        data = rng.randbytes(n)
+        ctypes.memmove(src, data, n)
+        note = TransferNotify(f"soak-{self.index}", f"{t} {n} " + "n" * rng.randint(0, 1024))
+        self.engine.transfer_sync(p.segment, src, slot, n, TransferOpcode.Write, note)
+        ctypes.memset(dst, 0, n)
+        self.engine.transfer_sync_read(p.segment, dst, slot, n)
+        check(ctypes.string_at(dst, n), data, "notify write read back")
 
     def op_read(self, rng: random.Random, t: int, p: Peer) -> None:
         n = rng.randint(1, self.layout.slot)
@@ -285,6 +332,7 @@ CAUSES = [
     ("i/o timeout", "i/o timeout"),
     ("not published", "segment not published"),
     ("not found", "not found"),
+    ("notify rejected", "notify refused"),
     ("rejected by peer", "range rejected by peer"),
     ("not inside a buffer", "range not in descriptor"),
     ("transport closed", "connections closed"),
@@ -299,6 +347,144 @@ def classify(e: BaseException) -> str:
         if needle in reason:
             return f"{kind}: {name}"
     return f"{kind}: other"
+
+
+def listening_ports() -> list[int]:
+    """The TCP ports this process listens on (from /proc/net/tcp{,6})."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                        ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return sorted(ports)
+
+
+# ----------------------------------------------------------------- flooder
+
+FLOOD_NOTIFY = 1 << 20  # bytes of a flood notify's frame, the default MC_HANDSHAKE_MAX_LENGTH
+# Idle connections of a connection flood: above the default limits of the
+# data server (4096 in all, 1024 per address) and the RPC server (256 in
+# all, 64 per address), from 8 addresses.
+FLOOD_DATA_CONNS = 6000
+FLOOD_RPC_CONNS = 1000
+
+
+def notify_frame(name: str, size: int) -> bytes:
+    """A Notify request (protocol.md §4.2) whose frame is size bytes."""
+    head = json.dumps({"name": name, "notify_msg": ""})[:-2]  # ends with notify_msg's opening quote
+    body_len = size - 1  # the length counts the type byte
+    msg = "f" * (body_len - len(head) - 3)  # then '"', '}', '\n'
+    body = (head + msg + '"}\n').encode()
+    assert len(body) == body_len
+    return struct.pack("<QB", len(body) + 1, 2) + body
+
+
+def flood_notifies(port: int, seconds: float) -> dict[str, Any]:
+    """Send notifies to 127.0.0.1:port from 3 addresses, 2 senders each, as
+    fast as they are answered, for seconds."""
+    frame = notify_frame("flood", FLOOD_NOTIFY)
+    stats: Counter[str] = Counter()
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def sender(src: str) -> None:
+        local: Counter[str] = Counter()
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(src, 0)) as c:
+                    c.sendall(frame)
+                    reply = b""
+                    while chunk := c.recv(65536):
+                        reply += chunk
+                        if len(reply) >= 9 and len(reply) >= 8 + struct.unpack_from("<Q", reply)[0]:
+                            break
+                msg = json.loads(reply[9:]) if len(reply) > 9 else None
+                local["accepted" if isinstance(msg, dict) and msg.get("notify_msg") else "refused"] += 1
+            except (OSError, ValueError):
+                local["errors"] += 1
+                time.sleep(0.05)
+        with lock:
+            stats.update(local)
+
+    threads = [threading.Thread(target=sender, args=(f"127.0.0.{2 + i % 3}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"kind": "notify", "seconds": seconds, **stats}
+
+
+def flood_conns(ports: list[tuple[int, int, str]], seconds: float) -> dict[str, Any]:
+    """Hold idle connections (count, port, label) to 127.0.0.1 from 8
+    addresses, sending nothing, for seconds; those the target closes are
+    opened again, 50 ms later."""
+    sel = selectors.DefaultSelector()
+    stats: Counter[str] = Counter()
+    wanted = [(port, i) for count, port, _ in ports for i in range(count)]
+    label = {port: name for _, port, name in ports}
+    end = time.monotonic() + seconds
+
+    def dial(port: int, i: int) -> None:
+        try:
+            c = socket.socket()
+            c.setblocking(False)
+            c.bind((f"127.0.0.{2 + i % 8}", 0))
+            c.connect_ex(("127.0.0.1", port))
+        except OSError:
+            stats["dial errors"] += 1
+            c.close()
+            return
+        stats[f"{label[port]} opened"] += 1
+        sel.register(c, selectors.EVENT_READ, (port, i))
+
+    for port, i in wanted:
+        dial(port, i)
+    stats["max open"] = len(sel.get_map())
+    redial: list[tuple[float, int, int]] = []
+    while time.monotonic() < end:
+        for key, _ in sel.select(timeout=0.05):
+            port, i = key.data
+            sel.unregister(key.fileobj)
+            c: socket.socket = key.fileobj  # type: ignore[assignment]
+            c.close()  # readable without sending anything: the target closed it
+            stats[f"{label[port]} closed by the target"] += 1
+            redial.append((time.monotonic() + 0.05, port, i))
+        now = time.monotonic()
+        due = [r for r in redial if r[0] <= now]
+        redial = [r for r in redial if r[0] > now]
+        for _, port, i in due:
+            dial(port, i)
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    sel.close()
+    return {"kind": "conns", "seconds": seconds, **stats}
+
+
+def flooder_main(ctl: Queue[Any], out: Queue[Any]) -> None:
+    """Run the flood phases the coordinator asks for, one at a time."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    while True:
+        msg = ctl.get()
+        if msg[0] == "quit":
+            return
+        start = time.time()
+        r = flood_notifies(msg[1], msg[2]) if msg[0] == "notify" else flood_conns(msg[1], msg[2])
+        out.put(("flood", {**r, "start": start, "end": time.time()}))
 
 
 def worker_main(index: int, incarnation: int, cfg: dict[str, Any], ctl: Queue[Any], out: Queue[Any]) -> None:
@@ -325,6 +511,7 @@ class Slot:
     segment: str = ""
     addr: int = 0
     pid: int = 0
+    ports: tuple[int, int] = (0, 0)  # rpc, data
     state: str = "down"
     gen: int = 0
 
@@ -336,6 +523,7 @@ class Totals:
     samples: list[dict[str, Any]] = field(default_factory=list)
     disturbances: Counter[str] = field(default_factory=Counter)
     crashes: list[str] = field(default_factory=list)
+    floods: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Coordinator:
@@ -398,9 +586,9 @@ class Coordinator:
             msg = self.out.get()
             kind = msg[0]
             if kind == "hello":
-                _, i, inc, segment, addr, pid = msg
+                _, i, inc, segment, addr, pid, ports = msg
                 s = self.slots[i]
-                s.segment, s.addr, s.pid = segment, addr, pid
+                s.segment, s.addr, s.pid, s.ports = segment, addr, pid, ports
                 self.hello[(i, inc)].set()
             elif kind == "sample":
                 _, i, inc, when, counts, examples, sample = msg
@@ -408,7 +596,7 @@ class Coordinator:
                     self.totals.counts.update(counts)
                     for k, v in examples.items():
                         self.totals.examples.setdefault(k, v)
-                    self.totals.samples.append({"t": when - self.t0, "engine": i, "incarnation": inc, **sample})
+                    self.totals.samples.append({"t": when - self.t0, "abs": when, "engine": i, "incarnation": inc, **sample})
             elif kind == "stopped":
                 self.stopped[(msg[1], msg[2])].set()
             elif kind == "ack":
@@ -416,6 +604,9 @@ class Coordinator:
                 with self.acked:
                     self.acks.setdefault((peer, gen), set()).add((i, inc))
                     self.acked.notify_all()
+            elif kind == "flood":
+                with self.lock:
+                    self.totals.floods.append(msg[1])
             elif kind == "crash":
                 with self.lock:
                     self.totals.crashes.append(f"engine {msg[1]}.{msg[2]}: {msg[3]}")
@@ -457,6 +648,13 @@ class Coordinator:
             s.gen = 1
         for s in self.slots:
             self.tell_all(s)
+        floods = [k for k in self.args.floods.split(",") if k]
+        flood_ctl: Queue[Any] = self.ctx.Queue()
+        flooder = self.ctx.Process(target=flooder_main, args=(flood_ctl, self.out), daemon=True) if floods else None
+        if flooder is not None:
+            flooder.start()
+        next_flood = time.monotonic() + self.args.flood_every
+        n_flood = 0
         end = time.monotonic() + self.args.minutes * 60
         kinds = self.args.kinds.split(",")
         victims = list(range(1, len(self.slots)))
@@ -472,10 +670,22 @@ class Coordinator:
                 self.totals.disturbances[kind] += 1
                 n += 1
                 next_disturb = time.monotonic() + self.args.restart_every
+            if flooder is not None and now >= next_flood and now + self.args.flood_seconds < end:
+                rpc, data = self.slots[0].ports
+                kind = floods[n_flood % len(floods)]
+                if kind == "notify":
+                    flood_ctl.put(("notify", rpc, self.args.flood_seconds))
+                else:
+                    flood_ctl.put(("conns", [(FLOOD_DATA_CONNS, data, "data"), (FLOOD_RPC_CONNS, rpc, "rpc")], self.args.flood_seconds))
+                n_flood += 1
+                next_flood = now + self.args.flood_seconds + self.args.flood_every
             if now >= next_report:
                 self.progress()
                 next_report += self.args.report_every
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+        if flooder is not None:
+            flood_ctl.put(("quit",))
+            flooder.join(self.args.flood_seconds + 60)
         # Stop every engine's traffic before any engine closes, so that the
         # end of the run causes no failure.
         for s in self.slots:
@@ -545,7 +755,7 @@ def start_etcd(tmp: str) -> tuple[str, subprocess.Popen[bytes]]:
     raise SystemExit("etcd did not start")
 
 
-def summarize(args: argparse.Namespace, metadata: str, totals: Totals, seconds: float) -> dict[str, Any]:
+def summarize(args: argparse.Namespace, metadata: str, totals: Totals, seconds: float, t0: float) -> dict[str, Any]:
     ok = Counter({k[3:]: v for k, v in totals.counts.items() if k.startswith("ok ")})
     fails = Counter({k[5:]: v for k, v in totals.counts.items() if k.startswith("fail ")})
     by_engine: dict[int, list[dict[str, Any]]] = {}
@@ -556,6 +766,7 @@ def summarize(args: argparse.Namespace, metadata: str, totals: Totals, seconds: 
         "args": vars(args),
         "metadata": metadata,
         "seconds": round(seconds, 1),
+        "t0": t0,
         "operations": dict(ok),
         "operations_total": sum(ok.values()),
         "failures": dict(fails.most_common()),
@@ -565,9 +776,27 @@ def summarize(args: argparse.Namespace, metadata: str, totals: Totals, seconds: 
         "examples": totals.examples,
         "disturbances": dict(totals.disturbances),
         "crashes": totals.crashes,
+        "notifies_received": totals.counts.get("notifies received", 0),
+        "floods": totals.floods,
+        "survivor_during_floods": flood_extremes(surv, totals.floods),
         "survivor": surv,
         "samples": totals.samples,
     }
+
+
+def flood_extremes(surv: list[dict[str, Any]], floods: list[dict[str, Any]]) -> dict[str, Any]:
+    """The survivor's largest fds, goroutines and RSS inside and outside
+    the floods (after the first 30 s of warm-up)."""
+
+    def during(x: dict[str, Any]) -> bool:
+        return any(f["start"] <= x["abs"] <= f["end"] + 2 for f in floods)
+
+    out: dict[str, Any] = {}
+    for name, pick in (("during", True), ("outside", False)):
+        xs = [x for x in surv if x["t"] >= 30 and during(x) == pick]
+        if xs:
+            out[name] = {k: max(x[k] for x in xs) for k in ("fds", "goroutines", "rss")}
+    return out
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -585,6 +814,12 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"            e.g. {r['examples'].get('fail ' + k, '?')}")
     if r["crashes"]:
         print("crashes:", *r["crashes"], sep="\n  ")
+    print(f"notifies received (all engines): {r['notifies_received']}")
+    for f in r["floods"]:
+        detail = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("kind", "seconds", "start", "end"))
+        print(f"flood {f['kind']} at {f['start'] - r['t0']:.0f} s for {f['seconds']:.0f} s: {detail}")
+    for name, x in r["survivor_during_floods"].items():
+        print(f"survivor, max {name} floods: fds {x['fds']}, goroutines {x['goroutines']}, rss {x['rss'] / 2**20:.1f} MiB")
     surv = r["survivor"]
     if surv:
         print("survivor (engine 0) over time:")
@@ -619,6 +854,9 @@ def main() -> int:
     p.add_argument("--transfer-timeout", type=int, default=5, help="MC_TRANSFER_TIMEOUT of the engines (seconds, >= 5)")
     p.add_argument("--report-every", type=float, default=30)
     p.add_argument("--json", help="write the full result (every sample) here")
+    p.add_argument("--floods", default="notify,conns", help="floods of the survivor to cycle through: notify, conns ('' for none)")
+    p.add_argument("--flood-every", type=float, default=30, help="seconds between floods")
+    p.add_argument("--flood-seconds", type=float, default=10, help="seconds a flood lasts")
     args = p.parse_args()
     if args.engines < 2 or args.threads < 1 or args.max_block < BATCH_MAX:
         p.error("need at least 2 engines, 1 thread and blocks of 8 bytes")
@@ -627,6 +865,9 @@ def main() -> int:
     for k in args.kinds.split(","):
         if k not in ("kill", "quit", "stop"):
             p.error(f"unknown disturbance {k!r}")
+    for k in filter(None, args.floods.split(",")):
+        if k not in ("notify", "conns"):
+            p.error(f"unknown flood {k!r}")
 
     tmp = tempfile.mkdtemp(prefix="pymooncake-soak-")
     etcd: subprocess.Popen[bytes] | None = None
@@ -643,10 +884,11 @@ def main() -> int:
             metadata = f"http://{x.bindings_MetadataServer_Addr(server)}/metadata"
         start = time.monotonic()
         try:
-            totals = Coordinator(args, metadata).run()
+            coord = Coordinator(args, metadata)
+            totals = coord.run()
         except queue.Empty:
             raise SystemExit("soak: no answer from the engines") from None
-        report = summarize(args, metadata, totals, time.monotonic() - start)
+        report = summarize(args, metadata, totals, time.monotonic() - start, coord.t0)
     finally:
         if server is not None:
             from pymooncake import _loader

@@ -5,6 +5,7 @@ call with its failure value."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -80,7 +81,10 @@ def test_wrong_types_raise_type_error(engine: TransferEngine, name: str, args: t
         elif type(a) is str:
             bad = [1, b"x", ["x"]]
         elif type(a) is list:
-            bad = [1, "abc", b"abc", [1.5], ["1"], [None], object()]
+            # Sequences only, as pybind11's: a set's order, a dict's keys
+            # or a one-shot iterator could mis-pair entries silently.
+            v0 = a[0]
+            bad = [1, "abc", b"abc", [1.5], ["1"], [None], object(), {v0}, frozenset([v0]), {v0: v0}, {v0: v0}.keys(), iter([v0]), (v for v in [v0])]
         elif type(a) is bytes:
             bad = [1, 1.5, [1]]
         else:
@@ -114,6 +118,22 @@ def test_none_arguments_return_failure(engine: TransferEngine, name: str, args: 
         caplog.clear()
         assert call(engine, name, with_arg(args, i, None)) == failure
         assert "is None" in caplog.text
+
+
+def test_sequences_of_every_kind_are_accepted(engine: TransferEngine) -> None:
+    m = Mem(8192)
+    for seq in ([m.addr], (m.addr,), array("Q", [m.addr]), array("q", [m.addr]), range(m.addr, m.addr + 1), memoryview(array("Q", [m.addr]))):
+        assert engine.batch_register_memory(seq, [8192]) == 0, type(seq)
+        assert engine.batch_unregister_memory(seq) == 0, type(seq)
+
+
+def test_sets_and_mappings_name_the_problem(engine: TransferEngine) -> None:
+    with pytest.raises(TypeError, match=r"buffers must be a sequence of int \(list, tuple, array\), not set; a set has no order"):
+        engine.batch_transfer_sync_write(S, {4096, 8192}, [4096, 8192], [1, 1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"lengths must be a sequence of int .*not dict"):
+        engine.batch_transfer_sync_write(S, [4096], [4096], {1: 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"batch_ids must be a sequence of int .*not dict_keys"):
+        engine.get_batch_transfer_status({5: 0}.keys())  # type: ignore[arg-type]
 
 
 def test_lengths_above_int64_are_value_errors(engine: TransferEngine) -> None:
@@ -159,7 +179,7 @@ def test_opcode_and_notify_checks(engine: TransferEngine) -> None:
         engine.transfer_sync(S, 4096, 4096, 1, 1, notify=TransferNotify("a\x00b", "m"))
 
 
-def test_generators_and_numpy_like_ints_are_accepted(engine: TransferEngine) -> None:
+def test_numpy_like_ints_are_accepted(engine: TransferEngine) -> None:
     class Index:
         def __init__(self, v: int) -> None:
             self.v = v
@@ -168,8 +188,11 @@ def test_generators_and_numpy_like_ints_are_accepted(engine: TransferEngine) -> 
             return self.v
 
     ms = [Mem(4096) for _ in range(3)]
-    assert engine.batch_register_memory((m.addr for m in ms), [Index(4096)] * 3) == 0  # type: ignore[list-item]
-    assert engine.batch_unregister_memory(iter([m.addr for m in ms])) == 0
+    assert engine.batch_register_memory([Index(m.addr) for m in ms], [Index(4096)] * 3) == 0  # type: ignore[misc, list-item]
+    assert engine.batch_unregister_memory(tuple(m.addr for m in ms)) == 0
+    # Generators and iterators are not sequences (pybind11 refuses them too).
+    with pytest.raises(TypeError, match="not generator"):
+        engine.batch_unregister_memory(m.addr for m in ms)  # type: ignore[arg-type]
     assert engine.register_memory(Index(ms[0].addr), Index(16)) == 0  # type: ignore[arg-type]
     assert engine.unregister_memory(ms[0].addr) == 0
 

@@ -1,6 +1,8 @@
 package tcp
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +21,12 @@ import (
 //	PYMOONCAKE_TCP_WINDOW            Window, requests in flight per connection, 1 to
 //	                                 1024 (default 16)
 //	PYMOONCAKE_TCP_SG                0 turns the scatter-gather framing off (default 1)
+//	PYMOONCAKE_TCP_MAX_CONNS         MaxConns, the data server's connections, 32 to 2^20
+//	                                 (default 4096, or a quarter of the descriptor limit
+//	                                 when lower)
+//	PYMOONCAKE_TCP_MAX_CONNS_PER_PEER
+//	                                 MaxConnsPerPeer, per remote IP, 32 to 2^20 (default
+//	                                 1024, or MaxConns when lower); at most MaxConns
 //
 // The fields that come from elsewhere (DialTimeout from
 // MC_HANDSHAKE_CONNECT_TIMEOUT, Logger, GPU) are left for the caller.
@@ -53,5 +61,11 @@ func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 	sg := true
 	p.Bool(&sg, "PYMOONCAKE_TCP_SG")
 	c.NoScatterGather = !sg
+	p.Int(&c.MaxConns, "PYMOONCAKE_TCP_MAX_CONNS", MinConnsPerPeer, MaxConnsLimit)
+	if p.Int(&c.MaxConnsPerPeer, "PYMOONCAKE_TCP_MAX_CONNS_PER_PEER", MinConnsPerPeer, MaxConnsLimit) &&
+		c.MaxConns != 0 && c.MaxConnsPerPeer > c.MaxConns {
+		p.Fail("PYMOONCAKE_TCP_MAX_CONNS_PER_PEER", strconv.Itoa(c.MaxConnsPerPeer),
+			fmt.Sprintf("above PYMOONCAKE_TCP_MAX_CONNS (%d)", c.MaxConns))
+	}
 	return c, p.Err()
 }

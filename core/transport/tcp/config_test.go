@@ -42,6 +42,14 @@ func TestConfigFromEnv(t *testing.T) {
 		{name: "negative poll", env: map[string]string{"PYMOONCAKE_TCP_POLL_US": "-1"}, bad: "PYMOONCAKE_TCP_POLL_US"},
 		{name: "poll too long", env: map[string]string{"PYMOONCAKE_TCP_POLL_US": "10001"}, bad: "PYMOONCAKE_TCP_POLL_US"},
 		{name: "poll with a unit", env: map[string]string{"PYMOONCAKE_TCP_POLL_US": "50us"}, bad: "PYMOONCAKE_TCP_POLL_US"},
+		{name: "max conns", env: map[string]string{"PYMOONCAKE_TCP_MAX_CONNS": "100", "PYMOONCAKE_TCP_MAX_CONNS_PER_PEER": "40"},
+			want: Config{MaxConns: 100, MaxConnsPerPeer: 40}},
+		{name: "max conns alone", env: map[string]string{"PYMOONCAKE_TCP_MAX_CONNS": "100"}, want: Config{MaxConns: 100}},
+		{name: "per peer alone", env: map[string]string{"PYMOONCAKE_TCP_MAX_CONNS_PER_PEER": "64"}, want: Config{MaxConnsPerPeer: 64}},
+		{name: "max conns below lanes room", env: map[string]string{"PYMOONCAKE_TCP_MAX_CONNS": "31"}, bad: "PYMOONCAKE_TCP_MAX_CONNS"},
+		{name: "per peer below lanes room", env: map[string]string{"PYMOONCAKE_TCP_MAX_CONNS_PER_PEER": "8"}, bad: "PYMOONCAKE_TCP_MAX_CONNS_PER_PEER"},
+		{name: "per peer above max conns", env: map[string]string{"PYMOONCAKE_TCP_MAX_CONNS": "64", "PYMOONCAKE_TCP_MAX_CONNS_PER_PEER": "65"},
+			bad: "PYMOONCAKE_TCP_MAX_CONNS_PER_PEER"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ConfigFromEnv(lookupOf(tc.env))

@@ -10,6 +10,10 @@
 //     Validator at header time; the server reads or writes only the bytes of
 //     [addr, addr+size) that the validator approved, in place, and drops the
 //     connection on anything else (v2 peers first get a REJECTED frame).
+//     It holds at most Config.MaxConns connections, Config.MaxConnsPerPeer
+//     of them from one remote IP; at a limit it closes the longest-idle
+//     connection (one waiting for its next header) of the IP that holds the
+//     most, never one in the middle of a request (see server).
 //   - The client keeps, per peer (name, host, port), up to Config.Lanes
 //     persistent v2 connections ("lanes"). Each is pipelined: the lane's
 //     goroutine writes up to Config.Window requests without waiting for

@@ -127,8 +127,5 @@ func TestIdleLaneWakesForWork(t *testing.T) {
 		}
 	}
 	require.Less(t, time.Since(start), 10*time.Second)
-	server.srv.mu.Lock()
-	n := len(server.srv.conns)
-	server.srv.mu.Unlock()
-	require.Equal(t, 1, n, "one lane keeps one connection")
+	require.Equal(t, 1, server.srv.conns.Len(), "one lane keeps one connection")
 }

@@ -1,21 +1,74 @@
 package tcp
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/pymooncake/pymooncake/core/internal/connlimit"
 	memtable "github.com/pymooncake/pymooncake/core/memory"
 )
 
 // serverIdle is how long a server connection may wait for its next header
 // before it is closed (a Mooncake client keeps lanes open between requests).
 const serverIdle = 10 * time.Minute
+
+// Connection limits of the data server (Config.MaxConns, MaxConnsPerPeer).
+const (
+	// DefaultMaxConns is the total bound when the descriptor limit allows
+	// it: by default the server takes at most a quarter of the process's
+	// descriptors (RLIMIT_NOFILE), never fewer than MinConnsPerPeer, and
+	// never fewer than an explicit MaxConnsPerPeer.
+	DefaultMaxConns = 4096
+	// DefaultMaxConnsPerPeer is the bound per remote IP, lowered to the
+	// total when that is lower.
+	DefaultMaxConnsPerPeer = 1024
+	// MinConnsPerPeer is the least a peer may be allowed: a pymooncake
+	// client keeps up to MaxLanes pipelined and MaxLanes synchronous
+	// connections to each target.
+	MinConnsPerPeer = 2 * MaxLanes
+	// MaxConnsLimit bounds both settings.
+	MaxConnsLimit = 1 << 20
+)
+
+// connLimits fills the zero connection limits of c and checks them.
+func (c *Config) connLimits() error {
+	if c.MaxConns == 0 {
+		c.MaxConns = max(MinConnsPerPeer, c.MaxConnsPerPeer, min(DefaultMaxConns, fdLimit()/4))
+	}
+	if c.MaxConnsPerPeer == 0 {
+		c.MaxConnsPerPeer = min(DefaultMaxConnsPerPeer, c.MaxConns)
+	}
+	switch {
+	case c.MaxConns < MinConnsPerPeer:
+		return fmt.Errorf("max connections %d below %d: %w", c.MaxConns, MinConnsPerPeer, ErrInvalidConfig)
+	case c.MaxConnsPerPeer < MinConnsPerPeer || c.MaxConnsPerPeer > MaxConnsLimit:
+		return fmt.Errorf("max connections per peer %d outside [%d, %d]: %w", c.MaxConnsPerPeer, MinConnsPerPeer, MaxConnsLimit, ErrInvalidConfig)
+	case c.MaxConns > MaxConnsLimit:
+		return fmt.Errorf("max connections %d above %d: %w", c.MaxConns, MaxConnsLimit, ErrInvalidConfig)
+	case c.MaxConns < c.MaxConnsPerPeer:
+		return fmt.Errorf("max connections %d below the %d per peer: %w", c.MaxConns, c.MaxConnsPerPeer, ErrInvalidConfig)
+	}
+	return nil
+}
+
+// fdLimit is the process's soft descriptor limit (Go raises it to the hard
+// limit at start), or DefaultMaxConns*4 when unknown or unlimited.
+func fdLimit() int {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil || l.Cur > 1<<40 {
+		return DefaultMaxConns * 4
+	}
+	return int(l.Cur)
+}
 
 var (
 	okFrame       = EncodeStatus(StatusOK)
@@ -24,6 +77,13 @@ var (
 )
 
 // server answers requests against the local registered memory.
+//
+// It admits connections through conns (see connlimit): a connection is idle
+// while it waits for its next header and busy while it serves a request.
+// When a limit is reached, the longest-idle connection of the IP holding the
+// most (or, over the per-peer limit, of the same IP) is closed to make room;
+// with every connection busy, a connection over its IP's limit is closed at
+// once, and over the total the server stops accepting until one finishes.
 type server struct {
 	ln       net.Listener
 	mem      Memory
@@ -32,61 +92,53 @@ type server struct {
 	io, idle time.Duration
 	poll     time.Duration // see Config.PollBudget; 0: never poll
 	wg       *sync.WaitGroup
+	conns    *connlimit.Limiter
 	// stopping ends every connection's polling at once when close begins.
 	stopping atomic.Bool
 	// polling is held by the one connection that may poll at a time: a
 	// burst over many connections would otherwise keep every core spinning
 	// while the clients, on the same cores, need them to send.
 	polling atomic.Bool
-
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{} // guarded by mu
-	closed bool                  // guarded by mu
 }
 
-// acceptLoop runs until the listener is closed.
-func (s *server) acceptLoop(done <-chan struct{}) {
+// acceptLoop runs until the listener is closed or ctx ends.
+func (s *server) acceptLoop(ctx context.Context) {
 	backoff := 5 * time.Millisecond
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			if errors.Is(err, net.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			// Out of descriptors or a similar transient failure: wait and retry.
 			s.log.Warn("tcp server: accept failed", zap.Error(err))
 			select {
 			case <-time.After(backoff):
-			case <-done:
+			case <-ctx.Done():
 				return
 			}
 			backoff = min(2*backoff, time.Second)
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		lc, err := s.conns.Admit(ctx, c)
+		if err != nil {
+			_ = c.Close()
+			if errors.Is(err, connlimit.ErrPeerLimit) {
+				s.log.Warn("tcp server: connection limit of the peer reached, connection refused",
+					zap.Stringer("peer", c.RemoteAddr()), zap.Int("limit", s.conns.PerPeer()))
+				continue
+			}
+			return // closing
+		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
 		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			_ = c.Close()
-			return
-		}
-		s.conns[c] = struct{}{}
 		s.wg.Add(1)
-		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
+			defer lc.Release()
+			s.serveConn(lc)
 		}()
 	}
 }
@@ -99,12 +151,7 @@ func (s *server) close() error {
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.conns {
-		_ = c.Close()
-	}
-	s.mu.Unlock()
+	s.conns.Close()
 	return err
 }
 
@@ -119,8 +166,10 @@ func (s *server) pin(addr, size uint64) (memtable.Pin, bool) {
 }
 
 // serveConn answers requests on c until the peer closes it, a request is
-// rejected, or an I/O step fails or times out. It closes c.
-func (s *server) serveConn(c net.Conn) {
+// rejected, an I/O step fails or times out, or c is shed to make room. It
+// closes c.
+func (s *server) serveConn(lc *connlimit.Conn) {
+	c := lc.Conn
 	defer c.Close()
 	defer func() {
 		if r := recover(); r != nil {
@@ -133,6 +182,7 @@ func (s *server) serveConn(c net.Conn) {
 	// microseconds: poll for it before parking in the netpoller.
 	pl := newPoller(c, s.poll, s.stopping.Load)
 	for {
+		lc.Idle()
 		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
 			return
 		}
@@ -141,6 +191,9 @@ func (s *server) serveConn(c net.Conn) {
 				s.log.Debug("tcp server: reading header", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
 			}
 			return
+		}
+		if !lc.Busy() {
+			return // shed while the header came in
 		}
 		h := DecodeHeader(&st.hdr)
 		if h.isSG() {

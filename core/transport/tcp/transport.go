@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/pymooncake/pymooncake/core/internal/connlimit"
 	"github.com/pymooncake/pymooncake/core/internal/listen"
 	memtable "github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
@@ -77,6 +78,15 @@ type Config struct {
 	// Default DefaultPollBudget, at most MaxPollBudget; negative disables
 	// polling.
 	PollBudget time.Duration
+	// MaxConns bounds the connections the data server holds
+	// (PYMOONCAKE_TCP_MAX_CONNS): default DefaultMaxConns, or a quarter of
+	// the process's descriptor limit when that is lower; at least
+	// MaxConnsPerPeer.
+	MaxConns int
+	// MaxConnsPerPeer bounds the connections of one remote IP
+	// (PYMOONCAKE_TCP_MAX_CONNS_PER_PEER): default DefaultMaxConnsPerPeer
+	// or MaxConns when lower; at least MinConnsPerPeer.
+	MaxConnsPerPeer int
 	// Logger receives the transport's logs; nil means none.
 	Logger *zap.Logger
 	// GPU gives access to registered GPU memory; nil means all registered
@@ -124,6 +134,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.PollBudget = 0
 	case c.PollBudget > MaxPollBudget:
 		return c, fmt.Errorf("poll budget %v above %v: %w", c.PollBudget, MaxPollBudget, ErrInvalidConfig)
+	}
+	if err := c.connLimits(); err != nil {
+		return c, err
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
@@ -182,6 +195,10 @@ func New(cfg Config, ln net.Listener, mem Memory) (*Transport, error) {
 		hot:    hot,
 		dialer: net.Dialer{Timeout: cfg.DialTimeout},
 	}
+	conns, err := connlimit.New(cfg.MaxConns, cfg.MaxConnsPerPeer)
+	if err != nil {
+		return nil, fmt.Errorf("tcp: %w: %w", ErrInvalidConfig, err)
+	}
 	t.ctx, t.cancel = context.WithCancelCause(context.Background())
 	t.peers.Store(&map[peerKey]*peer{})
 	t.srv = &server{
@@ -193,18 +210,19 @@ func New(cfg Config, ln net.Listener, mem Memory) (*Transport, error) {
 		poll:  cfg.PollBudget,
 		idle:  max(serverIdle, cfg.IOTimeout),
 		wg:    &t.wg,
-		conns: map[net.Conn]struct{}{},
+		conns: conns,
 	}
 	t.wg.Add(2)
 	go func() {
 		defer t.wg.Done()
-		t.srv.acceptLoop(t.ctx.Done())
+		t.srv.acceptLoop(t.ctx)
 	}()
 	go t.sweepSync()
 	log.Info("tcp transport started", zap.Int("data_port", t.Port()), zap.Int("lanes", cfg.Lanes),
 		zap.Uint64("split_threshold", cfg.SplitThreshold), zap.Duration("status_timeout", cfg.StatusTimeout),
 		zap.Duration("io_timeout", cfg.IOTimeout), zap.Duration("dial_timeout", cfg.DialTimeout),
-		zap.Bool("force_v1", cfg.ForceV1), zap.Int("window", cfg.Window), zap.Bool("scatter_gather", !cfg.NoScatterGather), zap.Duration("poll_budget", cfg.PollBudget), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil))
+		zap.Bool("force_v1", cfg.ForceV1), zap.Int("window", cfg.Window), zap.Bool("scatter_gather", !cfg.NoScatterGather), zap.Duration("poll_budget", cfg.PollBudget), zap.Int("proto_version", t.ProtoVersion()), zap.Bool("gpu", cfg.GPU != nil),
+		zap.Int("max_conns", cfg.MaxConns), zap.Int("max_conns_per_peer", cfg.MaxConnsPerPeer))
 	return t, nil
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pymooncake/pymooncake/core/internal/connlimit"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -758,10 +759,14 @@ func FuzzServer(f *testing.F) {
 		}
 		s := &server{mem: reg, log: zaptestNop(), io: time.Second, idle: time.Second}
 		a, b := net.Pipe()
+		lim, err := connlimit.New(1, 1)
+		require.NoError(t, err)
+		la, err := lim.Admit(context.Background(), a)
+		require.NoError(t, err)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			s.serveConn(a)
+			s.serveConn(la)
 		}()
 		drained := make(chan struct{})
 		go func() {
