@@ -1,6 +1,9 @@
 package bindings
 
-import "runtime"
+import (
+	"runtime"
+	"runtime/debug"
+)
 
 // NumGoroutine returns the number of goroutines of this process's Go
 // runtime. It is a debugging aid for tests and the soak benchmark, which
@@ -9,4 +12,14 @@ import "runtime"
 func NumGoroutine() (n int, err error) {
 	defer recoverInto("num_goroutine", nil, &err)
 	return runtime.NumGoroutine(), nil
+}
+
+// FreeOSMemory runs a garbage collection and returns as much memory to the
+// operating system as the Go runtime can, so that a test or the soak
+// benchmark reading the process's RSS sees what is live rather than what
+// the runtime keeps for later. A debugging aid like NumGoroutine.
+func FreeOSMemory() (rc int, err error) {
+	defer recoverInto("free_os_memory", nil, &err)
+	debug.FreeOSMemory()
+	return 0, nil
 }

@@ -59,8 +59,10 @@ func TestRecoveryOnEveryTransport(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			setup := tc.setup(t)
+			// First, so that its check runs after every other cleanup (the
+			// fakes' included).
 			testutil.ResourceCheck(t)
+			setup := tc.setup(t)
 			meta := startHTTPMetadata(t)
 			start := func(name, host string) *engine.Engine {
 				cfg := configOf(t, nil)
