@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -14,6 +13,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/gpucopy"
 	"github.com/pymooncake/pymooncake/core/transport/internal/lifetime"
 	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
@@ -52,7 +52,7 @@ type Transport struct {
 	cfg     Config
 	log     *zap.Logger
 	lt      *lifetime.Lifetime
-	copiers copierPool
+	copiers *gpucopy.Pool
 }
 
 var (
@@ -70,7 +70,7 @@ func New(cfg Config) (*Transport, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Transport{cfg: cfg, log: log.Named(Name), lt: lifetime.New(), copiers: copierPool{drv: cfg.GPU}}, nil
+	return &Transport{cfg: cfg, log: log.Named(Name), lt: lifetime.New(), copiers: gpucopy.New(cfg.GPU)}, nil
 }
 
 // Name implements transport.Transport.
@@ -151,7 +151,7 @@ func (t *Transport) copy(r transport.Request) error {
 	if ord == memory.Host {
 		ord = sd
 	}
-	if err := t.copiers.run(ord, uintptr(dst), uintptr(src), int(r.Length)); err != nil {
+	if err := t.copiers.Copy(ord, uintptr(dst), uintptr(src), int(r.Length)); err != nil {
 		return fmt.Errorf("%s: %s of %d bytes on device %d: %w", Name, r.Opcode, r.Length, ord, err)
 	}
 	return nil
@@ -201,83 +201,5 @@ func (t *Transport) Close() error {
 	}
 	t.lt.End()
 	t.lt.Wait()
-	return t.copiers.close()
-}
-
-// copierPool keeps idle copy queues per device.
-type copierPool struct {
-	drv    gpu.Driver
-	mu     sync.Mutex
-	idle   map[int][]gpu.Copier // guarded by mu
-	closed bool                 // guarded by mu
-}
-
-// idleKept is how many idle copy queues a device keeps.
-const idleKept = 8
-
-// run copies n bytes from src to dst on a copy queue of device ord and
-// waits for it.
-func (p *copierPool) run(ord int, dst, src uintptr, n int) error {
-	if p.drv == nil {
-		return fmt.Errorf("GPU memory without a GPU driver: %w", gpu.ErrNotSupported)
-	}
-	c, err := p.get(ord)
-	if err != nil {
-		return err
-	}
-	err = c.Copy(0, dst, src, n)
-	if err == nil {
-		err = c.Wait(0)
-	}
-	if err != nil {
-		// A failed queue may stay failed: never reuse it.
-		return errors.Join(err, c.Close())
-	}
-	p.put(ord, c)
-	return nil
-}
-
-func (p *copierPool) get(ord int) (gpu.Copier, error) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if cs := p.idle[ord]; len(cs) > 0 {
-		c := cs[len(cs)-1]
-		p.idle[ord] = cs[:len(cs)-1]
-		p.mu.Unlock()
-		return c, nil
-	}
-	p.mu.Unlock()
-	return p.drv.NewCopier(ord, 1)
-}
-
-func (p *copierPool) put(ord int, c gpu.Copier) {
-	p.mu.Lock()
-	if !p.closed && len(p.idle[ord]) < idleKept {
-		if p.idle == nil {
-			p.idle = map[int][]gpu.Copier{}
-		}
-		p.idle[ord] = append(p.idle[ord], c)
-		p.mu.Unlock()
-		return
-	}
-	p.mu.Unlock()
-	_ = c.Close()
-}
-
-func (p *copierPool) close() error {
-	p.mu.Lock()
-	p.closed = true
-	idle := p.idle
-	p.idle = nil
-	p.mu.Unlock()
-	var errs []error
-	for _, cs := range idle {
-		for _, c := range cs {
-			errs = append(errs, c.Close())
-		}
-	}
-	return errors.Join(errs...)
+	return t.copiers.Close()
 }
