@@ -34,9 +34,13 @@ type Config struct {
 	// Seams for tests, which run two "processes" of a host in one: this
 	// process's identity (nil: samehost.Local) and which pids are alive
 	// (nil: samehost.Alive).
-	Identity *samehost.Identity
+	Identity *Identity
 	Alive    func(pid int) bool
 }
+
+// Identity is what a process publishes so that its peers can tell it runs
+// on their host, in their namespaces (samehost.Identity).
+type Identity = samehost.Identity
 
 // ConfigFromEnv parses PYMOONCAKE_CUDA_IPC and PYMOONCAKE_SAME_HOST
 // (booleans, default on) through lookup; a malformed value is an error

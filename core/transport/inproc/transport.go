@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
@@ -34,6 +35,10 @@ const Name = "inproc"
 
 // Config says how to build the transport.
 type Config struct {
+	// Off: PYMOONCAKE_SAME_HOST=0. The composition root then does not build
+	// the transport, and the engine's own segment goes over its data
+	// transport (TCP loopback), as in Mooncake.
+	Off bool
 	// Instance is the engine's incarnation id (engine.Services.Instance):
 	// the descriptor that carries it is the engine's own. Required.
 	Instance string
@@ -44,6 +49,15 @@ type Config struct {
 	GPU gpu.Driver
 	// Logger receives the transport's logs; nil discards them.
 	Logger *zap.Logger
+}
+
+// ConfigFromEnv parses PYMOONCAKE_SAME_HOST (a boolean, default on)
+// through lookup; a malformed value is an error naming the variable.
+func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
+	p := config.NewParser(lookup)
+	on := true
+	p.Bool(&on, "PYMOONCAKE_SAME_HOST")
+	return Config{Off: !on}, p.Err()
 }
 
 // Transport copies between the registered memory of its own engine. It
