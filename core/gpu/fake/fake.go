@@ -51,7 +51,7 @@ type Driver struct {
 	strict    atomic.Bool  // RefuseCallsWhileHeld
 	noDmaBuf  atomic.Bool  // SetDmaBuf(false)
 
-	uuids   []gpu.UUID           // guarded by mu: DeviceUUID, SetUUIDs
+	uuids   []gpu.UUID            // guarded by mu: DeviceUUID, SetUUIDs
 	opened  map[uint64]*openedIPC // guarded by mu: legacy handles open here, by export id
 	maps    atomic.Int64          // IPC mappings not yet closed
 	events  atomic.Int64          // events not yet closed
