@@ -35,8 +35,8 @@ var (
 	ErrNoFallback = errors.New("cudaipc: no fallback transport reaches the peer")
 )
 
-// batchBytes and batchTasks bound the copies queued before they are waited
-// for, so that a long batch completes task by task.
+// batchBytes and batchTasks bound a group of copies waited for together, so
+// that a long batch completes task by task.
 const (
 	batchBytes = 256 << 20
 	batchTasks = 64
@@ -286,39 +286,56 @@ type inflight struct {
 	pieces []piece
 }
 
+// group is a run of tasks whose copies are waited for together: each queue
+// it used marked the group's slot after its copies.
+type group struct {
+	slot   int
+	tasks  []inflight
+	bytes  int
+	used   map[int]gpu.Copier // by device
+	failed error
+}
+
 // copyTasks copies the tasks through their mappings on the driver's own
-// copy queues, waiting for each group of them; a task whose range the
-// peer cannot export goes to the fallback.
+// copy queues, in groups: while one group is copied the next is queued
+// behind it, so the copy engines never wait for this goroutine. A task
+// whose range the peer cannot export goes to the fallback.
 func (t *Transport) copyTasks(ctx context.Context, p *peerState, peer transport.Peer, tasks []*transport.Task, opts transport.SubmitOptions) {
 	var later []*transport.Task
 	queues := map[int]gpu.Copier{}
-	var group []inflight
-	var groupBytes int
-	var failed error // a queue failed: the group's copies are undefined
-	flush := func() {
-		for ord, c := range queues {
-			if err := c.Wait(0); err != nil {
-				failed = errors.Join(failed, fmt.Errorf("%s: copy on device %d: %w", Name, ord, err))
+	var prev *group
+	cur := &group{used: map[int]gpu.Copier{}}
+	// finish waits for a group's copies and finishes its tasks; a queue
+	// that failed is destroyed.
+	finish := func(g *group) {
+		for ord, c := range g.used {
+			if err := c.Wait(g.slot); err != nil {
+				g.failed = errors.Join(g.failed, fmt.Errorf("%s: copy on device %d: %w", Name, ord, err))
+				if queues[ord] == c {
+					delete(queues, ord)
+					_ = c.Close()
+				}
 			}
 		}
-		if failed != nil {
-			for ord, c := range queues {
-				_ = c.Close()
-				delete(queues, ord)
-			}
-		}
-		for _, f := range group {
+		for _, f := range g.tasks {
 			p.release(f.pieces)
-			if failed != nil {
-				f.task.PartDone(0, failed)
+			if g.failed != nil {
+				f.task.PartDone(0, g.failed)
 			} else {
 				f.task.PartDone(f.task.Length, nil)
 			}
 		}
-		group, groupBytes, failed = group[:0], 0, nil
+	}
+	// next finishes the group before the current one and starts a new one.
+	next := func() {
+		if prev != nil {
+			finish(prev)
+		}
+		prev, cur = cur, &group{slot: 1 - cur.slot, used: map[int]gpu.Copier{}}
 	}
 	defer func() {
-		flush()
+		next()
+		next()
 		for ord, c := range queues {
 			t.copiers.Put(ord, c)
 		}
@@ -345,20 +362,23 @@ func (t *Transport) copyTasks(ctx context.Context, p *peerState, peer transport.
 			continue
 		}
 		task.Start(1)
-		if err := t.queue(queues, pieces); err != nil {
-			failed = err
+		cur.tasks = append(cur.tasks, inflight{task, pieces})
+		cur.bytes += int(task.Length)
+		if err := t.queue(queues, cur, pieces); err != nil {
+			cur.failed = err
+			next() // the failed group is finished with the next one
+			next()
+			continue
 		}
-		group = append(group, inflight{task, pieces})
-		groupBytes += int(task.Length)
-		if failed != nil || len(group) >= batchTasks || groupBytes >= batchBytes {
-			flush()
+		if len(cur.tasks) >= batchTasks || cur.bytes >= batchBytes {
+			next()
 		}
 	}
 }
 
 // queue queues the pieces' copies, each on a queue of the device holding
-// the peer's bytes.
-func (t *Transport) queue(queues map[int]gpu.Copier, pieces []piece) error {
+// the peer's bytes, marked with the group's slot.
+func (t *Transport) queue(queues map[int]gpu.Copier, g *group, pieces []piece) error {
 	for _, pc := range pieces {
 		c, ok := queues[pc.rm.ord]
 		if !ok {
@@ -368,8 +388,9 @@ func (t *Transport) queue(queues map[int]gpu.Copier, pieces []piece) error {
 			}
 			queues[pc.rm.ord] = c
 		}
+		g.used[pc.rm.ord] = c
 		dst, src := pc.ends()
-		if err := c.Copy(0, dst, src, pc.n); err != nil {
+		if err := c.Copy(g.slot, dst, src, pc.n); err != nil {
 			return fmt.Errorf("%s: copy on device %d: %w", Name, pc.rm.ord, err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/gpu"
+	"github.com/pymooncake/pymooncake/core/gpu/fake"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/segment"
@@ -498,4 +500,46 @@ func FuzzDecodeEndpoint(f *testing.F) {
 		}
 		pi.reachable(4096, 1)
 	})
+}
+
+// A long batch is copied in groups, each queued while the one before is
+// copied; a copy that fails fails its group (its copies are undefined),
+// and its queue is not used again.
+func TestGroupsOfCopies(t *testing.T) {
+	testutil.ResourceCheck(t)
+	tgt, ini := pair(t, Config{})
+	const tasks, each = 3*batchTasks + 7, 1024
+	remote := tgt.alloc(0, tasks*each)
+	ihost := ini.host(tasks * each)
+	copy(ihost, pattern(tasks*each, 2))
+	peer := tgt.peer()
+	reqs := make([]transport.Request, tasks)
+	for i := range reqs {
+		reqs[i] = transport.Request{Opcode: transport.Write, Local: addrOf(ihost) + uintptr(i*each), Remote: uint64(remote) + uint64(i*each), Length: each}
+	}
+	for _, task := range ini.run(peer, transport.SubmitOptions{}, reqs...) {
+		require.NoError(t, task.Err())
+	}
+	require.Equal(t, pattern(tasks*each, 2), tgt.read(remote, tasks*each))
+
+	ini.d.FailCopiesAfter(batchTasks + 3) // in the second group
+	failed := 0
+	for i, task := range ini.run(peer, transport.SubmitOptions{Sync: true}, reqs...) {
+		if err := task.Err(); err != nil {
+			// The failed group's, or the next one's, queued behind it on
+			// the failed queue.
+			require.True(t, errors.Is(err, fake.ErrInjected) || errors.Is(err, fake.ErrClosed), "%v", err)
+			require.GreaterOrEqual(t, i, batchTasks, "the first group was copied")
+			failed++
+		}
+	}
+	ini.d.FailCopiesAfter(-1)
+	require.Positive(t, failed)
+
+	// The failed queues were destroyed: the next batch gets working ones.
+	copy(ihost, pattern(tasks*each, 3))
+	for _, task := range ini.run(peer, transport.SubmitOptions{}, reqs...) {
+		require.NoError(t, task.Err())
+	}
+	require.Equal(t, pattern(tasks*each, 3), tgt.read(remote, tasks*each))
 }

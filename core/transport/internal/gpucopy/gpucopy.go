@@ -20,6 +20,10 @@ var ErrClosed = errors.New("gpucopy: pool closed")
 // idleKept is how many idle queues a device keeps.
 const idleKept = 8
 
+// Slots is the number of completion marks of a lent queue: a caller can
+// wait for one group of copies while the next is queued behind it.
+const Slots = 2
+
 // Pool lends copy queues of one driver.
 type Pool struct {
 	drv    gpu.Driver
@@ -32,7 +36,7 @@ type Pool struct {
 // gpu.ErrNotSupported, as there is no GPU memory to copy).
 func New(drv gpu.Driver) *Pool { return &Pool{drv: drv, idle: map[int][]gpu.Copier{}} }
 
-// Get lends a queue of device ord with one slot.
+// Get lends a queue of device ord with Slots slots.
 func (p *Pool) Get(ord int) (gpu.Copier, error) {
 	if p.drv == nil {
 		return nil, fmt.Errorf("gpucopy: GPU memory without a GPU driver: %w", gpu.ErrNotSupported)
@@ -49,7 +53,7 @@ func (p *Pool) Get(ord int) (gpu.Copier, error) {
 		return c, nil
 	}
 	p.mu.Unlock()
-	return p.drv.NewCopier(ord, 1)
+	return p.drv.NewCopier(ord, Slots)
 }
 
 // Put returns a queue whose copies all succeeded.
