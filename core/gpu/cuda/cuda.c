@@ -600,12 +600,13 @@ CUresult pymc_vmm_unmap(CUcontext ctx, CUdeviceptr p, size_t size, CUmemGenericA
 
 // pymc_event_record creates an event and records it on the caller's
 // stream s, in its context (ctx == NULL) or ctx for the legacy default
-// stream.
-CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev) {
+// stream; *used is that context, for pymc_event_query and _free.
+CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev, CUcontext *used) {
 	if (ctx == NULL) {
 		CUresult r = pymc_cu.cuStreamGetCtx(s, &ctx);
 		if (r != CUDA_SUCCESS) return r;
 	}
+	*used = ctx;
 	CUcontext old;
 	CUresult r = push(ctx, &old);
 	if (r != CUDA_SUCCESS) return r;
@@ -621,9 +622,23 @@ CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev) {
 	return r;
 }
 
-CUresult pymc_event_query(CUevent ev) { return pymc_cu.cuEventQuery(ev); }
+CUresult pymc_event_query(CUcontext ctx, CUevent ev) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuEventQuery(ev);
+	pop(ctx, old);
+	return r;
+}
 
-CUresult pymc_event_free(CUevent ev) { return pymc_cu.cuEventDestroy(ev); }
+CUresult pymc_event_free(CUcontext ctx, CUevent ev) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuEventDestroy(ev);
+	pop(ctx, old);
+	return r;
+}
 
 // pymc_uuid writes device ord's UUID (16 bytes) into out.
 CUresult pymc_uuid(int ord, void *out) {

@@ -48,9 +48,9 @@ CUresult pymc_ipc_close(CUcontext ctx, CUdeviceptr p);
 CUresult pymc_vmm_import(CUcontext ctx, int fd, size_t size, const int *devs, int ndevs, CUdeviceptr *p,
                          CUmemGenericAllocationHandle *h);
 CUresult pymc_vmm_unmap(CUcontext ctx, CUdeviceptr p, size_t size, CUmemGenericAllocationHandle h);
-CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev);
-CUresult pymc_event_query(CUevent ev);
-CUresult pymc_event_free(CUevent ev);
+CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev, CUcontext *used);
+CUresult pymc_event_query(CUcontext ctx, CUevent ev);
+CUresult pymc_event_free(CUcontext ctx, CUevent ev);
 CUresult pymc_uuid(int ord, void *out);
 CUresult pymc_can_access(int ord, int peer, int *can);
 const char *pymc_error_name(CUresult r);

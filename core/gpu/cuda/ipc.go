@@ -227,15 +227,17 @@ func (d *Driver) RecordEvent(stream uintptr, ord int) (gpu.Event, error) {
 		return nil, err
 	}
 	var ev C.CUevent
-	if r := Result(C.pymc_event_record(ctx, C.CUstream(ptr(stream)), &ev)); r != 0 {
+	var used C.CUcontext
+	if r := Result(C.pymc_event_record(ctx, C.CUstream(ptr(stream)), &ev, &used)); r != 0 {
 		return nil, fmt.Errorf("record an event on stream %#x: %w", stream, callError("cuEventRecord", r))
 	}
-	return &event{ev: ev}, nil
+	return &event{ctx: used, ev: ev}, nil
 }
 
 type event struct {
+	ctx    C.CUcontext // the stream's
 	mu     sync.Mutex
-	ev     C.CUevent // guarded by mu; nil once closed
+	ev     C.CUevent // guarded by mu
 	done   bool      // guarded by mu
 	closed bool      // guarded by mu
 }
@@ -251,7 +253,7 @@ func (e *event) Done() (bool, error) {
 	if e.done {
 		return true, nil
 	}
-	switch r := Result(C.pymc_event_query(e.ev)); r {
+	switch r := Result(C.pymc_event_query(e.ctx, e.ev)); r {
 	case 0:
 		e.done = true
 		return true, nil
@@ -269,7 +271,7 @@ func (e *event) Close() error {
 		return nil
 	}
 	e.closed = true
-	if r := Result(C.pymc_event_free(e.ev)); r != 0 {
+	if r := Result(C.pymc_event_free(e.ctx, e.ev)); r != 0 {
 		return callError("cuEventDestroy", r)
 	}
 	return nil
