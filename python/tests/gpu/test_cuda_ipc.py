@@ -2,12 +2,13 @@
 mapped into this process (cudaMalloc memory through a legacy IPC handle,
 NVLinkAllocator's cuMemCreate memory in a torch MemPool through a POSIX file
 descriptor) and copied by the GPU; the peer's host memory goes over TCP.
-Writes, reads, batches, the *_on_cuda calls, and an unregistration on the
-peer while this process has the memory mapped; data checked by digest on
-both sides."""
+Writes, reads, batches, the *_on_cuda calls, an unregistration on the peer
+while this process has the memory mapped, and 100 map/drop cycles without a
+leaked descriptor; data checked by digest on both sides."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -206,3 +207,29 @@ def test_cuda_ipc_off(torch: Any, peer: gpulib.GPUPeer, monkeypatch: pytest.Monk
         assert "mapped through CUDA IPC" not in capfd.readouterr().err
     finally:
         e.close()
+
+
+def test_open_close_cycles(torch: Any, gpu_engine: TransferEngine, peer: gpulib.GPUPeer, local: dict[str, Any], kind: str) -> None:
+    """100 cycles of mapping the peer's buffer, using it and dropping it (the
+    peer unregisters and registers it again) leave no file descriptor
+    behind, in this process or the peer's."""
+
+    def fds(pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    def cycle(i: int) -> None:
+        local["gpu"][:MiB].fill_(i % 251)
+        torch.cuda.synchronize()
+        assert gpu_engine.transfer_sync_write(peer.segment, local["gpu"].data_ptr(), peer.gpu, MiB) == 0
+        assert peer.ask(op="unregister", where="gpu")["rc"] == 0
+        assert peer.ask(op="register", where="gpu")["rc"] == 0
+
+    for i in range(5):  # the driver's own descriptors, opened on first use
+        cycle(i)
+    before = (fds(os.getpid()), fds(peer.pid))
+    for i in range(100):
+        cycle(i)
+    after = (fds(os.getpid()), fds(peer.pid))
+    assert after[0] <= before[0] + 2, f"this process's descriptors: {before[0]} -> {after[0]}"
+    assert after[1] <= before[1] + 2, f"the peer's descriptors: {before[1]} -> {after[1]}"
+    assert peer.digest("gpu", 0, MiB) == gpulib.digest(torch.full((MiB,), 99 % 251, dtype=torch.uint8))
