@@ -12,6 +12,8 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport/barex"
+	"github.com/pymooncake/pymooncake/core/transport/cudaipc"
+	"github.com/pymooncake/pymooncake/core/transport/inproc"
 	"github.com/pymooncake/pymooncake/core/transport/rdma"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
@@ -41,6 +43,11 @@ type Config struct {
 	// Barex configures the barex transport (barex.ConfigFromEnv), used when
 	// Env.UseBarex is set.
 	Barex barex.Config
+	// InProc and CUDAIPC configure the same-host transports
+	// (inproc.ConfigFromEnv, cudaipc.ConfigFromEnv): the engine's own
+	// segment, and GPU memory of other processes of the host.
+	InProc  inproc.Config
+	CUDAIPC cudaipc.Config
 
 	// Logger receives the engine's logs; nil means console lines on stderr
 	// at Env.LogLevel (NewLogger).
@@ -69,7 +76,8 @@ type Config struct {
 // FromEnv parses every variable an engine reads, through lookup
 // (os.LookupEnv, or the Python process's environment): the engine's
 // (config.FromEnv) and each transport's (tcp.ConfigFromEnv,
-// rdma.ConfigFromEnv, barex.ConfigFromEnv), whether or not that transport
+// rdma.ConfigFromEnv, barex.ConfigFromEnv, inproc.ConfigFromEnv,
+// cudaipc.ConfigFromEnv), whether or not that transport
 // will run, so that any malformed variable fails initialize with its name.
 // All problems are reported together.
 func FromEnv(lookup config.LookupFunc) (Config, error) {
@@ -79,9 +87,11 @@ func FromEnv(lookup config.LookupFunc) (Config, error) {
 	tcpCfg, tcpErr := tcp.ConfigFromEnv(rec.Lookup)
 	rdmaCfg, rdmaErr := rdma.ConfigFromEnv(rec.Lookup)
 	barexCfg, barexErr := barex.ConfigFromEnv(rec.Lookup)
-	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr); err != nil {
+	inprocCfg, inprocErr := inproc.ConfigFromEnv(rec.Lookup)
+	ipcCfg, ipcErr := cudaipc.ConfigFromEnv(rec.Lookup)
+	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr, inprocErr, ipcErr); err != nil {
 		return Config{}, fmt.Errorf("environment: %w", err)
 	}
 	env.Set = rec.Set()
-	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg}, nil
+	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg, InProc: inprocCfg, CUDAIPC: ipcCfg}, nil
 }

@@ -128,12 +128,22 @@ type builder struct {
 	staging *gpu.Staging // nil without a GPU
 }
 
-// transports picks and starts the data transports, as Mooncake chooses one:
+// transports builds the engine's transports, in order of preference: the
+// same-host ones (samehost.go), then the data transport of the host.
+func (b *builder) transports(ctx context.Context, s engine.Services) ([]transport.Transport, error) {
+	data, err := b.dataTransports(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return b.sameHost(s, data)
+}
+
+// dataTransports picks and starts the data transports, as Mooncake chooses one:
 // barex alone with USE_BAREX; else RDMA when an HCA is present (or
 // MC_FORCE_HCA) and MC_FORCE_TCP is unset; else TCP. An RDMA library or
 // device that is simply absent falls back to TCP; any other RDMA failure,
 // or an absence under MC_FORCE_HCA, fails init.
-func (b *builder) transports(ctx context.Context, s engine.Services) ([]transport.Transport, error) {
+func (b *builder) dataTransports(ctx context.Context, s engine.Services) ([]transport.Transport, error) {
 	env := b.cfg.Env
 	if env.UseBarex {
 		// USE_BAREX asks for barex alone: a missing shim is an init error

@@ -137,8 +137,11 @@ SUPPORT_HIP = False
 SUPPORT_MNNVL = False
 #: This build has no MUSA transport.
 SUPPORT_MUSA = False
-#: This build has no intra-node NVLink transport.
-SUPPORT_INTRA_NVLINK = False
+#: This build moves GPU memory between the processes of one host through CUDA
+#: IPC (NVLink or PCIe peer copies), chosen per peer by itself wherever the
+#: NVIDIA driver allows it (``PYMOONCAKE_CUDA_IPC=0`` turns it off); it needs no
+#: protocol of its own.
+SUPPORT_INTRA_NVLINK = True
 
 _U64 = (1 << 64) - 1
 _I64 = (1 << 63) - 1
@@ -1488,14 +1491,19 @@ class TransferEngine:
 
         Notes
         -----
-        GPU buffers go through a page-locked bounce buffer, copied on the
-        stream itself (before the transfer for writes, after it for reads),
-        so that nothing the transfer does while it holds the stream needs
-        the CUDA driver: a device-wide synchronisation meanwhile (a lazily
-        loaded kernel, ``cudaFree``) waits for the held stream and would
-        otherwise deadlock. At most 16 GiB of GPU buffers per call. A target
-        engine in the same process with GPU memory still copies through the
-        driver while the stream is held; use another process.
+        This engine's own segment, and a peer in another process of this
+        host whose GPU memory is mapped here through CUDA IPC, get the
+        copies queued on the stream itself (``cuMemcpyAsync``): no hold, no
+        bounce buffer, and the ticket is done once they are queued. For
+        other peers the transfer holds the stream, and GPU buffers go
+        through a page-locked bounce buffer, copied on the stream itself
+        (before the transfer for writes, after it for reads), so that
+        nothing the transfer does while it holds the stream needs the CUDA
+        driver: a device-wide synchronisation meanwhile (a lazily loaded
+        kernel, ``cudaFree``) waits for the held stream and would otherwise
+        deadlock. At most 16 GiB of GPU buffers per call. Another engine of
+        this same process with GPU memory still copies through the driver
+        while the stream is held; use another process.
 
         Raises
         ------

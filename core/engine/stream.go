@@ -108,7 +108,10 @@ func (t *ticketTable) close() {
 // A peer whose memory this process addresses directly (its transport is a
 // transport.StreamSubmitter: the engine's own segment, a CUDA IPC peer)
 // gets its copies queued on the stream itself: no hold, no bounce buffer,
-// no host round trip; the ticket is done once they are queued.
+// no host round trip; the ticket is done once they are queued. When such a
+// transport cannot map all of them (transport.ErrNotOnStream), the
+// transfer holds the stream as for any other peer, and its transport is
+// told so (transport.SubmitOptions.Held).
 //
 // Problems found at once (no GPU driver: ErrNotSupported; an unknown
 // segment; an unregistered range; a copy the driver refuses) are returned.
@@ -170,10 +173,15 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 		for i, r := range reqs {
 			treqs[i] = transport.Request{Opcode: r.Opcode, Local: r.Local, Remote: r.Remote, Length: r.Length}
 		}
-		if err := ss.SubmitOnStream(seg.Peer, treqs, stream, device); err != nil {
+		err := ss.SubmitOnStream(seg.Peer, treqs, stream, device)
+		if err == nil {
+			return e.tickets.queued()
+		}
+		if !errors.Is(err, transport.ErrNotOnStream) {
 			return 0, fmt.Errorf("transfer on CUDA stream %#x over %s: %w", stream, seg.Transport.Name(), err)
 		}
-		return e.tickets.queued()
+		// Some of the peer's memory is not mapped here: the transfer holds
+		// the stream, below.
 	}
 
 	// The requests as transferred: GPU buffers replaced by slices of the
@@ -268,7 +276,7 @@ func (e *Engine) runOnStream(op *streamOp, hold gpu.Gate, after <-chan gpu.Gate,
 		err = fmt.Errorf("engine closed before the stream reached the transfer: %w", ErrClosed)
 	} else {
 		ctx, cancel := context.WithTimeout(e.ctx, timeout)
-		err = e.TransferTo(ctx, target, reqs, nil)
+		err = e.transferTo(ctx, target, reqs, nil, transport.SubmitOptions{Sync: true, Held: true})
 		cancel()
 	}
 	finish := func(err error) {

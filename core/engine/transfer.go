@@ -245,13 +245,17 @@ func (e *Engine) FreeBatch(id BatchID) error {
 // expires, the unfinished tasks are cancelled and the batch is freed once
 // they have stopped.
 func (e *Engine) Transfer(ctx context.Context, reqs []Request, n *Notify) error {
+	// The caller waits right away: a transport may run small requests on
+	// this goroutine instead of waking one of its own.
+	return e.transfer(ctx, reqs, n, transport.SubmitOptions{Sync: true})
+}
+
+func (e *Engine) transfer(ctx context.Context, reqs []Request, n *Notify, opts transport.SubmitOptions) error {
 	id, err := e.AllocateBatch(len(reqs))
 	if err != nil {
 		return err
 	}
-	// The caller waits right away: a transport may run small requests on
-	// this goroutine instead of waking one of its own.
-	if err := e.submit(ctx, id, reqs, n, transport.SubmitOptions{Sync: true}); err != nil {
+	if err := e.submit(ctx, id, reqs, n, opts); err != nil {
 		if ferr := e.FreeBatch(id); ferr != nil {
 			e.log.Debug("free unsubmitted batch", zap.Error(ferr))
 		}
@@ -294,11 +298,15 @@ func (e *Engine) Transfer(ctx context.Context, reqs []Request, n *Notify) error 
 // a rejected range (transport.ErrRejected) together with a descriptor of
 // another incarnation. A call that ran out of time is not retried.
 func (e *Engine) TransferTo(ctx context.Context, target string, reqs []Request, n *Notify) error {
+	return e.transferTo(ctx, target, reqs, n, transport.SubmitOptions{Sync: true})
+}
+
+func (e *Engine) transferTo(ctx context.Context, target string, reqs []Request, n *Notify, opts transport.SubmitOptions) error {
 	h, err := e.OpenSegment(ctx, target)
 	if err != nil {
 		return err
 	}
-	err = e.Transfer(ctx, withSegment(reqs, h), n)
+	err = e.transfer(ctx, withSegment(reqs, h), n, opts)
 	if err == nil || ctx.Err() != nil || e.closed.Load() {
 		return err
 	}
@@ -312,7 +320,7 @@ func (e *Engine) TransferTo(ctx context.Context, target string, reqs []Request, 
 		zap.String("segment", target), zap.String("why", why),
 		zap.Bool("restarted", gerr == nil && old != nil && !segment.SameIncarnation(old, s)),
 		zap.NamedError("cause", err))
-	if rerr := e.Transfer(ctx, withSegment(reqs, h2), n); rerr != nil {
+	if rerr := e.transfer(ctx, withSegment(reqs, h2), n, opts); rerr != nil {
 		if errors.Is(rerr, transport.ErrPeer) {
 			// Still unreachable: cache nothing of it, so that the first
 			// call once it is back (an async one too) resolves it afresh.

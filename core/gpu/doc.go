@@ -6,11 +6,17 @@
 // device memory and page-locked host memory on queues of its own (Copier),
 // allocates that host memory (AllocHost), holds a CUDA stream at a point
 // until the engine lets it go (Gate), and exports device memory as a
-// dma-buf for RDMA NICs (ExportDmaBuf). The real driver is
-// core/gpu/cuda, which loads libcuda at run time; core/gpu/fake is a fake
-// that simulates device memory with host memory the process cannot touch
-// directly, so that the logic above it is tested where there is no GPU. A
-// fake never proves that hardware works.
+// dma-buf for RDMA NICs (ExportDmaBuf); CopyAsync and Copier.Copy copy
+// between any two addresses the device reaches (unified addressing). A
+// driver that also implements IPC shares device memory with the other
+// processes of the host: it exports allocations (legacy CUDA IPC handles,
+// VMM file descriptors), maps those of other processes, and records events
+// on streams. Every handle, mapping and event it returns is closed by the
+// caller. The real driver is core/gpu/cuda, which loads libcuda at run
+// time; core/gpu/fake is a fake that simulates device memory with host
+// memory the process cannot touch directly (and IPC between fake drivers
+// of one test process), so that the logic above it is tested where there
+// is no GPU. A fake never proves that hardware works.
 //
 // Staging lends Stages: a copier plus a few page-locked buffers of one
 // device, through which the TCP transport pipelines GPU memory with its

@@ -33,6 +33,14 @@ type Driver interface {
 	// AllocHost: to the device when toDevice, else to the host. It runs in
 	// the stream's order, like the caller's own work.
 	CopyOnStream(stream uintptr, ord int, toDevice bool, dst, src uintptr, n int) error
+	// CopyAsync queues on the stream (as Gate names it) a copy of n bytes
+	// from src to dst, any two addresses of this process that the device
+	// reaches through unified addressing: host memory (pageable or
+	// page-locked), device memory of any device, memory mapped from
+	// another process (IPC). It runs in the stream's order, like the
+	// caller's own work, and makes no host round trip; the caller keeps
+	// both ranges valid until the stream has run it.
+	CopyAsync(stream uintptr, ord int, dst, src uintptr, n int) error
 	// Gate holds the stream (a CUDA stream handle; 0 is the legacy default
 	// stream of device ord) at this point of its queue: work queued before
 	// the gate runs first, work queued after waits until the gate is
@@ -78,6 +86,10 @@ type Copier interface {
 	// ToDevice queues a copy of n bytes from host address src
 	// (page-locked) to device address dst and marks slot.
 	ToDevice(slot int, dst, src uintptr, n int) error
+	// Copy queues a copy of n bytes from src to dst, any two addresses the
+	// device reaches through unified addressing (as Driver.CopyAsync), and
+	// marks slot.
+	Copy(slot int, dst, src uintptr, n int) error
 	// Wait blocks until the copies up to slot's last mark have run and
 	// returns their error, if any.
 	Wait(slot int) error

@@ -27,4 +27,7 @@ var (
 	// here": its native library or device is absent. Any other error from
 	// a transport's constructor means it is broken, not absent.
 	ErrUnavailable = dl.ErrUnavailable
+	// ErrNotOnStream is a StreamSubmitter's answer for requests it cannot
+	// queue on a CUDA stream itself; nothing was queued.
+	ErrNotOnStream = errors.New("transfer cannot be queued on the CUDA stream directly")
 )

@@ -29,6 +29,13 @@ type SubmitOptions struct {
 	// requests on the calling goroutine instead of handing them to one of
 	// its own, saving a wake-up on each side.
 	Sync bool
+	// Held says that a CUDA stream of this process is held until these
+	// tasks finish (a stream-ordered transfer that its transport could not
+	// queue on the stream). The transport must then make no GPU driver
+	// call: a device-wide synchronisation in another thread (a lazily
+	// loaded kernel) waits for the held stream while holding the driver,
+	// so such a call would wait for the transfer it is part of.
+	Held bool
 }
 
 // Transport moves bytes between this process's registered memory and the
@@ -109,7 +116,10 @@ type (
 	// round trip and no hold on the stream. SubmitOnStream validates reqs
 	// against the peer's registrations and queues their copies on stream
 	// (a CUstream handle; 0 is the legacy default stream of device); it
-	// returns once they are queued, or with an error when none was.
+	// returns once they are queued, or with an error when none was. An
+	// error matching ErrNotOnStream means that these requests cannot go on
+	// the stream directly (a peer's memory that is not mapped here): the
+	// engine then runs them through Submit with the stream held.
 	StreamSubmitter interface {
 		SubmitOnStream(peer Peer, reqs []Request, stream uintptr, device int) error
 	}

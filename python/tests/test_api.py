@@ -119,12 +119,14 @@ def test_transfer_notify() -> None:
 
 
 def test_module_flags() -> None:
-    for flag in ("SUPPORT_EFA", "SUPPORT_HIP", "SUPPORT_MNNVL", "SUPPORT_MUSA", "SUPPORT_INTRA_NVLINK"):
+    for flag in ("SUPPORT_EFA", "SUPPORT_HIP", "SUPPORT_MNNVL", "SUPPORT_MUSA"):
         assert getattr(eng, flag) is False
         assert getattr(pymooncake, flag) is False
-    # GPU memory and the *_on_cuda methods work wherever the driver is.
-    assert eng.SUPPORT_CUDA is True
-    assert pymooncake.SUPPORT_CUDA is True
+    # GPU memory and the *_on_cuda methods work wherever the driver is, and
+    # GPU memory of another process of the host goes through CUDA IPC.
+    for flag in ("SUPPORT_CUDA", "SUPPORT_INTRA_NVLINK"):
+        assert getattr(eng, flag) is True
+        assert getattr(pymooncake, flag) is True
 
 
 def test_public_names_exported() -> None:

@@ -382,3 +382,279 @@ const char *pymc_error_string(CUresult r) {
 	if (pymc_cu.cuGetErrorString == NULL || pymc_cu.cuGetErrorString(r, &s) != CUDA_SUCCESS) return NULL;
 	return s;
 }
+
+// Copies between any two addresses (unified addressing) and CUDA IPC.
+
+// pymc_copy_any queues cuMemcpyAsync on a copier's stream and marks ev.
+CUresult pymc_copy_any(CUcontext ctx, CUstream s, CUevent ev, uint64_t dst, uint64_t src, size_t n) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuMemcpyAsync((CUdeviceptr)dst, (CUdeviceptr)src, n, s);
+	if (r == CUDA_SUCCESS) r = pymc_cu.cuEventRecord(ev, s);
+	pop(ctx, old);
+	return r;
+}
+
+// is_host reports whether the CPU copies p itself: pageable memory the
+// driver does not know, or page-locked host memory.
+static int is_host(uint64_t p) {
+	unsigned long long t = 0;
+	int attr = CU_POINTER_ATTRIBUTE_MEMORY_TYPE;
+	void *data = &t;
+	if (pymc_cu.cuPointerGetAttributes(1, &attr, &data, (CUdeviceptr)p) != CUDA_SUCCESS) return 1;
+	return (unsigned)t != CU_MEMORYTYPE_DEVICE;
+}
+
+struct hcopy {
+	void *dst;
+	const void *src;
+	size_t n;
+};
+
+static void hcopy_fn(void *p) {
+	struct hcopy *c = p;
+	memcpy(c->dst, c->src, c->n);
+	free(c);
+}
+
+// pymc_copy_async queues a copy between any two addresses on the caller's
+// stream s, in its context (ctx == NULL) or ctx for the legacy default
+// stream. Host to host goes through a host function that copies when the
+// stream reaches it (the driver may run a host-to-host cuMemcpyAsync at
+// once, out of the stream's order); the rest is cuMemcpyAsync.
+CUresult pymc_copy_async(CUcontext ctx, CUstream s, uint64_t dst, uint64_t src, size_t n) {
+	if (ctx == NULL) {
+		CUresult r = pymc_cu.cuStreamGetCtx(s, &ctx);
+		if (r != CUDA_SUCCESS) return r;
+	}
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	if (is_host(dst) && is_host(src)) {
+		struct hcopy *c = malloc(sizeof *c);
+		if (c == NULL) {
+			r = CUDA_ERROR_OUT_OF_MEMORY;
+		} else {
+			c->dst = (void *)(uintptr_t)dst;
+			c->src = (const void *)(uintptr_t)src;
+			c->n = n;
+			r = pymc_cu.cuLaunchHostFunc(s, hcopy_fn, c);
+			if (r != CUDA_SUCCESS) free(c);
+		}
+	} else {
+		r = pymc_cu.cuMemcpyAsync((CUdeviceptr)dst, (CUdeviceptr)src, n, s);
+	}
+	pop(ctx, old);
+	return r;
+}
+
+// pymc_ipc_attrs reads what ExportIPC decides on: the memory type, managed,
+// the device, whether cuIpcGetMemHandle applies, and the VMM handle types.
+CUresult pymc_ipc_attrs(CUdeviceptr p, unsigned *memtype, unsigned *managed, int *ordinal, unsigned *legacy,
+                        unsigned long long *handle_types) {
+	int attrs[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_IS_MANAGED,
+	               CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
+	               CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES};
+	unsigned long long v[5] = {0, 0, 0, 0, 0};
+	void *data[] = {&v[0], &v[1], &v[2], &v[3], &v[4]};
+	CUresult r = pymc_cu.cuPointerGetAttributes(5, attrs, data, p);
+	*memtype = (unsigned)v[0];
+	*managed = (unsigned)(v[1] & 0xff);
+	*ordinal = (int)(unsigned)v[2];
+	*legacy = (unsigned)(v[3] & 0xff);
+	*handle_types = v[4];
+	return r;
+}
+
+// pymc_ipc_export exports the allocation holding p (device memory of ctx's
+// device): *kind 1 with a legacy handle for cuMemAlloc memory, 2 with a
+// POSIX fd for VMM memory. [*base, *base+*size) is the allocation's
+// mapping. CUDA_ERROR_NOT_SUPPORTED: neither applies.
+CUresult pymc_ipc_export(CUcontext ctx, CUdeviceptr p, unsigned legacy, unsigned long long handle_types, int *kind,
+                         CUdeviceptr *base, size_t *size, void *handle, int *fd) {
+	*kind = 0;
+	*fd = -1;
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuMemGetAddressRange(base, size, p);
+	if (r == CUDA_SUCCESS) {
+		if (legacy && pymc_cu.cuIpcGetMemHandle != NULL) {
+			r = pymc_cu.cuIpcGetMemHandle((CUipcMemHandle *)handle, *base);
+			if (r == CUDA_SUCCESS) *kind = 1;
+		} else if ((handle_types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) && pymc_cu.cuMemRetainAllocationHandle != NULL &&
+		           pymc_cu.cuMemExportToShareableHandle != NULL && pymc_cu.cuMemRelease != NULL) {
+			CUmemGenericAllocationHandle h;
+			// Fails for memory that is not a cuMemCreate allocation
+			// (a memory pool's): it cannot be exported this way.
+			if (pymc_cu.cuMemRetainAllocationHandle(&h, (void *)(uintptr_t)p) != CUDA_SUCCESS) {
+				r = CUDA_ERROR_NOT_SUPPORTED;
+			} else {
+				int f = -1;
+				r = pymc_cu.cuMemExportToShareableHandle(&f, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+				pymc_cu.cuMemRelease(h);
+				if (r == CUDA_SUCCESS) {
+					*fd = f;
+					*kind = 2;
+				}
+			}
+		} else {
+			r = CUDA_ERROR_NOT_SUPPORTED;
+		}
+	}
+	pop(ctx, old);
+	return r;
+}
+
+int pymc_has_legacy_ipc(void) {
+	return pymc_cu.cuIpcGetMemHandle != NULL && pymc_cu.cuIpcCloseMemHandle != NULL &&
+	       (pymc_cu.cuIpcOpenMemHandle_v2 != NULL || pymc_cu.cuIpcOpenMemHandle != NULL);
+}
+
+int pymc_has_vmm_ipc(void) {
+	return pymc_cu.cuMemImportFromShareableHandle != NULL && pymc_cu.cuMemAddressReserve != NULL &&
+	       pymc_cu.cuMemAddressFree != NULL && pymc_cu.cuMemMap != NULL && pymc_cu.cuMemUnmap != NULL &&
+	       pymc_cu.cuMemSetAccess != NULL && pymc_cu.cuMemRelease != NULL;
+}
+
+// pymc_ipc_open maps a legacy handle in ctx.
+CUresult pymc_ipc_open(CUcontext ctx, const void *handle, CUdeviceptr *p) {
+	CUipcMemHandle h;
+	memcpy(&h, handle, sizeof h);
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	if (pymc_cu.cuIpcOpenMemHandle_v2 != NULL)
+		r = pymc_cu.cuIpcOpenMemHandle_v2(p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+	else
+		r = pymc_cu.cuIpcOpenMemHandle(p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+	pop(ctx, old);
+	return r;
+}
+
+CUresult pymc_ipc_close(CUcontext ctx, CUdeviceptr p) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuIpcCloseMemHandle(p);
+	pop(ctx, old);
+	return r;
+}
+
+// pymc_vmm_import imports a VMM allocation's fd, maps size bytes of it
+// at a new reservation and grants the ndevs device ordinals devs read and
+// write access. On failure nothing is left behind.
+CUresult pymc_vmm_import(CUcontext ctx, int fd, size_t size, const int *devs, int ndevs, CUdeviceptr *p,
+                         CUmemGenericAllocationHandle *h) {
+	enum { max_devs = 64 };
+	CUmemAccessDesc desc[max_devs];
+	if (ndevs <= 0 || ndevs > max_devs) return CUDA_ERROR_INVALID_VALUE;
+	for (int i = 0; i < ndevs; i++) {
+		CUdevice dev;
+		CUresult r = pymc_cu.cuDeviceGet(&dev, devs[i]);
+		if (r != CUDA_SUCCESS) return r;
+		desc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+		desc[i].location.id = dev;
+		desc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+	}
+	*p = 0;
+	*h = 0;
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuMemImportFromShareableHandle(h, (void *)(uintptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+	if (r == CUDA_SUCCESS) {
+		r = pymc_cu.cuMemAddressReserve(p, size, 0, 0, 0);
+		if (r == CUDA_SUCCESS) {
+			r = pymc_cu.cuMemMap(*p, size, 0, *h, 0);
+			if (r == CUDA_SUCCESS) {
+				r = pymc_cu.cuMemSetAccess(*p, size, desc, (size_t)ndevs);
+				if (r != CUDA_SUCCESS) pymc_cu.cuMemUnmap(*p, size);
+			}
+			if (r != CUDA_SUCCESS) pymc_cu.cuMemAddressFree(*p, size);
+		}
+		if (r != CUDA_SUCCESS) pymc_cu.cuMemRelease(*h);
+	}
+	if (r != CUDA_SUCCESS) {
+		*p = 0;
+		*h = 0;
+	}
+	pop(ctx, old);
+	return r;
+}
+
+// pymc_vmm_unmap undoes pymc_vmm_import; it returns the first failure.
+CUresult pymc_vmm_unmap(CUcontext ctx, CUdeviceptr p, size_t size, CUmemGenericAllocationHandle h) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	CUresult first = pymc_cu.cuMemUnmap(p, size);
+	r = pymc_cu.cuMemAddressFree(p, size);
+	if (first == CUDA_SUCCESS) first = r;
+	r = pymc_cu.cuMemRelease(h);
+	if (first == CUDA_SUCCESS) first = r;
+	pop(ctx, old);
+	return first;
+}
+
+// pymc_event_record creates an event and records it on the caller's
+// stream s, in its context (ctx == NULL) or ctx for the legacy default
+// stream; *used is that context, for pymc_event_query and _free.
+CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev, CUcontext *used) {
+	if (ctx == NULL) {
+		CUresult r = pymc_cu.cuStreamGetCtx(s, &ctx);
+		if (r != CUDA_SUCCESS) return r;
+	}
+	*used = ctx;
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuEventCreate(ev, CU_EVENT_DISABLE_TIMING);
+	if (r == CUDA_SUCCESS) {
+		r = pymc_cu.cuEventRecord(*ev, s);
+		if (r != CUDA_SUCCESS) {
+			pymc_cu.cuEventDestroy(*ev);
+			*ev = NULL;
+		}
+	}
+	pop(ctx, old);
+	return r;
+}
+
+CUresult pymc_event_query(CUcontext ctx, CUevent ev) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuEventQuery(ev);
+	pop(ctx, old);
+	return r;
+}
+
+CUresult pymc_event_free(CUcontext ctx, CUevent ev) {
+	CUcontext old;
+	CUresult r = push(ctx, &old);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuEventDestroy(ev);
+	pop(ctx, old);
+	return r;
+}
+
+// pymc_uuid writes device ord's UUID (16 bytes) into out.
+CUresult pymc_uuid(int ord, void *out) {
+	CUdevice dev;
+	CUresult r = pymc_cu.cuDeviceGet(&dev, ord);
+	if (r != CUDA_SUCCESS) return r;
+	if (pymc_cu.cuDeviceGetUuid_v2 != NULL) return pymc_cu.cuDeviceGetUuid_v2((CUuuid *)out, dev);
+	if (pymc_cu.cuDeviceGetUuid != NULL) return pymc_cu.cuDeviceGetUuid((CUuuid *)out, dev);
+	return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+CUresult pymc_can_access(int ord, int peer, int *can) {
+	CUdevice a, b;
+	CUresult r = pymc_cu.cuDeviceGet(&a, ord);
+	if (r != CUDA_SUCCESS) return r;
+	r = pymc_cu.cuDeviceGet(&b, peer);
+	if (r != CUDA_SUCCESS) return r;
+	return pymc_cu.cuDeviceCanAccessPeer(can, a, b);
+}

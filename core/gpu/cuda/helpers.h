@@ -35,6 +35,24 @@ CUresult pymc_attr(int ord, int attr, int *v);
 int pymc_has_dmabuf(void);
 CUresult pymc_dmabuf(CUcontext ctx, CUdeviceptr p, size_t n, int *fd);
 CUresult pymc_name(int ord, char *buf, int len);
+CUresult pymc_copy_any(CUcontext ctx, CUstream s, CUevent ev, uint64_t dst, uint64_t src, size_t n);
+CUresult pymc_copy_async(CUcontext ctx, CUstream s, uint64_t dst, uint64_t src, size_t n);
+CUresult pymc_ipc_attrs(CUdeviceptr p, unsigned *memtype, unsigned *managed, int *ordinal, unsigned *legacy,
+                        unsigned long long *handle_types);
+CUresult pymc_ipc_export(CUcontext ctx, CUdeviceptr p, unsigned legacy, unsigned long long handle_types, int *kind,
+                         CUdeviceptr *base, size_t *size, void *handle, int *fd);
+int pymc_has_legacy_ipc(void);
+int pymc_has_vmm_ipc(void);
+CUresult pymc_ipc_open(CUcontext ctx, const void *handle, CUdeviceptr *p);
+CUresult pymc_ipc_close(CUcontext ctx, CUdeviceptr p);
+CUresult pymc_vmm_import(CUcontext ctx, int fd, size_t size, const int *devs, int ndevs, CUdeviceptr *p,
+                         CUmemGenericAllocationHandle *h);
+CUresult pymc_vmm_unmap(CUcontext ctx, CUdeviceptr p, size_t size, CUmemGenericAllocationHandle h);
+CUresult pymc_event_record(CUcontext ctx, CUstream s, CUevent *ev, CUcontext *used);
+CUresult pymc_event_query(CUcontext ctx, CUevent ev);
+CUresult pymc_event_free(CUcontext ctx, CUevent ev);
+CUresult pymc_uuid(int ord, void *out);
+CUresult pymc_can_access(int ord, int peer, int *can);
 const char *pymc_error_name(CUresult r);
 const char *pymc_error_string(CUresult r);
 #endif

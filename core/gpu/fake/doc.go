@@ -20,6 +20,20 @@
 //     released (ErrLeak).
 //
 // Streams (NewStream, Launch, Synchronize) run "kernels" (Go functions) in
-// order on a goroutine each, so that gates are tested against work queued
-// before and after them. The Driver owns those goroutines; Close stops them.
+// order on a goroutine each, so that gates, CopyAsync and events are tested
+// against work queued before and after them. The Driver owns those
+// goroutines; Close stops them.
+//
+// IPC (gpu.IPC) is FAKE too: each fake driver of a test process stands for
+// one process of a host, and device UUIDs depend on the ordinal (SetUUIDs
+// renumbers them), so two drivers see the same GPUs. Alloc's memory
+// exports a legacy handle that names it in a process-wide registry, and
+// cannot be opened by the driver that exported it (as a real process
+// cannot open its own handles); AllocVMM's shareable memory exports a
+// duplicate of its file descriptor; its private memory cannot be exported.
+// OpenIPC maps the same pages in the importing driver, where copies reach
+// them and nothing else does: a copy naming another driver's device memory
+// directly fails. Opening a legacy handle twice in one driver returns the
+// same mapping, counted, as in one CUDA context. LiveIPC counts mappings
+// and events not closed; Close reports them as leaks.
 package fake

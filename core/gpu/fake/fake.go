@@ -50,6 +50,12 @@ type Driver struct {
 	held      atomic.Int64 // gates reached and not yet opened
 	strict    atomic.Bool  // RefuseCallsWhileHeld
 	noDmaBuf  atomic.Bool  // SetDmaBuf(false)
+
+	uuids   []gpu.UUID            // guarded by mu: DeviceUUID, SetUUIDs
+	opened  map[uint64]*openedIPC // guarded by mu: legacy handles open here, by export id
+	maps    atomic.Int64          // IPC mappings not yet closed
+	events  atomic.Int64          // events not yet closed
+	imports atomic.Int64          // OpenIPC calls that mapped memory
 }
 
 var _ gpu.Driver = (*Driver)(nil)
@@ -60,11 +66,37 @@ type devAlloc struct {
 	dev    []byte   // PROT_NONE view at the device address
 	shadow []byte   // read-write view of the same pages
 	file   *os.File // the pages: what ExportDmaBuf hands out
+	kind   allocKind
+	id     uint64 // legacy IPC export id, once exported (0: never)
 }
 
-// New returns a fake driver with the given number of devices.
+// allocKind says how fake device memory was made, and so how it is
+// shared with another fake driver.
+type allocKind uint8
+
+const (
+	// legacyAlloc is cuMemAlloc-like memory (Alloc): a legacy IPC handle.
+	legacyAlloc allocKind = iota
+	// vmmAlloc is cuMemCreate-like memory with a POSIX fd handle type.
+	vmmAlloc
+	// vmmPrivate is cuMemCreate-like memory without a shareable handle
+	// type (or a stream-ordered pool's): it cannot be exported.
+	vmmPrivate
+	// importedAlloc is another fake driver's memory mapped here (OpenIPC);
+	// only closing its mapping unmaps it.
+	importedAlloc
+)
+
+// New returns a fake driver with the given number of devices. Their UUIDs
+// depend only on their ordinals, so fake drivers of one test process (the
+// "processes" of a host) see the same GPUs unless SetUUIDs says otherwise.
 func New(devices int) *Driver {
-	return &Driver{devices: devices, hosts: map[uintptr][]byte{}, streams: map[uintptr]*stream{}, nextStr: 0x1000}
+	d := &Driver{devices: devices, hosts: map[uintptr][]byte{}, streams: map[uintptr]*stream{}, nextStr: 0x1000,
+		opened: map[uint64]*openedIPC{}}
+	for i := range devices {
+		d.uuids = append(d.uuids, defaultUUID(i))
+	}
+	return d
 }
 
 func ptr(p uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&p)) }
@@ -74,8 +106,23 @@ func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b
 // Name says what this is.
 func (d *Driver) Name() string { return fmt.Sprintf("fake GPU driver (%d devices)", d.devices) }
 
-// Alloc returns n bytes of fake device memory on device ord, zeroed.
-func (d *Driver) Alloc(ord, n int) (uintptr, error) {
+// Alloc returns n bytes of fake device memory on device ord, zeroed, as
+// cuMemAlloc (cudaMalloc, torch's caching allocator) would: shared with
+// another fake driver through a legacy IPC handle.
+func (d *Driver) Alloc(ord, n int) (uintptr, error) { return d.alloc(ord, n, legacyAlloc) }
+
+// AllocVMM returns n bytes of fake device memory on device ord, zeroed, as
+// cuMemCreate plus cuMemMap would (NVLinkAllocator, torch's expandable
+// segments): exportable as a POSIX file descriptor when shareable, else
+// not exportable at all.
+func (d *Driver) AllocVMM(ord, n int, shareable bool) (uintptr, error) {
+	if shareable {
+		return d.alloc(ord, n, vmmAlloc)
+	}
+	return d.alloc(ord, n, vmmPrivate)
+}
+
+func (d *Driver) alloc(ord, n int, kind allocKind) (uintptr, error) {
 	if ord < 0 || ord >= d.devices {
 		return 0, fmt.Errorf("fake gpu: alloc on device %d of %d: %w", ord, d.devices, ErrInvalidValue)
 	}
@@ -108,12 +155,24 @@ func (d *Driver) Alloc(ord, n int) (uintptr, error) {
 		return 0, fmt.Errorf("fake gpu: map shadow view: %w", err)
 	}
 	ok = true
-	a := &devAlloc{ord: ord, addr: addrOf(dev), dev: dev, shadow: shadow, file: f}
+	a := &devAlloc{ord: ord, addr: addrOf(dev), dev: dev, shadow: shadow, file: f, kind: kind}
+	d.add(a)
+	return a.addr, nil
+}
+
+// add records a new allocation (or imported mapping) of this driver.
+func (d *Driver) add(a *devAlloc) {
 	d.mu.Lock()
+	d.addLocked(a)
+	d.mu.Unlock()
+	global.add(d, a)
+}
+
+// addLocked inserts a into d.allocs; the caller holds mu and then adds it
+// to the global registry.
+func (d *Driver) addLocked(a *devAlloc) {
 	d.allocs = append(d.allocs, a)
 	sort.Slice(d.allocs, func(i, j int) bool { return d.allocs[i].addr < d.allocs[j].addr })
-	d.mu.Unlock()
-	return a.addr, nil
 }
 
 // Free releases memory from Alloc.
@@ -125,13 +184,31 @@ func (d *Driver) Free(addr uintptr) error {
 		return fmt.Errorf("fake gpu: free %#x: %w", addr, ErrInvalidValue)
 	}
 	a := d.allocs[i]
+	if a.kind == importedAlloc {
+		d.mu.Unlock()
+		return fmt.Errorf("fake gpu: free %#x: an IPC mapping (close it instead): %w", addr, ErrInvalidValue)
+	}
 	d.allocs = append(d.allocs[:i], d.allocs[i+1:]...)
 	d.mu.Unlock()
 	return a.release()
 }
 
+// remove forgets an allocation of this driver; false if it was not there.
+func (d *Driver) remove(a *devAlloc) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, b := range d.allocs {
+		if b == a {
+			d.allocs = append(d.allocs[:i], d.allocs[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
 // release unmaps the allocation and closes its file.
 func (a *devAlloc) release() error {
+	global.remove(a)
 	return errors.Join(syscall.Munmap(a.dev), syscall.Munmap(a.shadow), a.file.Close())
 }
 
@@ -617,7 +694,8 @@ func (d *Driver) ExportDmaBuf(addr uintptr, n uint64) (gpu.DmaBuf, error) {
 }
 
 // Close stops the streams and frees the device memory still allocated. It
-// fails with ErrLeak if copiers, host memory or gates were not released.
+// fails with ErrLeak if copiers, host memory, gates, IPC mappings or events
+// were not released.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -641,6 +719,9 @@ func (d *Driver) Close() error {
 	}
 	if c, g := d.copiers.Load(), d.gates.Load(); c != 0 || g != 0 || hosts != 0 {
 		errs = append(errs, fmt.Errorf("%d copiers, %d host allocations, %d gates: %w", c, hosts, g, ErrLeak))
+	}
+	if m, e := d.maps.Load(), d.events.Load(); m != 0 || e != 0 {
+		errs = append(errs, fmt.Errorf("%d IPC mappings, %d events: %w", m, e, ErrLeak))
 	}
 	return errors.Join(errs...)
 }

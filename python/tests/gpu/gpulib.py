@@ -46,16 +46,20 @@ def env() -> dict[str, str]:
 
 class GPUPeer:
     """A target engine in another process (gpu_peer.py) with ``size`` bytes
-    of GPU memory (a torch tensor on device 0) and of host memory, both
-    registered; driven over pipes with one JSON line per command."""
+    of GPU memory (a torch tensor on device 0; cuMemCreate memory from
+    NVLinkAllocator when ``vmm``) and of host memory, both registered;
+    driven over pipes with one JSON line per command. ``extra_env`` is added
+    to its environment (which is this process's otherwise)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, vmm: bool = False, extra_env: dict[str, str] | None = None) -> None:
+        full = env()
+        full.update(extra_env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "gpu_peer.py"), str(size)],
+            [sys.executable, str(HERE / "gpu_peer.py"), str(size)] + (["--vmm"] if vmm else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=env(),
+            env=full,
             cwd=ROOT,
         )
         hello = self._read()
@@ -63,6 +67,7 @@ class GPUPeer:
         self.segment: str = hello["segment"]
         self.gpu: int = hello["gpu"]
         self.host: int = hello["host"]
+        self.pid: int = hello["pid"]
         self.size: int = size
 
     def _read(self) -> dict[str, Any]:
@@ -87,6 +92,15 @@ class GPUPeer:
     def digest(self, where: str, off: int = 0, n: int | None = None) -> str:
         d: str = self.ask(op="digest", where=where, off=off, n=self.size - off if n is None else n)["digest"]
         return d
+
+    def set(self, where: str, value: int) -> None:
+        """Fill the peer's buffer with one byte value."""
+        assert self.ask(op="set", where=where, value=value)["ok"]
+
+    def check(self, where: str, value: int) -> bool:
+        """Whether every byte of the peer's buffer is value."""
+        ok: bool = self.ask(op="check", where=where, value=value)["ok"]
+        return ok
 
     def close(self) -> None:
         if self.proc.poll() is None:

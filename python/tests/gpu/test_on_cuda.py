@@ -1,6 +1,9 @@
-"""The *_on_cuda methods, ordered on a CUDA stream against real kernels:
-the transfer sees what the kernels queued before it wrote, the kernels
-queued after it see what it read, and a failure is reported, not fatal."""
+"""The *_on_cuda methods over TCP, ordered on a CUDA stream against real
+kernels: the transfer holds the stream, sees what the kernels queued before
+it wrote, the kernels queued after it see what it read, and a failure is
+reported, not fatal. CUDA IPC is turned off here (PYMOONCAKE_CUDA_IPC=0, in
+this process and the peer's), so that the hold and its bounce buffers are
+what runs; test_cuda_ipc.py covers the same calls through CUDA IPC."""
 
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ from . import gpulib
 MiB = 1 << 20
 SIZE = 32 * MiB
 SLEEP = 200_000_000  # GPU clock cycles (~0.1 s): the kernel before the transfer is slow
+
+
+@pytest.fixture(autouse=True)
+def _over_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both engines read it at initialize (the peer inherits it)."""
+    monkeypatch.setenv("PYMOONCAKE_CUDA_IPC", "0")
 
 
 @pytest.fixture

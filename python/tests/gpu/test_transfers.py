@@ -1,6 +1,8 @@
 """GPU memory between two engines in two processes over TCP, through the
 staging pipeline: GPU to GPU in both directions, host and GPU mixed in one
-batch, data checked by digest on both sides."""
+batch, data checked by digest on both sides. CUDA IPC is turned off here
+(PYMOONCAKE_CUDA_IPC=0, in this process and the peer's), so that TCP is what
+runs; test_cuda_ipc.py covers the same host through CUDA IPC."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ from . import gpulib
 
 MiB = 1 << 20
 SIZE = 48 * MiB + 4097  # not a multiple of the staging chunk
+
+
+@pytest.fixture(autouse=True)
+def _over_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both engines read it at initialize (the peer inherits it)."""
+    monkeypatch.setenv("PYMOONCAKE_CUDA_IPC", "0")
 
 
 @pytest.fixture

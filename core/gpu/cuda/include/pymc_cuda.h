@@ -24,6 +24,12 @@ typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef void (*CUhostFn)(void *userData);
+typedef struct {
+	char reserved[64];
+} CUipcMemHandle;
+typedef struct {
+	char bytes[16];
+} CUuuid;
 
 /* CUresult values pymooncake tells apart. */
 #define CUDA_SUCCESS 0
@@ -42,8 +48,10 @@ typedef void (*CUhostFn)(void *userData);
 #define CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
 #define CU_POINTER_ATTRIBUTE_IS_MANAGED 8
 #define CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL 9
+#define CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE 10
 #define CU_POINTER_ATTRIBUTE_RANGE_START_ADDR 11
 #define CU_POINTER_ATTRIBUTE_RANGE_SIZE 12
+#define CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES 14
 #define CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE 15
 
 /* CUmemorytype */
@@ -64,6 +72,7 @@ typedef void (*CUhostFn)(void *userData);
 #define CU_STREAM_NON_BLOCKING 0x1
 #define CU_EVENT_DISABLE_TIMING 0x2
 #define CU_MEMHOSTALLOC_PORTABLE 0x1
+#define CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS 0x1
 
 /* Virtual memory management and memory pools. */
 #define CU_MEM_ALLOCATION_TYPE_PINNED 1
@@ -121,7 +130,9 @@ typedef struct {
 /*
  * The functions, as X(required, field, "symbol", parameters). Required
  * symbols must all be present (CUDA 11.2 or later); optional ones may be
- * missing, and their users check for NULL.
+ * missing, and their users check for NULL. cuIpcOpenMemHandle_v2 is what
+ * cuda.h calls cuIpcOpenMemHandle since CUDA 11; the first name is used
+ * where a driver has it, else the second (likewise cuDeviceGetUuid).
  */
 #define PYMC_CU_FUNCS(X)                                                                            \
 	X(1, cuInit, "cuInit", (unsigned int flags))                                                    \
@@ -162,6 +173,19 @@ typedef struct {
 	X(1, cuEventSynchronize, "cuEventSynchronize", (CUevent e))                                     \
 	X(1, cuEventDestroy, "cuEventDestroy_v2", (CUevent e))                                          \
 	X(1, cuLaunchHostFunc, "cuLaunchHostFunc", (CUstream s, CUhostFn fn, void *userData))           \
+	X(1, cuMemcpyAsync, "cuMemcpyAsync", (CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s))  \
+	X(1, cuEventQuery, "cuEventQuery", (CUevent e))                                                 \
+	X(0, cuDeviceGetUuid_v2, "cuDeviceGetUuid_v2", (CUuuid *uuid, CUdevice dev))                    \
+	X(0, cuDeviceGetUuid, "cuDeviceGetUuid", (CUuuid *uuid, CUdevice dev))                          \
+	X(0, cuIpcGetMemHandle, "cuIpcGetMemHandle", (CUipcMemHandle *h, CUdeviceptr p))               \
+	X(0, cuIpcOpenMemHandle_v2, "cuIpcOpenMemHandle_v2",                                           \
+	  (CUdeviceptr *p, CUipcMemHandle h, unsigned int flags))                                       \
+	X(0, cuIpcOpenMemHandle, "cuIpcOpenMemHandle", (CUdeviceptr *p, CUipcMemHandle h, unsigned int flags)) \
+	X(0, cuIpcCloseMemHandle, "cuIpcCloseMemHandle", (CUdeviceptr p))                               \
+	X(0, cuMemExportToShareableHandle, "cuMemExportToShareableHandle",                             \
+	  (void *shareable, CUmemGenericAllocationHandle h, int handleType, unsigned long long flags))  \
+	X(0, cuMemImportFromShareableHandle, "cuMemImportFromShareableHandle",                         \
+	  (CUmemGenericAllocationHandle *h, void *osHandle, int handleType))                            \
 	X(0, cuMemPoolCreate, "cuMemPoolCreate", (CUmemoryPool *pool, const CUmemPoolProps *props))     \
 	X(0, cuMemPoolDestroy, "cuMemPoolDestroy", (CUmemoryPool pool))                                 \
 	X(0, cuMemPoolSetAttribute, "cuMemPoolSetAttribute", (CUmemoryPool pool, int attr, void *value)) \
