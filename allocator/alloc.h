@@ -34,5 +34,6 @@ void *mc_allocator_malloc(ssize_t size, int device, CUstream stream);
 void mc_allocator_free(void *ptr, ssize_t size, int device, CUstream stream);
 int mc_allocator_probe(int device);
 int mc_nvlink_fabric(int device);
+int mc_nvlink_live(int device, unsigned long long *bytes, unsigned long long *count);
 int mc_alloc_rdma_info(void *ptr, int *rdma_capable, int *dmabuf);
 #endif

@@ -80,23 +80,33 @@ func Trim(device int) error {
 	return nil
 }
 
-// PoolStats describes device's stream pool.
+// PoolStats describes device's allocators: its stream pool and the NVLink
+// allocator's live mappings.
 type PoolStats struct {
 	// Reserved is the memory the pool holds from the driver; Used what is
 	// allocated from it.
 	Reserved, Used uint64
 	// RDMA says whether the pool was made GPUDirect-RDMA capable.
 	RDMA bool
+	// NVLinkBytes and NVLinkAllocs count what mc_nvlink_malloc mapped and
+	// mc_nvlink_free has not unmapped yet.
+	NVLinkBytes, NVLinkAllocs uint64
 }
 
-// Stats reports device's stream pool (zero before its first allocation).
+// Stats reports device's allocators (zero before their first allocation).
 func Stats(device int) (PoolStats, error) {
-	var reserved, used C.ulonglong
+	var reserved, used, nvBytes, nvCount C.ulonglong
 	var rdma C.int
 	if r := C.mc_stream_stats(C.int(device), &reserved, &used, &rdma); r != 0 {
 		return PoolStats{}, fmt.Errorf("allocator: stats of device %d: %w", device, cuda.Result(r))
 	}
-	return PoolStats{Reserved: uint64(reserved), Used: uint64(used), RDMA: rdma != 0}, nil
+	if r := C.mc_nvlink_live(C.int(device), &nvBytes, &nvCount); r != 0 {
+		return PoolStats{}, fmt.Errorf("allocator: NVLink stats of device %d: %w", device, cuda.Result(r))
+	}
+	return PoolStats{
+		Reserved: uint64(reserved), Used: uint64(used), RDMA: rdma != 0,
+		NVLinkBytes: uint64(nvBytes), NVLinkAllocs: uint64(nvCount),
+	}, nil
 }
 
 // RDMAInfo says whether the allocation holding ptr is GPUDirect-RDMA

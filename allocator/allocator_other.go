@@ -27,8 +27,9 @@ func Trim(int) error { return errNoCgo }
 
 // PoolStats describes a stream pool.
 type PoolStats struct {
-	Reserved, Used uint64
-	RDMA           bool
+	Reserved, Used            uint64
+	RDMA                      bool
+	NVLinkBytes, NVLinkAllocs uint64
 }
 
 // Stats fails: this build has no allocator.

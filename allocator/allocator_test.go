@@ -98,8 +98,14 @@ func TestStreamAllocatorOnGPU(t *testing.T) {
 func TestNVLinkAllocatorOnGPU(t *testing.T) {
 	d := requireGPU(t)
 	require.Equal(t, 1, allocator.Probe(0), "H100s support the VMM allocator")
+	before, err := allocator.Stats(0)
+	require.NoError(t, err)
 	p := allocator.NVLinkAlloc(5<<20+1, 0, 0)
 	require.NotZero(t, p, allocator.LastError())
+	during, err := allocator.Stats(0)
+	require.NoError(t, err)
+	require.Equal(t, before.NVLinkAllocs+1, during.NVLinkAllocs)
+	require.GreaterOrEqual(t, during.NVLinkBytes-before.NVLinkBytes, uint64(5<<20+1), "the live bytes count the rounded-up mapping")
 	ord, err := d.Locate(p, 5<<20+1)
 	require.NoError(t, err)
 	require.Zero(t, ord)
@@ -114,6 +120,10 @@ func TestNVLinkAllocatorOnGPU(t *testing.T) {
 	allocator.ClearError()
 	allocator.NVLinkFree(p, 5<<20+1, 0, 0)
 	require.Empty(t, allocator.LastError())
+	after, err := allocator.Stats(0)
+	require.NoError(t, err)
+	require.Equal(t, before.NVLinkAllocs, after.NVLinkAllocs)
+	require.Equal(t, before.NVLinkBytes, after.NVLinkBytes)
 }
 
 // TestNoLeakOnGPU runs 10,000 alloc/free cycles of mixed sizes through each

@@ -24,6 +24,13 @@
 // not offer them, 3 it does but the driver refused one (no IMEX channel).
 static int fabric[MC_MAX_DEVICES];
 
+// live[d]: bytes and allocations mapped by mc_nvlink_malloc on device d and
+// not yet freed, so that a leak (ours, or a caller's that never frees)
+// shows in the allocator's stats rather than only in cuMemGetInfo.
+static struct {
+	unsigned long long bytes, count;
+} live[MC_MAX_DEVICES];
+
 static int vmm_present(const struct pymc_cu *cu) {
 	return cu->cuMemCreate && cu->cuMemRelease && cu->cuMemAddressReserve && cu->cuMemAddressFree &&
 	       cu->cuMemMap && cu->cuMemUnmap && cu->cuMemSetAccess && cu->cuMemGetAllocationGranularity;
@@ -124,6 +131,10 @@ void *mc_nvlink_malloc(ssize_t size, int device, CUstream stream) {
 	op = "cuMemRelease";
 	if ((r = cu->cuMemRelease(h)) != CUDA_SUCCESS) goto unmap;
 	mc_leave(cu, ctx, old);
+	if (device >= 0 && device < MC_MAX_DEVICES) {
+		__atomic_add_fetch(&live[device].bytes, n, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&live[device].count, 1, __ATOMIC_RELAXED);
+	}
 	return (void *)(uintptr_t)p;
 unmap:
 	cu->cuMemUnmap(p, n);
@@ -158,6 +169,10 @@ void mc_nvlink_free(void *ptr, ssize_t size, int device, CUstream stream) {
 	if ((r = cu->cuMemGetAddressRange(&base, &n, (CUdeviceptr)(uintptr_t)ptr)) != CUDA_SUCCESS) goto out;
 	op = "cuMemUnmap";
 	if ((r = cu->cuMemUnmap(base, n)) != CUDA_SUCCESS) goto out;
+	if (device >= 0 && device < MC_MAX_DEVICES) {
+		__atomic_sub_fetch(&live[device].bytes, n, __ATOMIC_RELAXED);
+		__atomic_sub_fetch(&live[device].count, 1, __ATOMIC_RELAXED);
+	}
 	op = "cuMemAddressFree";
 	r = cu->cuMemAddressFree(base, n);
 out:
@@ -179,6 +194,15 @@ int mc_allocator_probe(int device) {
 	if (!vmm_present(cu)) return 0;
 	if (cu->cuDeviceGetAttribute(&v, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev) != CUDA_SUCCESS) return -1;
 	return v ? 1 : 0;
+}
+
+// mc_nvlink_live reports the bytes and allocations of device that
+// mc_nvlink_malloc mapped and mc_nvlink_free has not unmapped.
+int mc_nvlink_live(int device, unsigned long long *bytes, unsigned long long *count) {
+	if (device < 0 || device >= MC_MAX_DEVICES) return CUDA_ERROR_INVALID_DEVICE;
+	*bytes = __atomic_load_n(&live[device].bytes, __ATOMIC_RELAXED);
+	*count = __atomic_load_n(&live[device].count, __ATOMIC_RELAXED);
+	return 0;
 }
 
 // mc_nvlink_fabric: 1 if device's allocations get FABRIC handles, 0 if the

@@ -94,6 +94,7 @@ func AllocatorStats(device int) (stats string, err error) {
 	}
 	b, err := json.Marshal(map[string]any{
 		"reserved": s.Reserved, "used": s.Used, "rdma_pool": s.RDMA,
+		"nvlink_bytes": s.NVLinkBytes, "nvlink_allocs": s.NVLinkAllocs,
 		"fabric": allocator.Fabric(device), "vmm": allocator.Probe(device),
 	})
 	if err != nil {

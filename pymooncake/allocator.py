@@ -228,7 +228,8 @@ class StreamAllocator(_ExtensionAllocator):
         -------
         dict
             ``reserved`` and ``used`` bytes; ``rdma_pool``: whether the pool
-            was created GPUDirect-RDMA capable; ``fabric`` and ``vmm`` as
+            was created GPUDirect-RDMA capable; ``nvlink_bytes``,
+            ``nvlink_allocs``, ``fabric`` and ``vmm`` as
             :meth:`NVLinkAllocator.stats`.
         """
         x = _extension()
@@ -246,10 +247,12 @@ class NVLinkAllocator(_ExtensionAllocator):
 
     @classmethod
     def stats(cls, device: Any) -> dict[str, Any]:
-        """Describe the device: ``fabric`` (1 allocations get FABRIC handles,
-        0 they get POSIX file descriptors, -1 not known before the first
-        allocation) and ``vmm`` (``mc_allocator_probe``: 1 the device
-        supports this allocator, 0 it does not)."""
+        """Describe the device: ``nvlink_bytes`` and ``nvlink_allocs`` (what
+        this allocator has mapped and not yet freed), ``fabric`` (1
+        allocations get FABRIC handles, 0 they get POSIX file descriptors,
+        -1 not known before the first allocation) and ``vmm``
+        (``mc_allocator_probe``: 1 the device supports this allocator, 0 it
+        does not)."""
         return StreamAllocator.stats(device)
 
 

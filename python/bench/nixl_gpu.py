@@ -30,10 +30,20 @@ def parse_size(s: str) -> int:
     return int(s[:-1]) * units[s[-1]] if s[-1] in units else int(s)
 
 
+def nixl_api() -> tuple[Any, Any]:
+    """nixl_agent and nixl_agent_config, from the ``nixl`` meta-package or
+    the CUDA-13 wheel's own module."""
+    try:
+        from nixl._api import nixl_agent, nixl_agent_config
+    except ImportError:
+        from nixl_cu13._api import nixl_agent, nixl_agent_config
+    return nixl_agent, nixl_agent_config
+
+
 def target(conn: Any, size: int) -> None:
     import torch
-    from nixl._api import nixl_agent, nixl_agent_config
 
+    nixl_agent, nixl_agent_config = nixl_api()
     agent = nixl_agent("target", nixl_agent_config(backends=["UCX"]))
     buf = torch.zeros(size, dtype=torch.uint8, device="cuda:0")
     reg = agent.register_memory(agent.get_reg_descs([buf]))
@@ -57,8 +67,8 @@ def target(conn: Any, size: int) -> None:
 
 def initiator(conn: Any, size: int, iters: int, out: Any) -> None:
     import torch
-    from nixl._api import nixl_agent, nixl_agent_config
 
+    nixl_agent, nixl_agent_config = nixl_api()
     agent = nixl_agent("initiator", nixl_agent_config(backends=["UCX"]))
     buf = torch.arange(size, dtype=torch.int64, device="cuda:0").remainder(253).to(torch.uint8)
     reg = agent.register_memory(agent.get_reg_descs([buf]))

@@ -152,7 +152,9 @@ def test_on_cuda(torch: Any, gpu_engine: TransferEngine, peer: gpulib.GPUPeer, l
     half = SIZE // 2
     x[:half].fill_(3)
     x[half:].fill_(4)
-    ticket = gpu_engine.batch_transfer_write_on_cuda(peer.segment, [x.data_ptr() + half, x.data_ptr()], [peer.gpu, peer.gpu + half], [SIZE - half, half])
+    # x[half:] (4s, SIZE - half bytes) to the peer's start, x[:half] (3s)
+    # after it: SIZE is odd, so the two halves differ by a byte.
+    ticket = gpu_engine.batch_transfer_write_on_cuda(peer.segment, [x.data_ptr() + half, x.data_ptr()], [peer.gpu, peer.gpu + SIZE - half], [SIZE - half, half])
     x.fill_(0)
     torch.cuda.synchronize()
     assert wait_done(gpu_engine, ticket) == 1
