@@ -12,6 +12,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport/barex"
+	"github.com/pymooncake/pymooncake/core/transport/hostmem"
 	"github.com/pymooncake/pymooncake/core/transport/rdma"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
@@ -41,6 +42,11 @@ type Config struct {
 	// Barex configures the barex transport (barex.ConfigFromEnv), used when
 	// Env.UseBarex is set.
 	Barex barex.Config
+	// HostMem configures the same-host transport for host memory
+	// (hostmem.ConfigFromEnv: PYMOONCAKE_SAME_HOST), preferred to TCP and
+	// RDMA for the peers it accepts. New fills its timeouts, fallback and
+	// logger.
+	HostMem hostmem.Config
 
 	// Logger receives the engine's logs; nil means console lines on stderr
 	// at Env.LogLevel (NewLogger).
@@ -69,8 +75,9 @@ type Config struct {
 // FromEnv parses every variable an engine reads, through lookup
 // (os.LookupEnv, or the Python process's environment): the engine's
 // (config.FromEnv) and each transport's (tcp.ConfigFromEnv,
-// rdma.ConfigFromEnv, barex.ConfigFromEnv), whether or not that transport
-// will run, so that any malformed variable fails initialize with its name.
+// rdma.ConfigFromEnv, barex.ConfigFromEnv, hostmem.ConfigFromEnv), whether
+// or not that transport will run, so that any malformed variable fails
+// initialize with its name.
 // All problems are reported together.
 func FromEnv(lookup config.LookupFunc) (Config, error) {
 	// One recording parser: the engine logs every variable that was set.
@@ -79,9 +86,10 @@ func FromEnv(lookup config.LookupFunc) (Config, error) {
 	tcpCfg, tcpErr := tcp.ConfigFromEnv(rec.Lookup)
 	rdmaCfg, rdmaErr := rdma.ConfigFromEnv(rec.Lookup)
 	barexCfg, barexErr := barex.ConfigFromEnv(rec.Lookup)
-	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr); err != nil {
+	hostCfg, hostErr := hostmem.ConfigFromEnv(rec.Lookup)
+	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr, hostErr); err != nil {
 		return Config{}, fmt.Errorf("environment: %w", err)
 	}
 	env.Set = rec.Set()
-	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg}, nil
+	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg, HostMem: hostCfg}, nil
 }

@@ -422,6 +422,21 @@ func (tg *target) ask(tb testing.TB, line string) string {
 	return tg.out.Text()
 }
 
+// stop stops the target and returns once the kernel shows it stopped (the
+// signal alone leaves it running on another core for a moment).
+func (tg *target) stop(tb testing.TB) {
+	tb.Helper()
+	require.NoError(tb, tg.cmd.Process.Signal(syscall.SIGSTOP))
+	require.Eventually(tb, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tg.cmd.Process.Pid))
+		if err != nil {
+			return false
+		}
+		_, rest, _ := strings.Cut(string(b), ") ")
+		return strings.HasPrefix(rest, "T") || strings.HasPrefix(rest, "t")
+	}, 5*time.Second, time.Millisecond)
+}
+
 func (tg *target) sum(tb testing.TB, off, n int) string {
 	return tg.ask(tb, fmt.Sprintf("sum %d %d", off, n))
 }

@@ -206,7 +206,7 @@ func TestStoppedPeer(t *testing.T) {
 			pe := tg.peer()
 			w := []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: tg.hello.Addr, Length: 16 << 20}}
 			requireAllOK(t, run(t, ini.t, ctxT(t, 10*time.Second), pe, w, true))
-			require.NoError(t, tg.cmd.Process.Signal(syscall.SIGSTOP))
+			tg.stop(t)
 			fill(local, 8)
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
