@@ -1,8 +1,10 @@
 package hostmem
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -131,6 +133,7 @@ type iovBuf struct {
 	local, remote []iovec
 	pinned        []tableEnt
 	ok            []bool
+	order         []int32 // the segments to copy, in copy order
 }
 
 var iovPool = sync.Pool{New: func() any { return &iovBuf{} }}
@@ -195,35 +198,49 @@ func (t *Transport) copyChunk(job *cmaJob, c *chunk, b *iovBuf) {
 			p.tbl.unpin(e.slot)
 		}
 	}()
-	b.local, b.remote = b.local[:0], b.remote[:0]
+	// Copy in the order of the remote addresses: ranges that touch there
+	// merge into one iovec, and the kernel pins each run of pages once
+	// (scattered pages of a KV cache are often neighbours). The two sides
+	// of the call are separate streams of bytes, so the local ranges follow
+	// in the same order.
+	b.order = b.order[:0]
+	sorted := true
 	var total uint64
 	for i, s := range c.segs {
 		if !ok[i] {
 			continue
 		}
-		b.local = appendIOV(b.local, s.local, s.n)
-		b.remote = appendIOV(b.remote, uintptr(s.remote), s.n)
+		if n := len(b.order); n > 0 && c.segs[b.order[n-1]].remote > s.remote {
+			sorted = false
+		}
+		b.order = append(b.order, int32(i))
 		total += s.n
 	}
 	if total == 0 {
 		return
 	}
+	if !sorted {
+		slices.SortFunc(b.order, func(x, y int32) int { return cmp.Compare(c.segs[x].remote, c.segs[y].remote) })
+	}
+	b.local, b.remote = b.local[:0], b.remote[:0]
+	for _, i := range b.order {
+		s := &c.segs[i]
+		b.local = appendIOV(b.local, s.local, s.n)
+		b.remote = appendIOV(b.remote, uintptr(s.remote), s.n)
+	}
 	n, err := cma(c.write, p.pid, b.local, b.remote)
 	if err == nil && uint64(n) == total {
-		for i, s := range c.segs {
-			if ok[i] {
-				s.task.PartDone(s.n, nil)
-			}
+		for _, i := range b.order {
+			s := &c.segs[i]
+			s.task.PartDone(s.n, nil)
 		}
 		return
 	}
 	// Part of the chunk moved: finish what did, then retry the rest one
 	// segment at a time, so that a fault fails only its own task.
 	done := uint64(max(n, 0))
-	for i, s := range c.segs {
-		if !ok[i] {
-			continue
-		}
+	for _, i := range b.order {
+		s := &c.segs[i]
 		if done >= s.n {
 			done -= s.n
 			s.task.PartDone(s.n, nil)
@@ -231,7 +248,7 @@ func (t *Transport) copyChunk(job *cmaJob, c *chunk, b *iovBuf) {
 		}
 		done = 0
 		if err := p.failure(); err != nil {
-			s.task.PartDone(0, p.segError(s, err))
+			s.task.PartDone(0, p.segError(*s, err))
 			continue
 		}
 		one, err := cma(c.write, p.pid, []iovec{{base: s.local, len: s.n}}, []iovec{{base: uintptr(s.remote), len: s.n}})
@@ -243,11 +260,11 @@ func (t *Transport) copyChunk(job *cmaJob, c *chunk, b *iovBuf) {
 			// something else, or the number is another's).
 			perr := fmt.Errorf("cross-memory attach to pid %d: %w: %w", p.pid, ErrPeer, err)
 			t.peerFailed(p, perr, errnoIs(err, errESRCH))
-			s.task.PartDone(0, p.segError(s, perr))
+			s.task.PartDone(0, p.segError(*s, perr))
 		case err != nil:
-			s.task.PartDone(0, p.segError(s, fmt.Errorf("%w: %w", ErrCopy, err)))
+			s.task.PartDone(0, p.segError(*s, fmt.Errorf("%w: %w", ErrCopy, err)))
 		default:
-			s.task.PartDone(0, p.segError(s, fmt.Errorf("%w: %d of %d bytes", ErrCopy, one, s.n)))
+			s.task.PartDone(0, p.segError(*s, fmt.Errorf("%w: %d of %d bytes", ErrCopy, one, s.n)))
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"syscall"
 	"testing"
 	"time"
 
@@ -303,4 +304,43 @@ func TestGPUMemoryGoesToTheFallback(t *testing.T) {
 	errs := run(t, lone.t, ctxT(t, 10*time.Second), tgt.peer("target"),
 		[]transport.Request{{Opcode: transport.Write, Local: addrOf(gpu2), Remote: uint64(addrOf(hostR)), Length: 4096}}, true)
 	require.ErrorIs(t, errs[0], ErrNoPath)
+}
+
+// TestFaultingRangeFailsAlone: a registered range the target made
+// inaccessible without unregistering it (an application's bug) makes the
+// kernel fault;
+// over cross-memory attach only the tasks into it fail (ErrCopy), their
+// neighbours in the same system call complete, and the peer stays healthy.
+func TestFaultingRangeFailsAlone(t *testing.T) {
+	testutil.ResourceCheck(t)
+	tgt, ini := newNode(t, Config{}), newNode(t, Config{})
+	remote := mmapBuf(t, 1<<20)
+	tgt.register(t, remote, memory.Host)
+	local := mmapBuf(t, 1<<20)
+	ini.register(t, local, memory.Host)
+	fill(local, 6)
+	// The second half becomes inaccessible, as if unmapped (an unmapped
+	// hole could be reused by the next mapping of this process).
+	require.NoError(t, syscall.Mprotect(remote[512<<10:], syscall.PROT_NONE))
+	base := uint64(addrOf(remote))
+	var reqs []transport.Request
+	for i := range 16 {
+		// Every fourth page lies in the unmapped half.
+		off := uint64(i) * 4096
+		if i%4 == 3 {
+			off += 512 << 10
+		}
+		reqs = append(reqs, transport.Request{Opcode: transport.Write, Local: addrOf(local) + uintptr(i*4096), Remote: base + off, Length: 4096})
+	}
+	errs := run(t, ini.t, ctxT(t, 10*time.Second), tgt.peer("target"), reqs, true)
+	for i, err := range errs {
+		if i%4 == 3 {
+			require.ErrorIs(t, err, ErrCopy, "task %d", i)
+			require.NotErrorIs(t, err, ErrPeer)
+			continue
+		}
+		require.NoError(t, err, "task %d", i)
+		requireSame(t, local[i*4096:(i+1)*4096], remote[i*4096:(i+1)*4096])
+	}
+	require.NoError(t, ini.t.PeerHealth("target"))
 }
