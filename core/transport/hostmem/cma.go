@@ -134,6 +134,12 @@ type iovBuf struct {
 	pinned        []tableEnt
 	ok            []bool
 	order         []int32 // the segments to copy, in copy order
+	keys          []sortKey
+}
+
+type sortKey struct {
+	remote uint64
+	i      int32
 }
 
 var iovPool = sync.Pool{New: func() any { return &iovBuf{} }}
@@ -220,7 +226,16 @@ func (t *Transport) copyChunk(job *cmaJob, c *chunk, b *iovBuf) {
 		return
 	}
 	if !sorted {
-		slices.SortFunc(b.order, func(x, y int32) int { return cmp.Compare(c.segs[x].remote, c.segs[y].remote) })
+		// Sort compact (address, index) pairs, not indices into the
+		// segments: half the time.
+		b.keys = b.keys[:0]
+		for _, i := range b.order {
+			b.keys = append(b.keys, sortKey{c.segs[i].remote, i})
+		}
+		slices.SortFunc(b.keys, func(x, y sortKey) int { return cmp.Compare(x.remote, y.remote) })
+		for k, key := range b.keys {
+			b.order[k] = key.i
+		}
 	}
 	b.local, b.remote = b.local[:0], b.remote[:0]
 	for _, i := range b.order {
