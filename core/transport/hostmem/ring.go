@@ -35,6 +35,7 @@ type ringClient struct {
 	seq     uint64              // guarded by mu
 	pending map[uint64]*ringMsg // guarded by mu: sent, not yet answered
 	queue   []*ringJob          // guarded by mu
+	failed  error               // guarded by mu: set by failAll; nothing is queued after it
 	wake    chan struct{}
 }
 
@@ -118,6 +119,13 @@ func (r *ringClient) enqueue(ctx context.Context, tasks []*transport.Task) {
 		}
 	}
 	r.mu.Lock()
+	if err := r.failed; err != nil {
+		r.mu.Unlock()
+		for _, s := range j.segs {
+			s.task.PartDone(0, r.p.segError(s, err))
+		}
+		return
+	}
 	r.queue = append(r.queue, j)
 	r.mu.Unlock()
 	select {
@@ -352,6 +360,9 @@ func (r *ringClient) oldest() time.Time {
 // failAll fails every request in flight and every queued job with err.
 func (r *ringClient) failAll(err error) {
 	r.mu.Lock()
+	if r.failed == nil {
+		r.failed = err
+	}
 	pending := r.pending
 	r.pending = map[uint64]*ringMsg{}
 	queue := r.queue
