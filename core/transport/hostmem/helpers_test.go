@@ -216,6 +216,9 @@ type initiatorReport struct {
 	Errors   []string `json:"errors"`
 	Fallback int      `json:"fallback"`
 	Same     bool     `json:"same"`
+	// Healthy: a second later (past the target's handshake deadline), the
+	// peer is still healthy and a third transfer succeeds.
+	Healthy bool `json:"healthy"`
 }
 
 // runInitiator writes 1 MiB of fill(seed 42) to the target whose
@@ -248,23 +251,26 @@ func runInitiator() int {
 	fill(b[:n], 42)
 	pe := transport.Peer{Name: d.Name, Host: "127.0.0.1", Desc: d}
 	var rep initiatorReport
-	for _, r := range []transport.Request{
-		{Opcode: transport.Write, Local: addrOf(b), Remote: d.Buffers[0].Addr, Length: n},
-		{Opcode: transport.Read, Local: addrOf(b) + n, Remote: d.Buffers[0].Addr, Length: n},
-	} {
+	do := func(r transport.Request) error {
 		g := transport.NewGroup()
 		task := &transport.Task{}
 		task.Init(r, g)
 		g.Add(1)
 		t.Submit(context.Background(), pe, []*transport.Task{task}, transport.SubmitOptions{Sync: true})
 		_ = g.Wait(context.Background())
-		if err := task.Err(); err != nil {
+		return task.Err()
+	}
+	write := transport.Request{Opcode: transport.Write, Local: addrOf(b), Remote: d.Buffers[0].Addr, Length: n}
+	for _, r := range []transport.Request{write, {Opcode: transport.Read, Local: addrOf(b) + n, Remote: d.Buffers[0].Addr, Length: n}} {
+		if err := do(r); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 		}
 	}
 	rep.Path = t.pathOf(d.Name)
-	rep.Fallback = len(fb.got())
 	rep.Same = string(b[:n]) == string(b[n:])
+	time.Sleep(time.Second)
+	rep.Healthy = t.PeerHealth(d.Name) == nil && do(write) == nil && t.pathOf(d.Name) == rep.Path
+	rep.Fallback = len(fb.got())
 	out, _ := json.Marshal(rep)
 	fmt.Println(string(out))
 	return 0
@@ -291,7 +297,12 @@ func runTarget() int {
 		}
 	}
 	mem := memory.New()
-	t, err := New(Config{}, mem)
+	var cfg Config
+	if ms, _ := strconv.Atoi(os.Getenv("PYMOONCAKE_HOSTMEM_TEST_DIAL_MS")); ms > 0 {
+		// A short handshake deadline, for the tests that outlast it.
+		cfg.DialTimeout = time.Duration(ms) * time.Millisecond
+	}
+	t, err := New(cfg, mem)
 	if err != nil {
 		fmt.Println("ERR", err)
 		return 1

@@ -147,8 +147,10 @@ func (p *peer) setup() {
 		p.setupErr = err
 	} else {
 		p.path, p.why, p.conn, p.pid, p.pidfd, p.tbl, p.ring = res.path, res.why, res.conn, res.pid, res.pidfd, res.tbl, res.ring
-		p.wg.Add(1)
-		go p.read()
+		if p.conn != nil {
+			p.wg.Add(1)
+			go p.read()
+		}
 		if p.ring != nil {
 			p.wg.Add(1)
 			go p.ring.send()
@@ -300,22 +302,39 @@ func (p *peer) connect(ctx context.Context) (_ *setupResult, err error) {
 	}
 	if flags&flagRing == 0 {
 		why = append(why, "the shared-memory ring is off (PYMOONCAKE_SAME_HOST=cma)")
-		r.path, r.why = pathNone, strings.Join(why, "; ")
-		return r, nil
+		return r.none(why), nil
 	}
 	ring, err := newRingClient(p, t.cfg.RingBytes, t.cfg.RingSlots)
-	if err != nil {
-		why = append(why, "no shared-memory ring: "+err.Error())
-		r.path, r.why = pathNone, strings.Join(why, "; ")
-		return r, nil
+	if err == nil {
+		r.ring = ring
+		err = p.use(r, use{path: pathRing, slots: uint32(t.cfg.RingSlots), ringBytes: t.cfg.RingBytes}, rightsOOB(ring.fd))
+		if err == nil {
+			ring.closeFD()
+			r.path, r.why = pathRing, strings.Join(why, "; ")
+			return r, nil
+		}
+		if !errors.Is(err, errRefused) {
+			return nil, err
+		}
+		ring.unmap()
+		r.ring = nil
 	}
-	r.ring = ring
-	if err := p.use(r, use{path: pathRing, slots: uint32(t.cfg.RingSlots), ringBytes: t.cfg.RingBytes}, rightsOOB(ring.fd)); err != nil {
-		return nil, err
-	}
-	ring.closeFD()
-	r.path, r.why = pathRing, strings.Join(why, "; ")
-	return r, nil
+	why = append(why, "no shared-memory ring: "+err.Error())
+	return r.none(why), nil
+}
+
+// errRefused is a setup step the peer refused (it could not map the ring):
+// the peer is well, the path is not available.
+var errRefused = errors.New("refused by the peer")
+
+// none makes r the result of a peer no same-host path serves: the
+// connection is closed (the peer's session ends with it), its tasks go to
+// the fallback.
+func (r *setupResult) none(why []string) *setupResult {
+	r.conn.Close()
+	r.conn = nil
+	r.path, r.why = pathNone, strings.Join(why, "; ")
+	return r
 }
 
 // use sends the path chosen and waits for the peer's ready.
@@ -333,7 +352,7 @@ func (p *peer) use(r *setupResult, u use, oob []byte) error {
 		return err
 	}
 	if st != statusOK {
-		return fmt.Errorf("the peer refused the %s path (status %d)", pathName(int(u.path)), st)
+		return fmt.Errorf("the %s path (status %d): %w", pathName(int(u.path)), st, errRefused)
 	}
 	return r.conn.SetDeadline(time.Time{})
 }
