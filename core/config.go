@@ -13,6 +13,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/topology"
 	"github.com/pymooncake/pymooncake/core/transport/barex"
 	"github.com/pymooncake/pymooncake/core/transport/cudaipc"
+	"github.com/pymooncake/pymooncake/core/transport/hostmem"
 	"github.com/pymooncake/pymooncake/core/transport/inproc"
 	"github.com/pymooncake/pymooncake/core/transport/rdma"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs"
@@ -43,11 +44,15 @@ type Config struct {
 	// Barex configures the barex transport (barex.ConfigFromEnv), used when
 	// Env.UseBarex is set.
 	Barex barex.Config
-	// InProc and CUDAIPC configure the same-host transports
-	// (inproc.ConfigFromEnv, cudaipc.ConfigFromEnv): the engine's own
-	// segment, and GPU memory of other processes of the host.
+	// InProc, CUDAIPC and HostMem configure the same-host transports
+	// (inproc.ConfigFromEnv, cudaipc.ConfigFromEnv, hostmem.ConfigFromEnv:
+	// PYMOONCAKE_SAME_HOST, PYMOONCAKE_CUDA_IPC): the engine's own segment,
+	// GPU memory of other processes of the host, and their host memory,
+	// preferred to TCP and RDMA for the peers they accept. New fills
+	// HostMem's timeouts, fallback and logger.
 	InProc  inproc.Config
 	CUDAIPC cudaipc.Config
+	HostMem hostmem.Config
 
 	// Logger receives the engine's logs; nil means console lines on stderr
 	// at Env.LogLevel (NewLogger).
@@ -77,8 +82,9 @@ type Config struct {
 // (os.LookupEnv, or the Python process's environment): the engine's
 // (config.FromEnv) and each transport's (tcp.ConfigFromEnv,
 // rdma.ConfigFromEnv, barex.ConfigFromEnv, inproc.ConfigFromEnv,
-// cudaipc.ConfigFromEnv), whether or not that transport
-// will run, so that any malformed variable fails initialize with its name.
+// cudaipc.ConfigFromEnv, hostmem.ConfigFromEnv), whether or not that
+// transport will run, so that any malformed variable fails initialize with
+// its name.
 // All problems are reported together.
 func FromEnv(lookup config.LookupFunc) (Config, error) {
 	// One recording parser: the engine logs every variable that was set.
@@ -89,9 +95,10 @@ func FromEnv(lookup config.LookupFunc) (Config, error) {
 	barexCfg, barexErr := barex.ConfigFromEnv(rec.Lookup)
 	inprocCfg, inprocErr := inproc.ConfigFromEnv(rec.Lookup)
 	ipcCfg, ipcErr := cudaipc.ConfigFromEnv(rec.Lookup)
-	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr, inprocErr, ipcErr); err != nil {
+	hostCfg, hostErr := hostmem.ConfigFromEnv(rec.Lookup)
+	if err := errors.Join(envErr, tcpErr, rdmaErr, barexErr, inprocErr, ipcErr, hostErr); err != nil {
 		return Config{}, fmt.Errorf("environment: %w", err)
 	}
 	env.Set = rec.Set()
-	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg, InProc: inprocCfg, CUDAIPC: ipcCfg}, nil
+	return Config{Env: env, TCP: tcpCfg, RDMA: rdmaCfg, Barex: barexCfg, InProc: inprocCfg, CUDAIPC: ipcCfg, HostMem: hostCfg}, nil
 }

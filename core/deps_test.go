@@ -98,10 +98,11 @@ func TestLayerBoundaries(t *testing.T) {
 				require.Empty(t, concreteTransport(d), "%s imports %s", p.ImportPath, d)
 			}
 		}
-		// The codecs, the TCP transport and the engine's logic run everywhere
-		// and must not need a C toolchain.
+		// The codecs, the TCP and same-host transports and the engine's
+		// logic run everywhere and must not need a C toolchain.
 		for _, pure := range []string{"/core/metadata", "/core/handshake", "/core/transport/tcp", "/core/config",
-			"/core/engine", "/core/segment", "/core/batch", "/core/memory", "/core/managed"} {
+			"/core/engine", "/core/segment", "/core/batch", "/core/memory", "/core/managed",
+			"/core/transport/hostmem", "/core/transport/internal/hostid"} {
 			if strings.HasPrefix(p.ImportPath, module+pure) {
 				require.Empty(t, p.CgoFiles, "%s uses cgo", p.ImportPath)
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/topology/nvmlgpu"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/barex"
+	"github.com/pymooncake/pymooncake/core/transport/hostmem"
 	"github.com/pymooncake/pymooncake/core/transport/rdma"
 	"github.com/pymooncake/pymooncake/core/transport/rdma/verbs/ibv"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
@@ -142,7 +143,8 @@ func (b *builder) transports(ctx context.Context, s engine.Services) ([]transpor
 // barex alone with USE_BAREX; else RDMA when an HCA is present (or
 // MC_FORCE_HCA) and MC_FORCE_TCP is unset; else TCP. An RDMA library or
 // device that is simply absent falls back to TCP; any other RDMA failure,
-// or an absence under MC_FORCE_HCA, fails init.
+// or an absence under MC_FORCE_HCA, fails init. Before RDMA or TCP comes
+// the same-host transport for host memory (see withSameHost).
 func (b *builder) dataTransports(ctx context.Context, s engine.Services) ([]transport.Transport, error) {
 	env := b.cfg.Env
 	if env.UseBarex {
@@ -165,7 +167,7 @@ func (b *builder) dataTransports(ctx context.Context, s engine.Services) ([]tran
 	if rdma.Wanted(env.ForceTCP, env.ForceHCA, topo) {
 		t, err := b.rdma(ctx, s)
 		if err == nil {
-			return []transport.Transport{t}, nil
+			return b.withSameHost(s, t)
 		}
 		if !rdma.FallBackToTCP(err, env.ForceHCA) {
 			return nil, fmt.Errorf("rdma transport: %w", err)
@@ -176,7 +178,36 @@ func (b *builder) dataTransports(ctx context.Context, s engine.Services) ([]tran
 	if err != nil {
 		return nil, err
 	}
-	return []transport.Transport{t}, nil
+	return b.withSameHost(s, t)
+}
+
+// withSameHost puts the same-host transport for host memory before base,
+// which it hands what it does not serve (GPU memory, peers it cannot
+// reach), unless PYMOONCAKE_SAME_HOST=0. The engine then prefers it for
+// the peers it accepts: pymooncake peers on this host, in this network
+// namespace. A transport that cannot start is logged and left out, unless
+// PYMOONCAKE_SAME_HOST asked for it.
+func (b *builder) withSameHost(s engine.Services, base transport.Transport) ([]transport.Transport, error) {
+	cfg := b.cfg.HostMem
+	if cfg.Mode == hostmem.Off {
+		return []transport.Transport{base}, nil
+	}
+	env := b.cfg.Env
+	cfg.Fallback, cfg.Logger = base, b.log
+	cfg.DialTimeout, cfg.UnregisterTimeout = env.HandshakeConnectTimeout, env.TransferTimeout
+	h, err := hostmem.New(cfg, s.Memory)
+	switch {
+	case err == nil:
+		return []transport.Transport{h, base}, nil
+	case cfg.Required:
+		base.Close()
+		return nil, fmt.Errorf("same-host transport (PYMOONCAKE_SAME_HOST is set): %w", err)
+	case errors.Is(err, hostmem.ErrUnavailable):
+		b.log.Info("same-host transport unavailable; peers on this host use "+base.Name(), zap.Error(err))
+	default:
+		b.log.Warn("same-host transport failed to start; peers on this host use "+base.Name(), zap.Error(err))
+	}
+	return []transport.Transport{base}, nil
 }
 
 func (b *builder) tcp(s engine.Services) (transport.Transport, error) {

@@ -357,6 +357,22 @@ func (p *Parser) Bool(dst *bool, key string) {
 	*dst = b
 }
 
+// SameHost is PYMOONCAKE_SAME_HOST, which every same-host transport reads.
+const SameHost = "PYMOONCAKE_SAME_HOST"
+
+// SameHostOff reports whether PYMOONCAKE_SAME_HOST turns the same-host
+// transports off (a false spelling: 0, false, no, off). Its other values
+// choose the host-memory transport's paths, which that transport's parser
+// validates; to the others they all mean on.
+func (p *Parser) SameHostOff() bool {
+	v, ok := p.Lookup(SameHost)
+	if !ok {
+		return false
+	}
+	b, err := parseBool(v)
+	return err == nil && !b
+}
+
 // Presence is for the variables Mooncake treats as on whenever they are
 // set (MC_FORCE_TCP=1 and MC_FORCE_TCP=yes alike). An explicit false
 // spelling turns the switch off rather than on, which is what users mean.

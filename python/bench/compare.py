@@ -305,9 +305,9 @@ def mooncake_python() -> str:
     return os.path.join(venv, "bin", "python")
 
 
-def worker_env(impl: str, source: str) -> dict[str, str]:
+def worker_env(impl: str, source: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """No inherited MC_* settings and no PYTHONPATH, then what each engine
-    needs; pymooncake is imported from the checkout at source."""
+    needs, then extra; pymooncake is imported from the checkout at source."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MC_")}
     env.pop("PYTHONPATH", None)
     env.pop("PYMOONCAKE_AS_MOONCAKE", None)
@@ -316,19 +316,30 @@ def worker_env(impl: str, source: str) -> dict[str, str]:
         env.update(MOONCAKE_ENV)
     else:
         env["PYTHONPATH"] = source
+    env.update(extra or {})
     return env
 
 
 class Worker:
     """One _compare_worker.py process. close() always reaps it."""
 
-    def __init__(self, impl: str, role: str, python: str, buffer: int, timeout: float, source: str = REPO, regions: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        impl: str,
+        role: str,
+        python: str,
+        buffer: int,
+        timeout: float,
+        source: str = REPO,
+        regions: tuple[int, int] = (0, 0),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.impl, self.role = impl, role
         self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         cmd = [python, WORKER, "--impl", impl, "--role", role, "--buffer", str(buffer), "--regions", str(regions[0]), "--region-size", str(regions[1])]
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=worker_env(impl, source), text=True, bufsize=1
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=worker_env(impl, source, env), text=True, bufsize=1
             )
         except OSError as e:
             raise WorkerError(f"{impl} {role}: cannot start {python}: {e}") from None
@@ -405,17 +416,26 @@ class Worker:
 class Pair:
     """The target and initiator processes of one engine."""
 
-    def __init__(self, impl: str, python: str, buffer: int, timeout: float, source: str = REPO, regions: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        impl: str,
+        python: str,
+        buffer: int,
+        timeout: float,
+        source: str = REPO,
+        regions: tuple[int, int] = (0, 0),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.impl, self.python, self.buffer_size, self.timeout, self.source = impl, python, buffer, timeout, source
-        self.regions = regions
+        self.regions, self.env = regions, env
         self.target: Worker | None = None
         self.initiator: Worker | None = None
         self.start()
 
     def start(self) -> None:
         self.close()
-        self.target = Worker(self.impl, "target", self.python, self.buffer_size, self.timeout, self.source, self.regions)
-        self.initiator = Worker(self.impl, "initiator", self.python, self.buffer_size, self.timeout, self.source, self.regions)
+        self.target = Worker(self.impl, "target", self.python, self.buffer_size, self.timeout, self.source, self.regions, self.env)
+        self.initiator = Worker(self.impl, "initiator", self.python, self.buffer_size, self.timeout, self.source, self.regions, self.env)
 
     def close(self) -> None:
         for w in (self.initiator, self.target):

@@ -43,6 +43,25 @@ def free_port() -> int:
         return port
 
 
+def stop_process(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP pid and return once the kernel shows it stopped: the signal
+    alone leaves it running on another core for a moment, long enough to
+    serve a request sent right after."""
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} not stopped after {timeout} s (state {state})")
+        time.sleep(0.001)
+
+
 def new_engine() -> TransferEngine:
     e = TransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from pmtest import Mem, Peer
+from pmtest import Mem, Peer, stop_process
 
 from pymooncake import _loader
 from pymooncake.engine import TransferEngine
@@ -209,11 +209,16 @@ def test_sigkill_mid_large_batch(mode: str) -> None:
 
 
 @pytest.mark.usefixtures("short_timeout")
-def test_sigstop_times_out_then_sigcont_recovers() -> None:
+@pytest.mark.parametrize("same_host", ["0", "shm"])
+def test_sigstop_times_out_then_sigcont_recovers(same_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stopped target (a partition): a sync batch caught mid-body and an
     async batch waited for with get_batch_transfer_status both fail after
-    MC_TRANSFER_TIMEOUT (the TCP transport's own timeout, 30 s, does not
-    delay them); after SIGCONT every call succeeds again."""
+    MC_TRANSFER_TIMEOUT (the transport's own timeout, 30 s, does not delay
+    them); after SIGCONT every call succeeds again. Over TCP
+    (PYMOONCAKE_SAME_HOST=0) and over the same-host ring (shm), which need
+    the target's threads; cross-memory attach does not, and writes to a
+    stopped target land (test_samehost.py)."""
+    monkeypatch.setenv("PYMOONCAKE_SAME_HOST", same_host)
     size = 16 * MiB
     e = initiator()
     m = Mem(4 * size)
@@ -227,7 +232,7 @@ def test_sigstop_times_out_then_sigcont_recovers() -> None:
         assert e.register_memory(m.addr, m.size) == 0
         base = settled()
         assert e.transfer_sync_write(peer.segment, m.addr, peer.addr, 4096) == 0
-        os.kill(peer.pid, signal.SIGSTOP)
+        stop_process(peer.pid)
         try:
             sync_rc: list[int] = []
             sync_time: list[float] = []

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 import pytest
-from pmtest import Mem, Peer, spawn_child_push
+from pmtest import Mem, Peer, spawn_child_push, stop_process
 
 from pymooncake.engine import TransferEngine, TransferNotify
 
@@ -172,11 +172,14 @@ def test_fork_before_first_use_is_harmless() -> None:
     assert r.stdout.strip() == "0"
 
 
-def test_stalled_peer_hits_the_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("same_host", ["0", "shm"])
+def test_stalled_peer_hits_the_deadlines(same_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """MC_TRANSFER_TIMEOUT=5: a sync call to a stopped peer returns -1 after
     about 5 s; an async batch reports -2 (timeout) once past 5 s, then
-    completes when the peer resumes."""
+    completes when the peer resumes. Over TCP and over the same-host ring;
+    cross-memory attach writes to a stopped peer (test_samehost.py)."""
     monkeypatch.setenv("MC_TRANSFER_TIMEOUT", "5")
+    monkeypatch.setenv("PYMOONCAKE_SAME_HOST", same_host)
     peer = Peer()
     e = TransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
@@ -184,7 +187,7 @@ def test_stalled_peer_hits_the_deadlines(monkeypatch: pytest.MonkeyPatch) -> Non
     try:
         assert e.register_memory(m.addr, m.size) == 0
         assert e.transfer_sync_write(peer.segment, m.addr, peer.addr, 64) == 0  # connected
-        os.kill(peer.pid, signal.SIGSTOP)
+        stop_process(peer.pid)
         try:
             bid = e.transfer_submit_write(peer.segment, m.addr, peer.addr, 64)
             assert bid > 0

@@ -42,15 +42,15 @@ type Config struct {
 // on their host, in their namespaces (samehost.Identity).
 type Identity = samehost.Identity
 
-// ConfigFromEnv parses PYMOONCAKE_CUDA_IPC and PYMOONCAKE_SAME_HOST
-// (booleans, default on) through lookup; a malformed value is an error
-// naming the variable.
+// ConfigFromEnv parses PYMOONCAKE_CUDA_IPC (a boolean, default on; a
+// malformed value is an error naming it) and reads PYMOONCAKE_SAME_HOST,
+// whose false spelling (0) also turns the transport off (its other values
+// are the host-memory transport's to validate).
 func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 	p := config.NewParser(lookup)
-	on, sameHost := true, true
+	on := true
 	p.Bool(&on, "PYMOONCAKE_CUDA_IPC")
-	p.Bool(&sameHost, "PYMOONCAKE_SAME_HOST")
-	return Config{Off: !on || !sameHost}, p.Err()
+	return Config{Off: !on || p.SameHostOff()}, p.Err()
 }
 
 // Deps is what the transport runs on; the composition root fills it from

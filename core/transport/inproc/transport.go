@@ -51,13 +51,12 @@ type Config struct {
 	Logger *zap.Logger
 }
 
-// ConfigFromEnv parses PYMOONCAKE_SAME_HOST (a boolean, default on)
-// through lookup; a malformed value is an error naming the variable.
+// ConfigFromEnv reads PYMOONCAKE_SAME_HOST through lookup: a false
+// spelling (0) turns the transport off; its other values choose the
+// host-memory transport's paths, whose parser validates them.
 func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 	p := config.NewParser(lookup)
-	on := true
-	p.Bool(&on, "PYMOONCAKE_SAME_HOST")
-	return Config{Off: !on}, p.Err()
+	return Config{Off: p.SameHostOff()}, p.Err()
 }
 
 // Transport copies between the registered memory of its own engine. It

@@ -170,7 +170,7 @@ func benchScattered(b *testing.B, op transport.Opcode, block, entries int, sg bo
 	}
 	r := rand.New(rand.NewPCG(5, 6))
 	reqs := make([]transport.Request, entries)
-	ls, rs := r.Perm(2 * entries), r.Perm(2 * entries)
+	ls, rs := r.Perm(2*entries), r.Perm(2*entries)
 	for i := range reqs {
 		reqs[i] = transport.Request{Opcode: op, Local: uintptr(addrOf(local)) + uintptr(ls[i]*block),
 			Remote: addrOf(remote) + uint64(rs[i]*block), Length: uint64(block)}

@@ -28,7 +28,7 @@ IMPLS = ["mooncake", pytest.param("pymooncake", marks=pytest.mark.needs_pymoonca
 
 # Top-level descriptor keys pymooncake adds on purpose (Mooncake's decoder
 # ignores unknown keys): the engine's incarnation id, for restart detection.
-EXTENSIONS = {"pymooncake_instance", "pymooncake_tcp_sg"}
+EXTENSIONS = {"pymooncake_instance", "pymooncake_tcp_sg", "pymooncake_host", "pymooncake_hostmem"}
 
 
 def mooncake_keys(desc: dict[str, Any]) -> list[str]:

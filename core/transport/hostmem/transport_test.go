@@ -1,0 +1,348 @@
+//go:build linux
+
+package hostmem
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/memory"
+	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/transport"
+	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
+)
+
+// pathOf is the path serving the peer called name ("" before its setup).
+func (t *Transport) pathOf(name string) string {
+	for _, p := range (*t.peers.Load())[name] {
+		select {
+		case <-p.ready:
+			if p.setupErr != nil {
+				return "error: " + p.setupErr.Error()
+			}
+			return pathName(p.path)
+		default:
+		}
+	}
+	return ""
+}
+
+func TestConfig(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"defaults", Config{}, true},
+		{"ring only", Config{Mode: RingOnly}, true},
+		{"off is not a mode to run", Config{Mode: Off}, false},
+		{"too many workers", Config{Workers: 65}, false},
+		{"tiny chunk", Config{Chunk: 100}, false},
+		{"ring not in whole slots", Config{RingBytes: 1 << 20, RingSlots: 3}, false},
+		{"ring slots too small", Config{RingBytes: 1 << 20, RingSlots: 64}, false},
+		{"ring too large", Config{RingBytes: 2 << 30, RingSlots: 8}, false},
+		{"ring of 1 slot", Config{RingBytes: 1 << 20, RingSlots: 1}, true},
+		{"regions", Config{Regions: MaxRegions + 1}, false},
+		{"negative timeout", Config{IOTimeout: -1}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := c.cfg.withDefaults()
+			if !c.ok {
+				require.ErrorIs(t, err, ErrInvalidConfig)
+				return
+			}
+			require.NoError(t, err)
+			require.NotZero(t, got.Workers)
+			require.NotZero(t, got.IOTimeout)
+		})
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	for _, c := range []struct {
+		value    string
+		set      bool
+		mode     Mode
+		required bool
+		bad      bool
+	}{
+		{set: false, mode: Auto},
+		{value: "1", set: true, mode: Auto, required: true},
+		{value: "auto", set: true, mode: Auto, required: true},
+		{value: "cma", set: true, mode: CMAOnly, required: true},
+		{value: "shm", set: true, mode: RingOnly, required: true},
+		{value: " SHM ", set: true, mode: RingOnly, required: true},
+		{value: "0", set: true, mode: Off},
+		{value: "off", set: true, mode: Off},
+		{value: "tcp", set: true, bad: true},
+		{value: "", set: true, bad: true},
+	} {
+		t.Run(fmt.Sprintf("%q/%v", c.value, c.set), func(t *testing.T) {
+			cfg, err := ConfigFromEnv(func(k string) (string, bool) {
+				require.Equal(t, "PYMOONCAKE_SAME_HOST", k)
+				return c.value, c.set
+			})
+			if c.bad {
+				require.Error(t, err)
+				require.Contains(t, err.Error(), "PYMOONCAKE_SAME_HOST")
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, c.mode, cfg.Mode)
+			require.Equal(t, c.required, cfg.Required)
+		})
+	}
+}
+
+func TestAccept(t *testing.T) {
+	testutil.ResourceCheck(t)
+	fb := &fakeFallback{}
+	n := newNode(t, Config{Fallback: fb})
+	good := n.desc("peer")
+	edit := func(f func(d *metadata.SegmentDesc)) *metadata.SegmentDesc {
+		d := good.Clone()
+		f(d)
+		return d
+	}
+	setID := func(f func(*hostid.Identity)) func(d *metadata.SegmentDesc) {
+		return func(d *metadata.SegmentDesc) {
+			id, err := hostid.Parse(d)
+			require.NoError(t, err)
+			f(&id)
+			hostid.Publish(d, id)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		desc *metadata.SegmentDesc
+		want error
+	}{
+		{"same host", good, nil},
+		{"another process, pid namespace and user", edit(setID(func(id *hostid.Identity) { id.PID, id.PIDNS, id.UID = 1, 2, 3 })), nil},
+		{"a Mooncake peer: no keys", edit(func(d *metadata.SegmentDesc) { d.Extra = nil }), hostid.ErrNoIdentity},
+		{"another host", edit(setID(func(id *hostid.Identity) { id.BootID = "another" })), hostid.ErrElsewhere},
+		{"another network namespace", edit(setID(func(id *hostid.Identity) { id.NetNS++ })), hostid.ErrElsewhere},
+		{"malformed identity", edit(func(d *metadata.SegmentDesc) { d.Extra[hostid.Key] = json.RawMessage(`{"boot_id":1}`) }), hostid.ErrMalformed},
+		{"no endpoint", edit(func(d *metadata.SegmentDesc) { delete(d.Extra, EndpointKey) }), errAny},
+		{"another version", edit(func(d *metadata.SegmentDesc) {
+			d.Extra[EndpointKey] = json.RawMessage(`{"version":2,"socket":"@pymooncake-hostmem-1-0"}`)
+		}), errAny},
+		{"a socket not ours", edit(func(d *metadata.SegmentDesc) {
+			d.Extra[EndpointKey] = json.RawMessage(`{"version":1,"socket":"/run/docker.sock"}`)
+		}), errAny},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := n.t.Accept(c.desc)
+			switch c.want {
+			case nil:
+				require.NoError(t, err)
+			case errAny:
+				require.Error(t, err)
+			default:
+				require.ErrorIs(t, err, c.want)
+			}
+		})
+	}
+	fb.refuse = errors.New("the peer runs rdma")
+	require.ErrorIs(t, n.t.Accept(good), fb.refuse, "a peer the fallback cannot serve is refused")
+}
+
+var errAny = errors.New("any error")
+
+// TestInProcess moves data between two transports of this process (cross-
+// memory attach to ourselves, or the ring), in every shape: sizes across
+// the chunk and slot sizes, reads and writes, sync and async, scattered
+// batches, zero-length tasks.
+func TestInProcess(t *testing.T) {
+	for _, mode := range []Mode{Auto, RingOnly} {
+		t.Run(mode.String(), func(t *testing.T) {
+			testutil.ResourceCheck(t)
+			const size = 8 << 20
+			cfg := Config{Mode: mode, Chunk: 256 << 10, RingBytes: 1 << 20, RingSlots: 4}
+			tgt, ini := newNode(t, Config{}), newNode(t, cfg)
+			remote, local := mmapBuf(t, size), mmapBuf(t, size)
+			tgt.register(t, remote, memory.Host)
+			ini.register(t, local, memory.Host)
+			pe := tgt.peer("target")
+			want := map[Mode]string{Auto: "cma", RingOnly: "shm"}[mode]
+			for _, n := range []int{1, 100, 4096, 256<<10 - 1, 256 << 10, 256<<10 + 1, 3 << 20, size} {
+				for _, op := range []transport.Opcode{transport.Write, transport.Read} {
+					for _, sync := range []bool{true, false} {
+						src, dst := local, remote
+						if op == transport.Read {
+							src, dst = remote, local
+						}
+						fill(src[:n], uint64(n)*3+uint64(op))
+						clear(dst[:n+min(1, size-n)])
+						requireAllOK(t, run(t, ini.t, ctxT(t, 30*time.Second), pe,
+							[]transport.Request{{Opcode: op, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: uint64(n)}}, sync))
+						requireSame(t, src[:n], dst[:n], op, n, sync)
+						if n < size {
+							require.Zero(t, dst[n], "wrote past the end")
+						}
+					}
+				}
+			}
+			require.Equal(t, want, ini.t.pathOf("target"))
+
+			// A scattered batch: 2 KiB pages to random remote slots, and
+			// zero-length tasks among them.
+			r := rand.New(rand.NewPCG(1, 2))
+			const page = 2048
+			slots := r.Perm(size / page)[:1500]
+			fill(local, 99)
+			clear(remote)
+			var reqs []transport.Request
+			for i, s := range slots {
+				reqs = append(reqs, transport.Request{Opcode: transport.Write, Local: addrOf(local) + uintptr(i*page),
+					Remote: uint64(addrOf(remote)) + uint64(s*page), Length: page})
+				if i%100 == 0 {
+					reqs = append(reqs, transport.Request{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 0})
+				}
+			}
+			for _, sync := range []bool{true, false} {
+				requireAllOK(t, run(t, ini.t, ctxT(t, 30*time.Second), pe, reqs, sync))
+				for i, s := range slots {
+					requireSame(t, local[i*page:(i+1)*page], remote[s*page:(s+1)*page], "page", i)
+				}
+			}
+			// Read them back into another spot.
+			var back []transport.Request
+			for i, s := range slots {
+				back = append(back, transport.Request{Opcode: transport.Read, Local: addrOf(local) + uintptr(size/2+i*page),
+					Remote: uint64(addrOf(remote)) + uint64(s*page), Length: page})
+			}
+			requireAllOK(t, run(t, ini.t, ctxT(t, 30*time.Second), pe, back, false))
+			requireSame(t, local[:len(slots)*page], local[size/2:size/2+len(slots)*page])
+		})
+	}
+}
+
+// TestRejections: a remote range outside the target's registrations fails
+// its own task with ErrRejected, on both paths, and its neighbours in the
+// batch complete.
+func TestRejections(t *testing.T) {
+	for _, mode := range []Mode{Auto, RingOnly} {
+		t.Run(mode.String(), func(t *testing.T) {
+			testutil.ResourceCheck(t)
+			tgt, ini := newNode(t, Config{}), newNode(t, Config{Mode: mode})
+			whole := mmapBuf(t, 3<<20)
+			a, b := whole[:1<<20], whole[1<<20:2<<20] // two regions side by side
+			tgt.register(t, a, memory.Host)
+			tgt.register(t, b, memory.Host)
+			local := mmapBuf(t, 1<<20)
+			ini.register(t, local, memory.Host)
+			fill(local, 5)
+			base := uint64(addrOf(whole))
+			for _, c := range []struct {
+				name           string
+				remote, length uint64
+			}{
+				{"before the regions", base - 4096, 4096},
+				{"across both regions", base + 1<<20 - 8, 16},
+				{"past the end", base + 2<<20 - 8, 16},
+				{"unregistered memory", base + 2<<20 + 4096, 4096},
+				{"wrapping", ^uint64(0) - 8, 16},
+			} {
+				for _, op := range []transport.Opcode{transport.Write, transport.Read} {
+					t.Run(c.name+"/"+op.String(), func(t *testing.T) {
+						good := transport.Request{Opcode: op, Local: addrOf(local), Remote: base + 4096, Length: 4096}
+						errs := run(t, ini.t, ctxT(t, 10*time.Second), tgt.peer("target"),
+							[]transport.Request{good, {Opcode: op, Local: addrOf(local), Remote: c.remote, Length: c.length}, good}, true)
+						require.NoError(t, errs[0])
+						require.ErrorIs(t, errs[1], ErrRejected)
+						require.NotErrorIs(t, errs[1], ErrPeer)
+						var pe *PeerError
+						require.ErrorAs(t, errs[1], &pe)
+						require.Equal(t, "target", pe.Peer)
+						require.NoError(t, errs[2])
+					})
+				}
+			}
+			require.Zero(t, whole[2<<20+4096], "nothing landed outside the regions")
+			require.NoError(t, ini.t.PeerHealth("target"), "a rejection is not the peer's failure")
+		})
+	}
+}
+
+// TestGPUMemoryGoesToTheFallback: a task whose local or remote range is GPU
+// memory is handed to the fallback, whole; host tasks of the same batch are
+// not.
+func TestGPUMemoryGoesToTheFallback(t *testing.T) {
+	testutil.ResourceCheck(t)
+	fb := &fakeFallback{}
+	tgt, ini := newNode(t, Config{}), newNode(t, Config{Fallback: fb})
+	hostR, gpuR := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	tgt.register(t, hostR, memory.Host)
+	tgt.register(t, gpuR, 0) // stands for cuda:0 memory
+	hostL, gpuL := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	ini.register(t, hostL, memory.Host)
+	ini.register(t, gpuL, 1)
+	fill(hostL, 1)
+	reqs := []transport.Request{
+		{Opcode: transport.Write, Local: addrOf(hostL), Remote: uint64(addrOf(hostR)), Length: 4096},
+		{Opcode: transport.Write, Local: addrOf(gpuL), Remote: uint64(addrOf(hostR)) + 4096, Length: 4096},
+		{Opcode: transport.Read, Local: addrOf(hostL), Remote: uint64(addrOf(gpuR)), Length: 4096},
+		{Opcode: transport.Write, Local: addrOf(hostL) + 8192, Remote: uint64(addrOf(hostR)) + 8192, Length: 4096},
+	}
+	requireAllOK(t, run(t, ini.t, ctxT(t, 10*time.Second), tgt.peer("target"), reqs, true))
+	require.Equal(t, []transport.Request{reqs[1], reqs[2]}, fb.got())
+	requireSame(t, hostL[:4096], hostR[:4096])
+	requireSame(t, hostL[8192:12288], hostR[8192:12288])
+	require.Zero(t, hostR[4096], "the GPU task did not go through cross-memory attach")
+
+	// Without a fallback they fail with ErrNoPath.
+	lone := newNode(t, Config{})
+	gpu2 := mmapBuf(t, 1<<20)
+	lone.register(t, gpu2, 0)
+	errs := run(t, lone.t, ctxT(t, 10*time.Second), tgt.peer("target"),
+		[]transport.Request{{Opcode: transport.Write, Local: addrOf(gpu2), Remote: uint64(addrOf(hostR)), Length: 4096}}, true)
+	require.ErrorIs(t, errs[0], ErrNoPath)
+}
+
+// TestFaultingRangeFailsAlone: a registered range the target made
+// inaccessible without unregistering it (an application's bug) makes the
+// kernel fault;
+// over cross-memory attach only the tasks into it fail (ErrCopy), their
+// neighbours in the same system call complete, and the peer stays healthy.
+func TestFaultingRangeFailsAlone(t *testing.T) {
+	testutil.ResourceCheck(t)
+	tgt, ini := newNode(t, Config{}), newNode(t, Config{})
+	remote := mmapBuf(t, 1<<20)
+	tgt.register(t, remote, memory.Host)
+	local := mmapBuf(t, 1<<20)
+	ini.register(t, local, memory.Host)
+	fill(local, 6)
+	// The second half becomes inaccessible, as if unmapped (an unmapped
+	// hole could be reused by the next mapping of this process).
+	require.NoError(t, syscall.Mprotect(remote[512<<10:], syscall.PROT_NONE))
+	base := uint64(addrOf(remote))
+	var reqs []transport.Request
+	for i := range 16 {
+		// Every fourth page lies in the unmapped half.
+		off := uint64(i) * 4096
+		if i%4 == 3 {
+			off += 512 << 10
+		}
+		reqs = append(reqs, transport.Request{Opcode: transport.Write, Local: addrOf(local) + uintptr(i*4096), Remote: base + off, Length: 4096})
+	}
+	errs := run(t, ini.t, ctxT(t, 10*time.Second), tgt.peer("target"), reqs, true)
+	for i, err := range errs {
+		if i%4 == 3 {
+			require.ErrorIs(t, err, ErrCopy, "task %d", i)
+			require.NotErrorIs(t, err, ErrPeer)
+			continue
+		}
+		require.NoError(t, err, "task %d", i)
+		requireSame(t, local[i*4096:(i+1)*4096], remote[i*4096:(i+1)*4096])
+	}
+	require.NoError(t, ini.t.PeerHealth("target"))
+}
