@@ -65,7 +65,9 @@ func TestRecoveryOnEveryTransport(t *testing.T) {
 			setup := tc.setup(t)
 			meta := startHTTPMetadata(t)
 			start := func(name, host string) *engine.Engine {
-				cfg := configOf(t, nil)
+				// Same-host transports off: both engines run in this
+				// process, and the transport under test must carry them.
+				cfg := configOf(t, map[string]string{"PYMOONCAKE_SAME_HOST": "0"})
 				cfg.LocalName, cfg.Metadata = name, meta
 				cfg.Env.TCPBindAddress = "127.0.0.1"
 				cfg.Env.TransferTimeout = 10 * time.Second

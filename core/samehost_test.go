@@ -23,7 +23,7 @@ func gpuEngine(t *testing.T, d *fake.Driver, env map[string]string, pid int) *en
 	cfg := configOf(t, env)
 	cfg.NoGPU, cfg.GPU = false, d
 	if pid != 0 {
-		cfg.CUDAIPC.Identity = &cudaipc.Identity{BootID: "fake-boot", NetNS: "net:[1]", PidNS: "pid:[1]", PID: pid}
+		cfg.CUDAIPC.Identity = &cudaipc.Identity{BootID: "fake-boot", NetNS: 1, PIDNS: 1, UID: 1000, PID: pid}
 		cfg.CUDAIPC.Alive = func(int) bool { return true }
 	}
 	e, err := New(context.Background(), cfg)

@@ -9,7 +9,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/transport"
-	"github.com/pymooncake/pymooncake/core/transport/internal/samehost"
+	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
 )
 
 // Defaults of Config's durations.
@@ -32,15 +32,15 @@ type Config struct {
 	DropTimeout time.Duration
 
 	// Seams for tests, which run two "processes" of a host in one: this
-	// process's identity (nil: samehost.Local) and which pids are alive
-	// (nil: samehost.Alive).
+	// process's identity (nil: hostid.Local) and which pids are alive
+	// (nil: hostid.Alive).
 	Identity *Identity
 	Alive    func(pid int) bool
 }
 
 // Identity is what a process publishes so that its peers can tell it runs
-// on their host, in their namespaces (samehost.Identity).
-type Identity = samehost.Identity
+// on their host, in their namespaces (hostid.Identity).
+type Identity = hostid.Identity
 
 // ConfigFromEnv parses PYMOONCAKE_CUDA_IPC (a boolean, default on; a
 // malformed value is an error naming it) and reads PYMOONCAKE_SAME_HOST,

@@ -10,7 +10,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/transport/internal/samehost"
+	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
 )
 
 // Key is the descriptor key under which an engine publishes its CUDA IPC
@@ -29,7 +29,7 @@ const maxPublished = 1 << 16
 type published struct {
 	Version int    `json:"v"`
 	Socket  string `json:"socket"`
-	samehost.Identity
+	hostid.Identity
 	// GPUs are the UUIDs of the engine's devices, by ordinal.
 	GPUs []string `json:"gpus"`
 	// Buffers are the engine's registered GPU buffers: address, length and

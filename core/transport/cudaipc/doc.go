@@ -7,7 +7,7 @@
 //
 // Each engine publishes, under the descriptor key pymooncake_cuda_ipc, an
 // abstract Unix socket (SOCK_SEQPACKET, per network namespace), its host
-// identity (boot id, network and pid namespaces, pid: package samehost),
+// identity (boot id, network and pid namespaces, pid: package hostid),
 // its devices' UUIDs and its registered GPU buffers. Accept takes a peer
 // of this host, in our namespaces, in another live process, with a GPU
 // buffer on a device this process sees; anything else goes to the next

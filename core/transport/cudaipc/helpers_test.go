@@ -19,7 +19,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
-	"github.com/pymooncake/pymooncake/core/transport/internal/samehost"
+	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
 )
 
 // The tests run two "processes" of one host in this one: each side is a
@@ -39,8 +39,8 @@ type side struct {
 	fb       *fallback
 }
 
-func hostIdentity(pid int) *samehost.Identity {
-	return &samehost.Identity{BootID: "fake-boot", NetNS: "net:[1]", PidNS: "pid:[1]", PID: pid}
+func hostIdentity(pid int) *hostid.Identity {
+	return &hostid.Identity{BootID: "fake-boot", NetNS: 1, PIDNS: 1, UID: 1000, PID: pid}
 }
 
 // newSide starts a side with a FAKE driver of devices GPUs. cfg's seams

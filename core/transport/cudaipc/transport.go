@@ -16,8 +16,8 @@ import (
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/internal/gpucopy"
+	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
 	"github.com/pymooncake/pymooncake/core/transport/internal/lifetime"
-	"github.com/pymooncake/pymooncake/core/transport/internal/samehost"
 	"github.com/pymooncake/pymooncake/core/transport/internal/submit"
 )
 
@@ -51,7 +51,7 @@ type Transport struct {
 	lt      *lifetime.Lifetime
 	ipc     gpu.IPC
 	mem     *memory.Table
-	me      samehost.Identity
+	me      hostid.Identity
 	alive   func(int) bool
 	uuids   map[gpu.UUID]int // this process's devices
 	gpus    []string         // their UUIDs by ordinal, as published
@@ -92,14 +92,14 @@ func New(cfg Config, deps Deps) (*Transport, error) {
 	if cfg.Identity != nil {
 		t.me = *cfg.Identity
 	} else {
-		me, err := samehost.Local()
+		me, err := hostid.Local()
 		if err != nil {
-			return nil, fmt.Errorf("cudaipc: %w", err)
+			return nil, fmt.Errorf("cudaipc: %w: %w", ErrUnavailable, err)
 		}
 		t.me = me
 	}
 	if t.alive == nil {
-		t.alive = samehost.Alive
+		t.alive = hostid.Alive
 	}
 	for ord := range ipc.Devices() {
 		u, err := ipc.DeviceUUID(ord)
@@ -139,7 +139,7 @@ func (t *Transport) Accept(desc *metadata.SegmentDesc) error {
 	if err != nil {
 		return fmt.Errorf("%s: peer %q %w", Name, desc.Name, err)
 	}
-	if err := t.me.Check(pi.pub.Identity, t.alive); err != nil {
+	if err := t.me.Sibling(pi.pub.Identity, t.alive); err != nil {
 		return fmt.Errorf("%s: peer %q: %w", Name, desc.Name, err)
 	}
 	if !pi.visible() {

@@ -121,3 +121,27 @@ func (id Identity) Reachable(peer Identity) error {
 	}
 	return nil
 }
+
+// Sibling reports whether peer is another live process of this host in our
+// network and PID namespaces: what CUDA IPC needs, whose endpoints pass
+// file descriptors and name processes by pid. nil when it is; else an
+// error matching ErrMalformed (an incomplete identity) or ErrElsewhere
+// that says why. alive reports whether a pid names a live process (Alive,
+// or a test's).
+func (id Identity) Sibling(peer Identity, alive func(pid int) bool) error {
+	if peer.BootID == "" || peer.NetNS == 0 || peer.PIDNS == 0 || peer.PID <= 0 {
+		return fmt.Errorf("incomplete identity %+v: %w", peer, ErrMalformed)
+	}
+	if err := id.Reachable(peer); err != nil {
+		return err
+	}
+	switch {
+	case peer.PIDNS != id.PIDNS:
+		return fmt.Errorf("another pid namespace (%d, ours %d): %w", peer.PIDNS, id.PIDNS, ErrElsewhere)
+	case peer.PID == id.PID:
+		return fmt.Errorf("pid %d is this process: %w", peer.PID, ErrElsewhere)
+	case alive != nil && !alive(peer.PID):
+		return fmt.Errorf("pid %d is not a live process here: %w", peer.PID, ErrElsewhere)
+	}
+	return nil
+}

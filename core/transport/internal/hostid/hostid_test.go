@@ -103,3 +103,40 @@ func TestReachable(t *testing.T) {
 		})
 	}
 }
+
+func TestAlive(t *testing.T) {
+	require.True(t, Alive(os.Getpid()))
+	require.True(t, Alive(os.Getppid()))
+	require.False(t, Alive(-1))
+	require.False(t, Alive(0))
+}
+
+func TestSibling(t *testing.T) {
+	me := Identity{BootID: "b", NetNS: 1, PIDNS: 2, UID: 1000, PID: 10}
+	alive := func(pid int) bool { return pid == 11 }
+	other := func(f func(*Identity)) Identity { p := me; p.PID = 11; f(&p); return p }
+	tests := []struct {
+		name string
+		peer Identity
+		want error // nil: a sibling
+	}{
+		{name: "a live process of this host", peer: other(func(*Identity) {})},
+		{name: "another user's", peer: other(func(p *Identity) { p.UID = 0 })},
+		{name: "another host", peer: other(func(p *Identity) { p.BootID = "c" }), want: ErrElsewhere},
+		{name: "another network namespace", peer: other(func(p *Identity) { p.NetNS = 9 }), want: ErrElsewhere},
+		{name: "another pid namespace", peer: other(func(p *Identity) { p.PIDNS = 9 }), want: ErrElsewhere},
+		{name: "this process", peer: me, want: ErrElsewhere},
+		{name: "gone", peer: other(func(p *Identity) { p.PID = 12 }), want: ErrElsewhere},
+		{name: "nothing published", peer: Identity{}, want: ErrMalformed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := me.Sibling(tc.peer, alive)
+			if tc.want == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, tc.want)
+		})
+	}
+}
