@@ -37,11 +37,13 @@ build)
 go)
   # shellcheck source=/dev/null
   source .kit/env.sh
-  run go test -count=1 ./core/gpu/... ./allocator/ ./core/transport/cudaipc/ ./core/transport/inproc/
+  run go test -count=1 ./core/gpu/... ./allocator/ ./core/transport/cudaipc/ ./core/transport/inproc/ \
+    ./core/transport/hostmem/
+  run go test -count=1 -run 'SameHost|CUDAIPC|Issue18' ./core/
   ;;
 py1)
   run python3 -m pytest -v -p no:cacheprovider -rs python/tests/gpu/test_issue18.py python/tests/gpu/test_cuda_ipc.py \
-    python/tests/gpu/test_on_cuda.py python/tests/gpu/test_rtld_now.py
+    python/tests/gpu/test_on_cuda.py python/tests/gpu/test_rtld_now.py python/tests/test_samehost.py
   ;;
 py2)
   run python3 -m pytest -v -s -p no:cacheprovider -rs python/tests/gpu/test_allocators.py python/tests/gpu/test_leak.py \

@@ -1,7 +1,8 @@
 """CUDA IPC between two processes on one GPU: the peer's GPU memory is
 mapped into this process (cudaMalloc memory through a legacy IPC handle,
 NVLinkAllocator's cuMemCreate memory in a torch MemPool through a POSIX file
-descriptor) and copied by the GPU; the peer's host memory goes over TCP.
+descriptor) and copied by the GPU; the peer's host memory goes to the data
+transports behind CUDA IPC (the host-memory transport, else TCP).
 Writes, reads, batches, the *_on_cuda calls, an unregistration on the peer
 while this process has the memory mapped, and 100 map/drop cycles without a
 leaked descriptor; data checked by digest on both sides."""
@@ -86,7 +87,9 @@ def test_write_and_read(
 
 def test_batches(torch: Any, gpu_engine: TransferEngine, peer: gpulib.GPUPeer, local: dict[str, Any], kind: str) -> None:
     """A synchronous batch of four blocks: GPU to GPU and host to GPU through
-    CUDA IPC, GPU to host and host to host over TCP; then the same read back
+    CUDA IPC, GPU to host and host to host through the data transports
+    behind it (the host-memory transport's TCP fallback for GPU memory, its
+    cross-memory attach for host memory); then the same read back
     asynchronously."""
     q = SIZE // 4
     seeded(torch, local["gpu"], 3)
@@ -167,7 +170,7 @@ def test_on_cuda(torch: Any, gpu_engine: TransferEngine, peer: gpulib.GPUPeer, l
     assert gpulib.digest(z) == want
 
     # The peer's host memory cannot be mapped: the transfer holds the
-    # stream and goes over TCP, as for any other peer.
+    # stream and goes to the data transports behind CUDA IPC.
     want = peer.fill("host", 12)
     ticket = gpu_engine.transfer_read_on_cuda(peer.segment, x.data_ptr(), peer.host, SIZE, s.cuda_stream)
     s.synchronize()
