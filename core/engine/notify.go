@@ -29,6 +29,12 @@ func (n *notifyQueue) push(v Notify) bool {
 	return true
 }
 
+func (n *notifyQueue) len() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.q)
+}
+
 func (n *notifyQueue) drain() []Notify {
 	n.mu.Lock()
 	defer n.mu.Unlock()

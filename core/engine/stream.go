@@ -173,6 +173,7 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 		if err := ss.SubmitOnStream(seg.Peer, treqs, stream, device); err != nil {
 			return 0, fmt.Errorf("transfer on CUDA stream %#x over %s: %w", stream, seg.Transport.Name(), err)
 		}
+		e.recordQueued(seg, treqs)
 		return e.tickets.queued()
 	}
 
