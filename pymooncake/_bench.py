@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from .engine import TransferEngine
 
@@ -53,6 +53,8 @@ class Result:
     batches: int = 0
     errors: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    #: The initiator engine's get_metrics() at the end of the run.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
@@ -176,7 +178,9 @@ def run_initiator(
         if remote == 0:
             raise BenchError(f"cannot find a buffer in segment {cfg.segment_id!r} (is the target running?)")
         try:
-            return _drive(cfg, eng, buf.addr, remote, progress)
+            res = _drive(cfg, eng, buf.addr, remote, progress)
+            res.metrics = eng.get_metrics()
+            return res
         finally:
             eng.unregister_memory(buf.addr)
     finally:
@@ -270,9 +274,52 @@ def format_result(res: Result) -> str:
         ("ops", f"{res.ops_per_s:,.0f} ops/s (one op = one block)"),
         ("latency p50", f"{res.percentile_us(50):,.1f} us (one batch call)"),
         ("latency p99", f"{res.percentile_us(99):,.1f} us"),
+        *_transport_rows(res.metrics),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _hist_quantile(h: dict[str, Any], q: float) -> str:
+    """The bucket bound below which a fraction q of a get_metrics()
+    histogram's observations lie, as text ("<= 100", "> 10000000")."""
+    total: int = h["count"]
+    if total == 0:
+        return "-"
+    need, seen = q * total, 0
+    for bound, n in zip(h["bounds"], h["counts"], strict=False):
+        seen += n
+        if seen >= need:
+            return f"<= {bound:,}"
+    return f"> {h['bounds'][-1]:,}"
+
+
+def _transport_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The engine's own figures, per transport and direction: bytes,
+    requests, failures by cause, per-request latency, and connections."""
+    rows: list[tuple[str, str]] = []
+    conns: dict[str, int] = {}
+    for peer in metrics.get("peers", {}).values():
+        for name, n in peer.get("connections", {}).items():
+            conns[name] = conns.get(name, 0) + n
+    for name, dirs in sorted(metrics.get("transports", {}).items()):
+        for direction in ("read", "write"):
+            d = dirs[direction]
+            if d["requests"] == 0:
+                continue
+            failed = {c: n for c, n in d["failures"].items() if n}
+            lat = d["latency_us"]
+            rows.append(
+                (
+                    f"{name} {direction}",
+                    f"{d['bytes'] / 1e9:.3f} GB in {d['requests']:,} requests, "
+                    + (", ".join(f"{n} {c}" for c, n in sorted(failed.items())) + " failed" if failed else "none failed")
+                    + f"; latency p50 {_hist_quantile(lat, 0.5)} us, p99 {_hist_quantile(lat, 0.99)} us (one request)",
+                )
+            )
+        if name in conns:
+            rows.append((f"{name} connections", f"{conns[name]} open"))
+    return rows
 
 
 def progress_printer(cfg: Config, out: TextIO = sys.stderr) -> Callable[[float, int, int], None]:

@@ -105,3 +105,60 @@ func benchScattered(b *testing.B, op transport.Opcode, block, entries, regions i
 		}
 	}
 }
+
+// BenchmarkMetricsOverhead is what recording the metrics costs the data
+// path: the 4 KiB synchronous write and a 64 KiB x 128 batch, from an
+// engine that records and serves its metrics (on) and from one built
+// without (off). Run both in one go and compare (docs/benchmarks.md):
+//
+//	go test -run '^$' -bench MetricsOverhead -count 8 ./core/engine/
+func BenchmarkMetricsOverhead(b *testing.B) {
+	for _, c := range []struct {
+		name         string
+		block, depth int
+	}{
+		{"write4KiB", 4 << 10, 1},
+		{"write64KiBx128", 64 << 10, 128},
+	} {
+		for _, on := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/metrics=%v", c.name, map[bool]string{false: "off", true: "on"}[on]), func(b *testing.B) {
+				benchMetrics(b, c.block, c.depth, on)
+			})
+		}
+	}
+}
+
+func benchMetrics(b *testing.B, block, depth int, on bool) {
+	te := testEngine{noMetrics: !on}
+	if on {
+		te.env = metricsOn
+	}
+	ini := te.mustStart(b)
+	tgt := newEngine(b, nil)
+	local, remote := mmapBuf(b, block*depth), mmapBuf(b, block*depth)
+	require.NoError(b, ini.RegisterMemory(addr(local), uint64(len(local)), "*"))
+	require.NoError(b, tgt.RegisterMemory(addr(remote), uint64(len(remote)), "*"))
+	seg, err := ini.OpenSegment(ctxT(b), tgt.Name())
+	require.NoError(b, err)
+	reqs := make([]Request, depth)
+	for i := range reqs {
+		off := i * block
+		reqs[i] = Request{Opcode: transport.Write, Local: addr(local) + uintptr(off), Segment: seg, Remote: uint64(addr(remote)) + uint64(off), Length: uint64(block)}
+	}
+	ctx := ctxT(b)
+	require.NoError(b, ini.Transfer(ctx, reqs, nil)) // warm up: connections
+	b.SetBytes(int64(block * depth))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := ini.Transfer(ctx, reqs, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if on {
+		require.Equal(b, uint64(b.N+1)*uint64(block*depth), ini.Metrics().Transports["tcp"].Write.Bytes, "every byte recorded")
+	} else {
+		require.Empty(b, ini.Metrics().Transports)
+	}
+}

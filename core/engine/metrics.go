@@ -54,8 +54,13 @@ func (e *Engine) startMetrics() error {
 	return nil
 }
 
-// Metrics returns the engine's figures (empty with Config.NoMetrics).
-func (e *Engine) Metrics() metrics.Snapshot { return e.metrics.Snapshot() }
+// Metrics returns the engine's figures (empty with Config.NoMetrics), and
+// where they are served.
+func (e *Engine) Metrics() metrics.Snapshot {
+	s := e.metrics.Snapshot()
+	s.Endpoint = e.MetricsAddr()
+	return s
+}
 
 // MetricsAddr is the address of the metrics endpoint, or "" when the
 // engine serves none.

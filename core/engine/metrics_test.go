@@ -165,6 +165,7 @@ func TestMetricsEndpointCountsTransfers(t *testing.T) {
 	require.Equal(t, uint64(done*depth*block), snap.Transports["tcp"].Write.Bytes)
 	require.Equal(t, uint64(1), snap.Transports["tcp"].Read.Failures["rejected"])
 	require.Equal(t, 1, snap.Peers[p.tgt.Name()].Open["tcp"])
+	require.Equal(t, p.ini.MetricsAddr(), snap.Endpoint)
 }
 
 // Gauges of the engine's state: batches in flight, notifies queued.

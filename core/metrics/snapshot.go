@@ -29,6 +29,9 @@ type Snapshot struct {
 	// RegisteredBytes is the registered memory by location ("cpu",
 	// "cuda:N").
 	RegisteredBytes map[string]uint64 `json:"registered_bytes"`
+	// Endpoint is the address of the HTTP endpoint serving these figures,
+	// or empty when none is (the engine fills it in).
+	Endpoint string `json:"endpoint"`
 }
 
 // TransportFigures are one transport's figures by direction.
