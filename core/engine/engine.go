@@ -250,7 +250,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		zap.Strings("transports", names),
 		zap.String("metadata", cfg.Metadata),
 		zap.String("gpu", gpuName(cfg.GPU)),
-		zap.String("metrics", e.MetricsAddr()),
+		metricsField(e.MetricsAddr()),
 		zap.Strings("env", cfg.Env.SortedSet()))
 	return e, nil
 }
@@ -509,6 +509,14 @@ func (e *Engine) peerDesc(ctx context.Context, name string) (*metadata.SegmentDe
 		return nil, fmt.Errorf("descriptor of %q: %w: %w", name, ErrMetadata, err)
 	}
 	return d, nil
+}
+
+// metricsField names the metrics endpoint in the start line, if any.
+func metricsField(addr string) zap.Field {
+	if addr == "" {
+		return zap.Skip()
+	}
+	return zap.String("metrics_endpoint", addr)
 }
 
 func gpuName(d gpu.Driver) string {

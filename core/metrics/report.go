@@ -27,7 +27,7 @@ func (s *Set) Report(ctx context.Context, log *zap.Logger, interval time.Duratio
 	prev := s.totals()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	log.Info("metrics reporting started (MC_TE_METRIC)", zap.Duration("interval", interval))
+	log.Info("metrics reporting started (MC_TE_METRIC)", zap.Stringer("interval", interval))
 	for {
 		select {
 		case <-ctx.Done():
