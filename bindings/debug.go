@@ -14,10 +14,11 @@ func NumGoroutine() (n int, err error) {
 	return runtime.NumGoroutine(), nil
 }
 
-// FreeOSMemory runs a garbage collection and returns as much memory to the
-// operating system as the Go runtime can, so that a test or the soak
-// benchmark reading the process's RSS sees what is live rather than what
-// the runtime keeps for later. A debugging aid like NumGoroutine.
+// FreeOSMemory collects garbage and returns what it can to the operating
+// system (runtime/debug.FreeOSMemory), so that a test watching the
+// process's RSS for leaks sees the memory the Go heap keeps, not garbage
+// the collector has not reached yet (when it runs depends on everything
+// the process allocated before). A debugging aid like NumGoroutine.
 func FreeOSMemory() (rc int, err error) {
 	defer recoverInto("free_os_memory", nil, &err)
 	debug.FreeOSMemory()

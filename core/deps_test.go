@@ -98,6 +98,16 @@ func TestLayerBoundaries(t *testing.T) {
 				require.Empty(t, concreteTransport(d), "%s imports %s", p.ImportPath, d)
 			}
 		}
+		if strings.HasPrefix(p.ImportPath, module+"/core/transport") {
+			// Transports record no metrics: the engine records them where
+			// requests end, the same way for every transport (core/metrics);
+			// what only a transport knows it tells through an optional
+			// interface (transport.ConnCounter).
+			for _, d := range p.Deps {
+				require.False(t, d == module+"/core/metrics" || strings.HasPrefix(d, "github.com/prometheus/"),
+					"%s depends on %s", p.ImportPath, d)
+			}
+		}
 		// The codecs, the TCP and same-host transports and the engine's
 		// logic run everywhere and must not need a C toolchain.
 		for _, pure := range []string{"/core/metadata", "/core/handshake", "/core/transport/tcp", "/core/config",

@@ -121,6 +121,13 @@ func TestRecoveryOnEveryTransport(t *testing.T) {
 			require.ErrorIs(t, ini.CheckSegmentStatus(h), transport.ErrPeer)
 			require.True(t, ini.Recover(ctxT(t), h, err))
 			require.ErrorIs(t, ini.CheckSegmentStatus(h), engine.ErrUnknownSegment)
+
+			// The metrics saw it all, whichever the transport.
+			m := ini.Metrics().Transports[tc.name].Write
+			require.Equal(t, uint64(2*size), m.Bytes, "two writes completed")
+			require.Equal(t, m.Requests, 2+m.Failed())
+			require.GreaterOrEqual(t, m.Failures["peer"], uint64(1), "the dead target's")
+			require.Equal(t, uint64(1), ini.Metrics().Recoveries["dropped"])
 		})
 	}
 }

@@ -5,25 +5,34 @@ segment and, from ``--threads`` threads, moves batches of ``--batch_size``
 blocks of ``--block_size`` bytes for ``--duration`` seconds, each thread on
 its own slice of both buffers (block ``i`` of thread ``t`` is at offset
 ``block_size * (i * threads + t)``, as in Mooncake's bench). ``loopback``
-runs both in this process, over TCP on 127.0.0.1.
+runs both in this process, over TCP on 127.0.0.1. With ``--protocol tcp``
+(the default) the engines run without the same-host transports, so that
+target and initiator on one host still measure TCP; set
+``PYMOONCAKE_SAME_HOST`` (``1``, ``cma``, ``shm``) to measure those instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from .engine import TransferEngine
 
 __all__ = ["Config", "Result", "run", "format_result"]
+
+#: The variable that turns the same-host transports off ("0") or chooses
+#: their paths.
+SAME_HOST = "PYMOONCAKE_SAME_HOST"
 
 
 @dataclass
@@ -53,6 +62,8 @@ class Result:
     batches: int = 0
     errors: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    #: The initiator engine's get_metrics() at the end of the run.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
@@ -100,9 +111,27 @@ class _Buffer:
 
 def _engine(cfg: Config, name: str) -> TransferEngine:
     e = TransferEngine()
-    if e.initialize(name, cfg.metadata_server, cfg.protocol, cfg.device_name) != 0:
+    with _same_host_off(cfg):
+        rc = e.initialize(name, cfg.metadata_server, cfg.protocol, cfg.device_name)
+    if rc != 0:
         raise BenchError(f"initialize({name!r}, {cfg.metadata_server!r}) failed (see the log above)")
     return e
+
+
+@contextlib.contextmanager
+def _same_host_off(cfg: Config) -> Iterator[None]:
+    """With ``--protocol tcp`` (the default), measure TCP, as Mooncake's
+    bench does: the engines started here leave out the same-host transports
+    (which would otherwise carry a loopback run) unless
+    ``PYMOONCAKE_SAME_HOST`` is set, which then chooses."""
+    if cfg.protocol.lower() != "tcp" or SAME_HOST in os.environ:
+        yield
+        return
+    os.environ[SAME_HOST] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(SAME_HOST, None)
 
 
 def _span(cfg: Config) -> int:
@@ -176,7 +205,9 @@ def run_initiator(
         if remote == 0:
             raise BenchError(f"cannot find a buffer in segment {cfg.segment_id!r} (is the target running?)")
         try:
-            return _drive(cfg, eng, buf.addr, remote, progress)
+            res = _drive(cfg, eng, buf.addr, remote, progress)
+            res.metrics = eng.get_metrics()
+            return res
         finally:
             eng.unregister_memory(buf.addr)
     finally:
@@ -270,9 +301,52 @@ def format_result(res: Result) -> str:
         ("ops", f"{res.ops_per_s:,.0f} ops/s (one op = one block)"),
         ("latency p50", f"{res.percentile_us(50):,.1f} us (one batch call)"),
         ("latency p99", f"{res.percentile_us(99):,.1f} us"),
+        *_transport_rows(res.metrics),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _hist_quantile(h: dict[str, Any], q: float) -> str:
+    """The bucket bound below which a fraction q of a get_metrics()
+    histogram's observations lie, as text ("<= 100", "> 10000000")."""
+    total: int = h["count"]
+    if total == 0:
+        return "-"
+    need, seen = q * total, 0
+    for bound, n in zip(h["bounds"], h["counts"], strict=False):
+        seen += n
+        if seen >= need:
+            return f"<= {bound:,}"
+    return f"> {h['bounds'][-1]:,}"
+
+
+def _transport_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The engine's own figures, per transport and direction: bytes,
+    requests, failures by cause, per-request latency, and connections."""
+    rows: list[tuple[str, str]] = []
+    conns: dict[str, int] = {}
+    for peer in metrics.get("peers", {}).values():
+        for name, n in peer.get("connections", {}).items():
+            conns[name] = conns.get(name, 0) + n
+    for name, dirs in sorted(metrics.get("transports", {}).items()):
+        for direction in ("read", "write"):
+            d = dirs[direction]
+            if d["requests"] == 0:
+                continue
+            failed = {c: n for c, n in d["failures"].items() if n}
+            lat = d["latency_us"]
+            rows.append(
+                (
+                    f"{name} {direction}",
+                    f"{d['bytes'] / 1e9:.3f} GB in {d['requests']:,} requests, "
+                    + (", ".join(f"{n} {c}" for c, n in sorted(failed.items())) + " failed" if failed else "none failed")
+                    + f"; latency p50 {_hist_quantile(lat, 0.5)} us, p99 {_hist_quantile(lat, 0.99)} us (one request)",
+                )
+            )
+        if name in conns:
+            rows.append((f"{name} connections", f"{conns[name]} open"))
+    return rows
 
 
 def progress_printer(cfg: Config, out: TextIO = sys.stderr) -> Callable[[float, int, int], None]:

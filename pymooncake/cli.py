@@ -84,7 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--metadata_server", default=d.metadata_server, help="P2PHANDSHAKE, etcd://h:p, http://h:p/metadata (default %(default)s)")
     b.add_argument("--local_server_name", default=d.local_server_name, help="this host's name or IP as peers reach it (default %(default)s)")
     b.add_argument("--segment_id", default=d.segment_id, help="initiator: the target's segment name (it prints it)")
-    b.add_argument("--protocol", default=d.protocol, help="accepted for compatibility; the transport is chosen as Mooncake chooses it")
+    b.add_argument(
+        "--protocol",
+        default=d.protocol,
+        help="tcp (default): measure TCP, same-host transports left out unless PYMOONCAKE_SAME_HOST is set; "
+        "otherwise the transport is chosen as Mooncake chooses it",
+    )
     b.add_argument("--device_name", default=d.device_name, help="NIC filter (ignored by TCP)")
     b.add_argument("--operation", choices=["read", "write"], default=d.operation)
     b.add_argument("--block_size", type=_size, default=d.block_size, help="bytes per request (default %(default)s)")

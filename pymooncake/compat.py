@@ -77,9 +77,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     """Finds pymooncake's modules under their Mooncake names, and the
     stand-in ``mooncake`` package when no real one is installed."""
 
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         module = _REPLACED.get(fullname)
         if module is not None:
             return importlib.machinery.ModuleSpec(fullname, _Loader(module))

@@ -89,8 +89,26 @@ Differences from Mooncake
   one stops: its port, registrations and peers' handles go). Managed buffers
   of the first engine are released too; Mooncake keeps their memory and
   hands it out again unregistered.
-- Additions: :meth:`TransferEngine.close`, use as a context manager, and
-  :meth:`TransferEngine.get_segment_name`.
+- Additions: :meth:`TransferEngine.close`, use as a context manager,
+  :meth:`TransferEngine.get_segment_name` and
+  :meth:`TransferEngine.get_metrics`.
+
+Metrics
+-------
+Each engine counts what it moves (bytes, requests, failures by cause and
+latencies, per transport and per peer): :meth:`TransferEngine.get_metrics`
+returns the figures as a dict, and ``PYMOONCAKE_METRICS_PORT`` (off by
+default; ``0`` for any free port, ``PYMOONCAKE_METRICS_HOST`` to bind one
+address) serves them at ``/metrics`` in Prometheus's text format, under
+names shaped like those of Mooncake's TENT engine
+(``pymooncake_write_bytes_total{transport="tcp"}``); see the README. Peers
+beyond ``PYMOONCAKE_METRICS_MAX_PEERS`` (default 64) share the label
+``"other"``. ``MC_TE_METRIC=1`` logs Mooncake's periodic summary line
+("[Metrics] Transfer Engine Stats (over last 5s): Throughput: ... MB/s |
+Latency Distribution ...") every ``MC_TE_METRIC_INTERVAL_SECONDS``
+(default 5), as Mooncake does; a value Mooncake would ignore (say
+``MC_TE_METRIC=maybe`` or an interval of 0) fails ``initialize`` instead,
+naming the variable.
 """
 
 from __future__ import annotations
@@ -1452,6 +1470,59 @@ class TransferEngine:
             return rc
         except RuntimeError as e:
             return _errors.failed(op, e, None)
+
+    # -------------------------------------------------------------- metrics
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Return this engine's metrics. A pymooncake addition.
+
+        Counters count from ``initialize``; the other figures are the
+        current ones. The same figures are served at ``/metrics`` (Prometheus
+        text format) when ``PYMOONCAKE_METRICS_PORT`` is set.
+
+        Returns
+        -------
+        dict
+            ``{}`` if the engine is not initialized (or on failure, logged).
+            Otherwise:
+
+            - ``"transports"``: by transport name (``"tcp"``, ``"rdma"``,
+              ``"barex"``), ``{"read": d, "write": d}`` where ``d`` has
+              ``"bytes"`` (moved by completed requests), ``"requests"``
+              (finished, completed or failed), ``"failures"`` (by cause:
+              ``"rejected"``, ``"peer"``, ``"timeout"``, ``"closed"``,
+              ``"other"``), and the histograms ``"latency_us"`` (completed
+              requests, from submission until the engine saw their batch
+              finished, in microseconds) and ``"size_bytes"``: each
+              ``{"bounds": [...], "counts": [...], "count": n, "sum": s}``,
+              where ``counts[i]`` observations were at most ``bounds[i]`` and
+              the last count is of those above every bound.
+            - ``"peers"``: by peer name (or ``"other"``), ``"read_bytes"``,
+              ``"write_bytes"``, ``"read_requests"``, ``"write_requests"``,
+              ``"failures"``, ``"open"`` (by transport: open peers under the
+              label) and ``"connections"`` (by transport: open connections,
+              for transports that count them).
+            - ``"failovers"``: ``[{"from", "to", "count"}]``, peers whose
+              transport changed.
+            - ``"retries"`` (by reason: ``"recovered"``, ``"peer"``,
+              ``"restarted"``) and ``"recoveries"`` (by action:
+              ``"dropped"``, ``"restarted"``).
+            - ``"batches_in_flight"``, ``"notifies_queued"``,
+              ``"registered_bytes"`` (by location: ``"cpu"``, ``"cuda:N"``),
+              and ``"endpoint"`` (the ``/metrics`` address, ``""`` if none).
+        """
+        op = "get_metrics"
+        h = self._h
+        if h is None:
+            self._unusable(op, -1)
+            return {}
+        try:
+            raw: str = self._x.bindings_Engine_Metrics(h)
+        except RuntimeError as e:
+            _errors.failed(op, e, -1)
+            return {}
+        out: dict[str, Any] = json.loads(raw)
+        return out
 
     # ----------------------------------------------------------------- CUDA
 

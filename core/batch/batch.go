@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pymooncake/pymooncake/core/internal/errs"
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -38,6 +39,9 @@ type Batch struct {
 
 	mu    sync.Mutex // serialises Add
 	tasks atomic.Pointer[[]*transport.Task]
+	// runs attribute the tasks, in order, to the peers they went to.
+	runs   []Run  // guarded by mu
+	inline [1]Run // runs' first backing: one peer, no allocation
 
 	// notify runs once, when the batch is first seen completed.
 	notify     func() error // guarded by mu
@@ -67,12 +71,30 @@ func (b *Batch) Tasks() []*transport.Task {
 	return nil
 }
 
+// Run is a stretch of a batch's tasks, consecutive and submitted at once
+// to one peer: their outcomes are recorded under Link (metrics), with the
+// time since Start (metrics.Now) as their latency.
+type Run struct {
+	Tasks int
+	Link  *metrics.Link
+	Start int64
+}
+
 // Add appends a task for each request, reporting to the batch's group, and
 // returns them for the caller to hand out; they count as pending at once.
-// notify, when not nil, is to run once when the batch is first seen
-// completed (Notify); a batch carries at most one. Add fails, changing
-// nothing, beyond the capacity or with a second notify.
-func (b *Batch) Add(reqs []transport.Request, notify func() error) ([]*transport.Task, error) {
+// runs attribute the new tasks, in order, to the peers they go to; their
+// Tasks add up to len(reqs). notify, when not nil, is to run once when the
+// batch is first seen completed (Notify); a batch carries at most one. Add
+// fails, changing nothing, beyond the capacity, with a second notify or
+// with runs that do not cover reqs.
+func (b *Batch) Add(reqs []transport.Request, notify func() error, runs []Run) ([]*transport.Task, error) {
+	n := 0
+	for _, r := range runs {
+		n += r.Tasks
+	}
+	if n != len(reqs) {
+		return nil, fmt.Errorf("%d requests attributed to peers, of %d: %w", n, len(reqs), ErrInvalidArgument)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	old := b.Tasks()
@@ -92,9 +114,21 @@ func (b *Batch) Add(reqs []transport.Request, notify func() error) ([]*transport
 		tasks[i].Init(r, b.group)
 		all = append(all, &tasks[i])
 	}
+	if b.runs == nil {
+		b.runs = b.inline[:0]
+	}
+	b.runs = append(b.runs, runs...)
 	b.group.Add(len(reqs))
 	b.tasks.Store(&all)
 	return all[len(old):], nil
+}
+
+// Runs returns the tasks submitted so far and the runs that attribute
+// them, consistently.
+func (b *Batch) Runs() ([]*transport.Task, []Run) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Tasks(), b.runs
 }
 
 // Notify runs the batch's notify the first time it is called on a

@@ -14,6 +14,8 @@ import (
 type Table struct {
 	chunks [batchChunks]atomic.Pointer[[batchChunkSize]atomic.Pointer[Batch]]
 
+	live atomic.Int64 // batches allocated and not released
+
 	mu   sync.Mutex
 	free []uint32 // +checklocks:mu: free slots
 	next uint32   // +checklocks:mu: first never-used slot
@@ -64,8 +66,12 @@ func (t *Table) Alloc(capacity int) (*Batch, error) {
 		group:    transport.NewGroup(),
 	}
 	t.slot(i).Store(b)
+	t.live.Add(1)
 	return b, nil
 }
+
+// Len counts the batches allocated and not yet released.
+func (t *Table) Len() int { return int(t.live.Load()) }
 
 // Get returns the live batch with this id, without locking.
 func (t *Table) Get(id ID) (*Batch, error) {
@@ -94,6 +100,7 @@ func (t *Table) Release(b *Batch) bool {
 		return false
 	}
 	t.free = append(t.free, s)
+	t.live.Add(-1)
 	return true
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -42,13 +43,15 @@ func TestAddStatusNotify(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, transport.Completed, b.Status(), "an empty batch is complete")
 	calls := 0
-	tasks, err := b.Add(make([]transport.Request, 2), func() error { calls++; return nil })
+	tasks, err := b.Add(make([]transport.Request, 2), func() error { calls++; return nil }, runOf(2))
 	require.NoError(t, err)
 	require.Len(t, tasks, 2)
-	_, err = b.Add(make([]transport.Request, 2), nil)
+	_, err = b.Add(make([]transport.Request, 2), nil, runOf(2))
 	require.ErrorIs(t, err, ErrTooManyRequests)
-	_, err = b.Add(make([]transport.Request, 1), func() error { return nil })
+	_, err = b.Add(make([]transport.Request, 1), func() error { return nil }, runOf(1))
 	require.ErrorIs(t, err, ErrInvalidArgument, "a second notify")
+	_, err = b.Add(make([]transport.Request, 1), nil, runOf(2))
+	require.ErrorIs(t, err, ErrInvalidArgument, "runs that do not cover the requests")
 	require.Len(t, b.Tasks(), 2, "a refused Add adds nothing")
 	require.Equal(t, transport.Waiting, b.Status())
 
@@ -62,4 +65,27 @@ func TestAddStatusNotify(t *testing.T) {
 	require.NoError(t, b.Notify())
 	require.NoError(t, b.Notify())
 	require.Equal(t, 1, calls, "the notify runs once")
+}
+
+func runOf(n int) []Run { return []Run{{Tasks: n}} }
+
+// Runs attribute every task, in order, across Adds.
+func TestRuns(t *testing.T) {
+	var tb Table
+	b, err := tb.Alloc(10)
+	require.NoError(t, err)
+	require.Equal(t, 1, tb.Len())
+	s := metrics.New(metrics.Config{})
+	a, c := s.Link("a", "tcp"), s.Link("c", "tcp")
+	_, err = b.Add(make([]transport.Request, 3), nil, []Run{{Tasks: 1, Link: a, Start: 1}, {Tasks: 2, Link: c, Start: 1}})
+	require.NoError(t, err)
+	_, err = b.Add(make([]transport.Request, 4), nil, []Run{{Tasks: 4, Link: a, Start: 2}})
+	require.NoError(t, err)
+	tasks, runs := b.Runs()
+	require.Len(t, tasks, 7)
+	require.Equal(t, []Run{{1, a, 1}, {2, c, 1}, {4, a, 2}}, runs)
+	require.True(t, tb.Release(b))
+	require.Zero(t, tb.Len())
+	require.False(t, tb.Release(b))
+	require.Zero(t, tb.Len(), "released once")
 }

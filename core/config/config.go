@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,10 +87,30 @@ type Env struct {
 	// sending its request's length (PYMOONCAKE_HANDSHAKE_HEADER_TIMEOUT_MS,
 	// milliseconds, default 1000).
 	HandshakeHeaderTimeout time.Duration
+	// MetricsAddr is where the engine serves its metrics over HTTP
+	// (/metrics, Prometheus's text format): PYMOONCAKE_METRICS_HOST (default
+	// every interface) and PYMOONCAKE_METRICS_PORT (0: any free port). Empty,
+	// the default, serves nothing; the figures are recorded all the same.
+	MetricsAddr string
+	// MetricsMaxPeers bounds the peers that get a label of their own in the
+	// metrics; the others are added up under "other"
+	// (PYMOONCAKE_METRICS_MAX_PEERS, default 64, 1 to 4096).
+	MetricsMaxPeers int
+	// MetricsReport logs Mooncake's periodic throughput and latency summary
+	// (MC_TE_METRIC), every MetricsInterval (MC_TE_METRIC_INTERVAL_SECONDS,
+	// default 5 s, 1 s to a day).
+	MetricsReport   bool
+	MetricsInterval time.Duration
 	// Set lists the variables that were present, for logging the effective
 	// configuration once at init.
 	Set map[string]string
 }
+
+// Defaults of the metrics variables.
+const (
+	DefaultMetricsMaxPeers = 64
+	DefaultMetricsInterval = 5 * time.Second
+)
 
 // Defaults returns the configuration with no variable set.
 func Defaults() Env {
@@ -108,6 +129,8 @@ func Defaults() Env {
 		HandshakeMaxConns:        DefaultHandshakeMaxConns,
 		HandshakeMaxConnsPerPeer: DefaultHandshakeMaxConnsPerPeer,
 		HandshakeHeaderTimeout:   DefaultHandshakeHeaderTimeout,
+		MetricsMaxPeers:          DefaultMetricsMaxPeers,
+		MetricsInterval:          DefaultMetricsInterval,
 		Set:                      map[string]string{},
 	}
 }
@@ -184,6 +207,7 @@ func FromEnv(lookup LookupFunc) (Env, error) {
 	}
 
 	parseLimits(p, &e)
+	parseMetrics(p, &e)
 
 	if len(p.errs) == 0 {
 		if err := ValidatePortRange(e.MinPort, e.MaxPort); err != nil {
@@ -226,6 +250,36 @@ func perPeer(p *Parser, dst *int, total int, key, totalKey string, hi int) {
 	if *dst > total {
 		p.Fail(key, strconv.Itoa(*dst), fmt.Sprintf("above %s (%d)", totalKey, total))
 	}
+}
+
+// parseMetrics reads the metrics variables: the endpoint, the label bound
+// and Mooncake's periodic summary.
+func parseMetrics(p *Parser, e *Env) {
+	e.MetricsAddr = metricsAddr(p)
+	p.Int(&e.MetricsMaxPeers, "PYMOONCAKE_METRICS_MAX_PEERS", 1, 4096)
+	p.Bool(&e.MetricsReport, "MC_TE_METRIC")
+	p.Seconds(&e.MetricsInterval, "MC_TE_METRIC_INTERVAL_SECONDS", 1, 86400)
+}
+
+// metricsAddr is the metrics endpoint's address, or "" for none.
+func metricsAddr(p *Parser) string {
+	var port int
+	portSet := p.Int(&port, "PYMOONCAKE_METRICS_PORT", 0, 65535)
+	v, hostSet := p.Lookup("PYMOONCAKE_METRICS_HOST")
+	host := strings.TrimSpace(v)
+	switch {
+	case hostSet && (host == "" || strings.ContainsAny(host, " /[]")):
+		p.Fail("PYMOONCAKE_METRICS_HOST", v, "want an IP address or a host name")
+		return ""
+	case hostSet && !portSet:
+		if _, ok := p.Lookup("PYMOONCAKE_METRICS_PORT"); !ok {
+			p.Fail("PYMOONCAKE_METRICS_HOST", v, "set without PYMOONCAKE_METRICS_PORT")
+		}
+		return ""
+	case !portSet:
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
 // ValidatePortRange applies Mooncake HEAD's rules to a random-port range:

@@ -69,6 +69,22 @@ func TestFromEnvValues(t *testing.T) {
 				require.Equal(t, 32, e.HandshakeMaxConnsPerPeer, "follows the total down")
 				require.Equal(t, 250*time.Millisecond, e.HandshakeHeaderTimeout)
 			}},
+		{"metrics off by default", nil, func(t *testing.T, e Env) {
+			require.Empty(t, e.MetricsAddr)
+			require.False(t, e.MetricsReport)
+			require.Equal(t, 5*time.Second, e.MetricsInterval)
+			require.Equal(t, 64, e.MetricsMaxPeers)
+		}},
+		{"metrics port", map[string]string{"PYMOONCAKE_METRICS_PORT": "9100"}, func(t *testing.T, e Env) { require.Equal(t, ":9100", e.MetricsAddr) }},
+		{"metrics any port", map[string]string{"PYMOONCAKE_METRICS_PORT": "0"}, func(t *testing.T, e Env) { require.Equal(t, ":0", e.MetricsAddr) }},
+		{"metrics host", map[string]string{"PYMOONCAKE_METRICS_PORT": "9100", "PYMOONCAKE_METRICS_HOST": "::1"},
+			func(t *testing.T, e Env) { require.Equal(t, "[::1]:9100", e.MetricsAddr) }},
+		{"metrics max peers", map[string]string{"PYMOONCAKE_METRICS_MAX_PEERS": "3"}, func(t *testing.T, e Env) { require.Equal(t, 3, e.MetricsMaxPeers) }},
+		{"mooncake metric report", map[string]string{"MC_TE_METRIC": "TRUE", "MC_TE_METRIC_INTERVAL_SECONDS": "2"}, func(t *testing.T, e Env) {
+			require.True(t, e.MetricsReport)
+			require.Equal(t, 2*time.Second, e.MetricsInterval)
+		}},
+		{"mooncake metric off", map[string]string{"MC_TE_METRIC": "0"}, func(t *testing.T, e Env) { require.False(t, e.MetricsReport) }},
 		{"set recorded", map[string]string{"MC_USE_IPV6": "1"}, func(t *testing.T, e Env) {
 			require.True(t, e.IPv6)
 			require.Equal(t, []string{"MC_USE_IPV6=1"}, e.SortedSet())
@@ -111,6 +127,32 @@ func TestFromEnvRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := FromEnv(lookupMap(tc.env))
 			require.ErrorIs(t, err, ErrInvalid)
+		})
+	}
+}
+
+// A bad metrics variable fails with its name, and the endpoint stays off.
+func TestMetricsVariablesRejected(t *testing.T) {
+	tests := []struct {
+		name, bad string
+		env       map[string]string
+	}{
+		{"port not a number", "PYMOONCAKE_METRICS_PORT", map[string]string{"PYMOONCAKE_METRICS_PORT": "ninety"}},
+		{"port too big", "PYMOONCAKE_METRICS_PORT", map[string]string{"PYMOONCAKE_METRICS_PORT": "65536"}},
+		{"port negative", "PYMOONCAKE_METRICS_PORT", map[string]string{"PYMOONCAKE_METRICS_PORT": "-1"}},
+		{"host without port", "PYMOONCAKE_METRICS_HOST", map[string]string{"PYMOONCAKE_METRICS_HOST": "127.0.0.1"}},
+		{"host empty", "PYMOONCAKE_METRICS_HOST", map[string]string{"PYMOONCAKE_METRICS_PORT": "9100", "PYMOONCAKE_METRICS_HOST": " "}},
+		{"max peers zero", "PYMOONCAKE_METRICS_MAX_PEERS", map[string]string{"PYMOONCAKE_METRICS_MAX_PEERS": "0"}},
+		{"report not a bool", "MC_TE_METRIC", map[string]string{"MC_TE_METRIC": "sometimes"}},
+		{"interval zero", "MC_TE_METRIC_INTERVAL_SECONDS", map[string]string{"MC_TE_METRIC_INTERVAL_SECONDS": "0"}},
+		{"interval with a unit", "MC_TE_METRIC_INTERVAL_SECONDS", map[string]string{"MC_TE_METRIC_INTERVAL_SECONDS": "5s"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := FromEnv(lookupMap(tc.env))
+			require.ErrorIs(t, err, ErrInvalid)
+			require.ErrorContains(t, err, tc.bad)
+			require.Empty(t, e.MetricsAddr)
 		})
 	}
 }

@@ -1,12 +1,18 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 
-	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/batch"
+	"github.com/pymooncake/pymooncake/core/metrics"
+	"github.com/pymooncake/pymooncake/core/transport"
 )
 
 // Throughput between two engines over loopback, with depth requests of
@@ -104,4 +110,167 @@ func benchScattered(b *testing.B, op transport.Opcode, block, entries, regions i
 			b.Fatal(err)
 		}
 	}
+}
+
+// metricsCases are the transfers the cost of the metrics is measured on.
+var metricsCases = []struct {
+	name         string
+	block, depth int
+}{
+	{"write4KiB", 4 << 10, 1},
+	{"write64KiBx128", 64 << 10, 128},
+}
+
+// BenchmarkMetricsOverhead is what recording the metrics costs the data
+// path: the 4 KiB synchronous write and a 64 KiB x 128 batch, from an
+// engine that records and serves its metrics (on) and from one built
+// without (off), with their allocations. The paired benchmark below
+// compares their times under the same load. Run both in one go
+// (docs/benchmarks.md):
+//
+//	go test -run '^$' -bench MetricsOverhead -count 8 ./core/engine/
+func BenchmarkMetricsOverhead(b *testing.B) {
+	for _, c := range metricsCases {
+		for _, on := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/metrics=%v", c.name, map[bool]string{false: "off", true: "on"}[on]), func(b *testing.B) {
+				t := newMetricsBench(b, c.block, c.depth, on)
+				b.SetBytes(int64(c.block * c.depth))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					t.transfer(b)
+				}
+				b.StopTimer()
+				t.check(b, b.N)
+			})
+		}
+	}
+}
+
+// BenchmarkMetricsOverheadPaired measures the same engines with recording
+// on and off, alternating chunks of transfers, so that both see the same
+// load (on a shared machine the load changes more from one second to the
+// next than recording costs, and two pairs of engines differ by more than
+// it too). It reports the time per transfer of each, and the overhead: the
+// median over chunks of on's time over off's, in percent.
+func BenchmarkMetricsOverheadPaired(b *testing.B) {
+	for _, c := range metricsCases {
+		b.Run(c.name, func(b *testing.B) {
+			t := newMetricsBench(b, c.block, c.depth, true)
+			set := t.ini.metrics
+			// The engine reads its metrics only on the goroutine that
+			// transfers (the endpoint keeps its own reference), so turning
+			// recording off between transfers is safe here.
+			record := func(on bool) {
+				t.ini.metrics = nil
+				if on {
+					t.ini.metrics = set
+				}
+			}
+			defer record(true)
+			chunk := max(1, (1<<20)/(c.block*c.depth)) // about 1 MiB per side and chunk
+			ratios := make([]float64, 0, b.N/chunk+1)
+			var total [2]time.Duration // off, on
+			b.SetBytes(int64(2 * c.block * c.depth))
+			b.ResetTimer()
+			for i := 0; i < b.N; i += chunk {
+				n := min(chunk, b.N-i)
+				var d [2]time.Duration
+				for k := range 2 {
+					if i/chunk%2 == 1 {
+						k = 1 - k // alternate which goes first
+					}
+					record(k == 1)
+					start := time.Now()
+					for range n {
+						t.transfer(b)
+					}
+					d[k] = time.Since(start)
+				}
+				total[0], total[1] = total[0]+d[0], total[1]+d[1]
+				ratios = append(ratios, float64(d[1])/float64(d[0]))
+			}
+			b.StopTimer()
+			record(true)
+			t.check(b, b.N)
+			slices.Sort(ratios)
+			b.ReportMetric(float64(total[0].Nanoseconds())/float64(b.N), "off-ns/op")
+			b.ReportMetric(float64(total[1].Nanoseconds())/float64(b.N), "on-ns/op")
+			b.ReportMetric(100*(ratios[len(ratios)/2]-1), "overhead-%")
+		})
+	}
+}
+
+// metricsBench is an initiator, with or without metrics, and a target.
+type metricsBench struct {
+	ini        *Engine
+	reqs       []Request
+	on         bool
+	ctx        context.Context
+	block, all int
+}
+
+func newMetricsBench(b *testing.B, block, depth int, on bool) *metricsBench {
+	te := testEngine{noMetrics: !on}
+	if on {
+		te.env = metricsOn
+	}
+	ini := te.mustStart(b)
+	tgt := newEngine(b, nil)
+	local, remote := mmapBuf(b, block*depth), mmapBuf(b, block*depth)
+	require.NoError(b, ini.RegisterMemory(addr(local), uint64(len(local)), "*"))
+	require.NoError(b, tgt.RegisterMemory(addr(remote), uint64(len(remote)), "*"))
+	seg, err := ini.OpenSegment(ctxT(b), tgt.Name())
+	require.NoError(b, err)
+	t := &metricsBench{ini: ini, reqs: make([]Request, depth), on: on, ctx: ctxT(b), block: block, all: block * depth}
+	for i := range t.reqs {
+		off := i * block
+		t.reqs[i] = Request{Opcode: transport.Write, Local: addr(local) + uintptr(off), Segment: seg, Remote: uint64(addr(remote)) + uint64(off), Length: uint64(block)}
+	}
+	t.transfer(b) // warm up: connections
+	return t
+}
+
+func (t *metricsBench) transfer(b *testing.B) {
+	if err := t.ini.Transfer(t.ctx, t.reqs, nil); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// check makes sure the engine recorded every byte (or, off, nothing) of
+// the warm-up and n transfers.
+func (t *metricsBench) check(b *testing.B, n int) {
+	if t.on {
+		require.Equal(b, uint64(n+1)*uint64(t.all), t.ini.Metrics().Transports["tcp"].Write.Bytes, "every byte recorded")
+	} else {
+		require.Empty(b, t.ini.Metrics().Transports)
+	}
+}
+
+// BenchmarkRecordBatch is the recording itself, without the transfer:
+// the outcomes of a finished 128-task batch tallied and added to the
+// counters, as FreeBatch does.
+func BenchmarkRecordBatch(b *testing.B) {
+	e := &Engine{metrics: metrics.New(metrics.Config{})}
+	link := e.metrics.Link("peer", "tcp")
+	var table batch.Table
+	bt, err := table.Alloc(128)
+	require.NoError(b, err)
+	reqs := make([]transport.Request, 128)
+	for i := range reqs {
+		reqs[i] = transport.Request{Opcode: transport.Write, Length: 64 << 10}
+	}
+	tasks, err := bt.Add(reqs, nil, []batch.Run{{Tasks: 128, Link: link, Start: metrics.Now()}})
+	require.NoError(b, err)
+	for _, t := range tasks {
+		t.Start(1)
+		t.PartDone(64<<10, nil)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		e.record(bt)
+	}
+	b.StopTimer()
+	require.Equal(b, uint64(b.N)*128*64<<10, e.Metrics().Transports["tcp"].Write.Bytes)
 }

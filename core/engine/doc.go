@@ -14,6 +14,11 @@
 // deadlines, timeouts, recovery on failure, reaping) live here, so that
 // every binding gets the same behaviour.
 //
+// The engine records its metrics (core/metrics) where requests end, when a
+// batch is freed, for every transport alike: bytes, requests, failures by
+// sentinel, latencies, per transport and per peer; and it serves them when
+// asked (PYMOONCAKE_METRICS_PORT, MC_TE_METRIC; see metrics.go).
+//
 // An Engine owns every listener, connection, transport and goroutine it
 // starts; Close stops them all and is idempotent. Segments and batches are
 // named by small validated integers, never pointers: a stale or forged

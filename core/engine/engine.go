@@ -19,6 +19,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/managed"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -55,6 +56,10 @@ type Config struct {
 	// stopped: the root releases there what it opened for the engine (GPU
 	// staging, the driver). Their errors join Close's.
 	AtClose []func() error
+	// NoMetrics records no metrics (Metrics is empty; Env.MetricsAddr and
+	// Env.MetricsReport must be unset): the engine's benchmarks measure
+	// what recording costs with it.
+	NoMetrics bool
 }
 
 // Services is what the engine offers the transports it runs: built once the
@@ -63,7 +68,7 @@ type Services struct {
 	// Name is the engine's segment name.
 	Name string
 	// Instance is the random id of this engine's incarnation, published
-	// in its descriptor (segment.InstanceKey): a descriptor carrying it is
+	// in its descriptor (metadata.InstanceKey): a descriptor carrying it is
 	// this engine's own.
 	Instance string
 	// Memory is the table of registered local memory.
@@ -122,6 +127,9 @@ type Engine struct {
 	tickets  ticketTable    // transfers ordered on CUDA streams
 	bounces  gpu.BouncePool // page-locked buffers of those transfers
 
+	metrics    *metrics.Set    // nil with Config.NoMetrics
+	metricsSrv *metrics.Server // nil unless Env.MetricsAddr is set
+
 	publishMu sync.Mutex // serialises descriptor publication
 }
 
@@ -140,8 +148,11 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	if cfg.Memory == nil {
 		cfg.Memory = memory.New()
 	}
-	e := &Engine{cfg: cfg, log: log.Named("engine"), mem: cfg.Memory, instance: segment.NewInstanceID()}
+	e := &Engine{cfg: cfg, log: log.Named("engine"), mem: cfg.Memory, instance: metadata.NewInstanceID()}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if !cfg.NoMetrics {
+		e.metrics = metrics.New(metrics.Config{MaxPeers: cfg.Env.MetricsMaxPeers, State: e.metricsState})
+	}
 	e.managed = managed.New(func(addr uintptr, n uint64) error { return e.RegisterMemory(addr, n, "*") }, e.UnregisterMemory)
 	e.bounces.Register, e.bounces.Unregister = e.registerBounce, e.unregisterBounce
 	// From here on, a failure closes what was started and runs AtClose.
@@ -207,6 +218,9 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 	if len(e.xps) == 0 {
 		return nil, fmt.Errorf("initialize: no transport was built: %w", ErrInvalidArgument)
 	}
+	if err := e.startMetrics(); err != nil {
+		return nil, fmt.Errorf("initialize: %w", err)
+	}
 
 	e.notifies.init(cfg.Env, e.log)
 	e.rpc = handshake.NewServer(rpcLn, handshake.ServerConfig{
@@ -240,6 +254,7 @@ func New(ctx context.Context, cfg Config) (_ *Engine, err error) {
 		zap.Strings("transports", names),
 		zap.String("metadata", cfg.Metadata),
 		zap.String("gpu", gpuName(cfg.GPU)),
+		metricsField(e.MetricsAddr()),
 		zap.Strings("env", cfg.Env.SortedSet()))
 	return e, nil
 }
@@ -279,6 +294,9 @@ func (e *Engine) Close() error {
 		}
 		e.cancel()
 		e.tickets.close()
+		if e.metricsSrv != nil {
+			errs = append(errs, e.metricsSrv.Close())
+		}
 		if e.rpc != nil {
 			errs = append(errs, e.rpc.Close())
 		}
@@ -326,7 +344,7 @@ func (e *Engine) localDesc() *metadata.SegmentDesc {
 		Name:            e.name,
 		TCPProtoVersion: 1,
 		TCPDataHost:     e.dataHost,
-		Extra:           map[string]json.RawMessage{segment.InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
+		Extra:           map[string]json.RawMessage{metadata.InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
 	}
 	var locs []string
 	gpuBuffers := false
@@ -495,6 +513,14 @@ func (e *Engine) peerDesc(ctx context.Context, name string) (*metadata.SegmentDe
 		return nil, fmt.Errorf("descriptor of %q: %w: %w", name, ErrMetadata, err)
 	}
 	return d, nil
+}
+
+// metricsField names the metrics endpoint in the start line, if any.
+func metricsField(addr string) zap.Field {
+	if addr == "" {
+		return zap.Skip()
+	}
+	return zap.String("metrics_endpoint", addr)
 }
 
 func gpuName(d gpu.Driver) string {

@@ -23,7 +23,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/handshake"
 	"github.com/pymooncake/pymooncake/core/internal/etcdtest"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
-	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/tcp"
 )
@@ -715,7 +714,7 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 	require.NoError(t, err)
 	d, err := ini.SegmentDesc(h)
 	require.NoError(t, err)
-	require.Equal(t, tgt.instance, segment.InstanceOf(d))
+	require.Equal(t, tgt.instance, d.Instance())
 	require.Equal(t, uint64(addr(remoteB)), d.Buffers[0].Addr)
 	fill(local, 3)
 	require.NoError(t, write(ctxT(t), remoteB))
@@ -735,7 +734,7 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 	require.True(t, ini.Recover(ctxT(t), h, err))
 	d, err = ini.SegmentDesc(h)
 	require.NoError(t, err)
-	require.Equal(t, tgt.instance, segment.InstanceOf(d), "the same handle, re-resolved")
+	require.Equal(t, tgt.instance, d.Instance(), "the same handle, re-resolved")
 	require.False(t, ini.Recover(ctxT(t), h, err), "a rejection by the same incarnation changes nothing")
 }
 

@@ -39,6 +39,8 @@ type testEngine struct {
 	gpu         gpu.Driver
 	staging     gpu.StagingConfig
 	log         *zap.Logger
+	// noMetrics starts the engine without metrics (Config.NoMetrics).
+	noMetrics bool
 }
 
 // start starts e, returning initialize's error.
@@ -89,7 +91,7 @@ func (te testEngine) config() (Config, error) {
 		atClose = append(atClose, staging.Close)
 	}
 	return Config{
-		LocalName: te.local, Metadata: te.meta, Env: env, Logger: log, GPU: te.gpu, AtClose: atClose,
+		LocalName: te.local, Metadata: te.meta, Env: env, Logger: log, GPU: te.gpu, AtClose: atClose, NoMetrics: te.noMetrics,
 		Transports: func(_ context.Context, s Services) ([]transport.Transport, error) {
 			ln, err := listen.RandomPort(env.MinPort, env.MaxPort, env.IPv6)
 			if err != nil {

@@ -45,6 +45,13 @@ func notifyLimitsOf(env config.Env) notifyLimits {
 	return l
 }
 
+// len is how many notifies are queued.
+func (n *notifyQueue) len() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.total.count
+}
+
 // queuedNotify is a notify and the IP it came from.
 type queuedNotify struct {
 	Notify

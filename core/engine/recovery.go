@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -51,6 +52,7 @@ func (e *Engine) Recover(ctx context.Context, h SegmentHandle, cause error) bool
 		if err := e.CloseSegment(h); err != nil {
 			return false
 		}
+		e.metrics.Recovered(metrics.RecoveryDropped)
 		e.log.Info("dropped a failed segment; it is re-resolved on next use",
 			zap.String("segment", s.Name), zap.String("transport", s.Transport.Name()), zap.NamedError("cause", cause))
 		return true
@@ -66,39 +68,53 @@ func (e *Engine) Recover(ctx context.Context, h SegmentHandle, cause error) bool
 	if segment.SameIncarnation(s, fresh) {
 		return false
 	}
+	e.metrics.Recovered(metrics.RecoveryRestarted)
 	e.log.Info("peer restarted; segment re-resolved", zap.String("segment", s.Name),
-		zap.String("instance", segment.InstanceOf(fresh.Desc())), zap.NamedError("cause", cause))
+		zap.String("instance", fresh.Desc().Instance()), zap.NamedError("cause", cause))
 	return true
 }
 
+// retryWhy says why a transfer is retried: in words, and as the metrics
+// count it.
+type retryWhy struct {
+	text   string
+	reason metrics.Retry
+}
+
+var (
+	whyRecovered = retryWhy{"segment recovered by another call", metrics.RetryRecovered}
+	whyPeer      = retryWhy{"connection failed", metrics.RetryPeer}
+	whyRestarted = retryWhy{"rejected by a new incarnation", metrics.RetryRestarted}
+)
+
 // reresolve returns the handle to retry a failed transfer on, and why, or
 // 0 when the failure is not one a fresh descriptor can cure.
-func (e *Engine) reresolve(ctx context.Context, h SegmentHandle, old *segment.Segment, target string, cause error) (SegmentHandle, string) {
+func (e *Engine) reresolve(ctx context.Context, h SegmentHandle, old *segment.Segment, target string, cause error) (SegmentHandle, retryWhy) {
 	switch {
 	case errors.Is(cause, ErrUnknownSegment):
 		// Another call recovered the segment between our open and submit.
 		h2, err := e.OpenSegment(ctx, target)
 		if err != nil {
-			return 0, ""
+			return 0, retryWhy{}
 		}
-		return h2, "segment recovered by another call"
+		return h2, whyRecovered
 	case errors.Is(cause, transport.ErrPeer), errors.Is(cause, transport.ErrClosed):
 		// The handle may be gone already: another call recovered it.
 		if err := e.CloseSegment(h); err != nil && !errors.Is(err, ErrUnknownSegment) {
-			return 0, ""
+			return 0, retryWhy{}
 		}
 		h2, err := e.OpenSegment(ctx, target)
 		if err != nil {
 			e.log.Debug("re-resolving a failed peer", zap.String("segment", target), zap.Error(err))
-			return 0, ""
+			return 0, retryWhy{}
 		}
-		return h2, "connection failed"
+		return h2, whyPeer
 	case errors.Is(cause, transport.ErrRejected):
 		fresh, err := e.resolve(ctx, target)
 		if err != nil || old == nil || segment.SameIncarnation(old, fresh) {
-			return 0, ""
+			return 0, retryWhy{}
 		}
-		return fresh.Handle, "rejected by a new incarnation"
+		return fresh.Handle, whyRestarted
 	}
-	return 0, ""
+	return 0, retryWhy{}
 }

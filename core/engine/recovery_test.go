@@ -51,6 +51,9 @@ func TestCheckSegmentStatus(t *testing.T) {
 	require.ErrorIs(t, p.ini.CheckSegmentStatus(p.seg), tcp.ErrPeer)
 	require.True(t, p.ini.Recover(ctxT(t), p.seg, err))
 	require.ErrorIs(t, p.ini.CheckSegmentStatus(p.seg), ErrUnknownSegment, "recovery drops the handle")
+	m := p.ini.Metrics()
+	require.Equal(t, uint64(1), m.Recoveries["dropped"])
+	require.Equal(t, uint64(1), m.Transports["tcp"].Write.Failures["peer"], "the failure is counted by cause")
 	_, err = p.ini.OpenSegment(context.Background(), p.tgt.Name())
 	require.Error(t, err, "the dead peer cannot be re-opened")
 }

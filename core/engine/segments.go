@@ -64,7 +64,7 @@ func (e *Engine) resolve(ctx context.Context, name string) (*segment.Segment, er
 		}
 	}
 	peer := transport.Peer{Name: desc.Name, Host: host, Desc: desc}
-	return e.segs.Put(name, peer, x, peerCloses(x, peer)), nil
+	return e.segs.Put(name, peer, x, peerCloses(x, peer), e.metrics.Link(desc.Name, x.Name())), nil
 }
 
 // choose picks the transport for a peer: the first, in order of preference,
@@ -78,6 +78,9 @@ func (e *Engine) choose(desc *metadata.SegmentDesc) (transport.Transport, error)
 			if prev, seen := e.chosen.Swap(desc.Name, x.Name()); !seen || prev != x.Name() {
 				e.log.Info("transport chosen for peer", zap.String("peer", desc.Name),
 					zap.String("transport", x.Name()), zap.Errors("passed_over", why))
+				if seen {
+					e.metrics.Failover(prev.(string), x.Name())
+				}
 			}
 			return x, nil
 		}

@@ -175,6 +175,7 @@ func (e *Engine) TransferOnStream(target string, reqs []Request, stream uintptr,
 		}
 		err := ss.SubmitOnStream(seg.Peer, treqs, stream, device)
 		if err == nil {
+			e.recordQueued(seg, treqs)
 			return e.tickets.queued()
 		}
 		if !errors.Is(err, transport.ErrNotOnStream) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/batch"
 	"github.com/pymooncake/pymooncake/core/handshake"
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -89,18 +90,18 @@ func (e *Engine) submit(ctx context.Context, id BatchID, reqs []Request, n *Noti
 		to, msg := reqs[0].Segment, *n
 		notify = func() error { return e.sendBatchNotify(to, msg) }
 	}
-	tasks, err := b.Add(treqs, notify)
+	var buf [4]batch.Run
+	rs := runs(buf[:], segs, metrics.Now())
+	tasks, err := b.Add(treqs, notify, rs)
 	if err != nil {
 		return err
 	}
 	// One Submit per run of requests to the same segment, in order.
 	start := 0
-	for i := 1; i <= len(tasks); i++ {
-		if i == len(tasks) || segs[i] != segs[start] {
-			s := segs[start]
-			s.Transport.Submit(ctx, s.Peer, tasks[start:i], opts)
-			start = i
-		}
+	for _, r := range rs {
+		s := segs[start]
+		s.Transport.Submit(ctx, s.Peer, tasks[start:start+r.Tasks], opts)
+		start += r.Tasks
 	}
 	return nil
 }
@@ -237,6 +238,7 @@ func (e *Engine) FreeBatch(id BatchID) error {
 	if !e.batches.Release(b) {
 		return fmt.Errorf("free: batch %d: %w", uint64(id), ErrUnknownBatch)
 	}
+	e.record(b)
 	return nil
 }
 
@@ -316,8 +318,9 @@ func (e *Engine) transferTo(ctx context.Context, target string, reqs []Request, 
 		return err
 	}
 	s, gerr := e.segs.Get(h2)
+	e.metrics.Retry(why.reason)
 	e.log.Info("retrying a transfer after the peer's connections failed",
-		zap.String("segment", target), zap.String("why", why),
+		zap.String("segment", target), zap.String("why", why.text),
 		zap.Bool("restarted", gerr == nil && old != nil && !segment.SameIncarnation(old, s)),
 		zap.NamedError("cause", err))
 	if rerr := e.transfer(ctx, withSegment(reqs, h2), n, opts); rerr != nil {

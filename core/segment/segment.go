@@ -6,6 +6,7 @@ import (
 
 	"github.com/pymooncake/pymooncake/core/internal/errs"
 	"github.com/pymooncake/pymooncake/core/metadata"
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -35,7 +36,10 @@ type Segment struct {
 	// Closes is the transport's count of idle connections the peer closed
 	// when the descriptor was fetched (transport.CloseCounter).
 	Closes uint64
-	spans  []span // the descriptor's buffers as merged, sorted ranges
+	// Link is where the outcomes of requests to the peer are recorded
+	// (nil: nowhere).
+	Link  *metrics.Link
+	spans []span // the descriptor's buffers as merged, sorted ranges
 }
 
 // Desc is the segment's descriptor. Callers must not modify it.

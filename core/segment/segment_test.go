@@ -16,17 +16,18 @@ func peerWith(name string, bufs ...metadata.BufferDesc) transport.Peer {
 
 func TestTableHandles(t *testing.T) {
 	var tb Table
-	a := tb.Put("a", peerWith("a"), nil, 0)
-	b := tb.Put("b", peerWith("b"), nil, 0)
+	a := tb.Put("a", peerWith("a"), nil, 0, nil)
+	b := tb.Put("b", peerWith("b"), nil, 0, nil)
 	require.Equal(t, Handle(1), a.Handle, "handles start at 1: 0 is Mooncake's local segment")
 	require.Equal(t, Handle(2), b.Handle)
-	a2 := tb.Put("a", peerWith("a"), nil, 3)
+	a2 := tb.Put("a", peerWith("a"), nil, 3, nil)
 	require.Equal(t, a.Handle, a2.Handle, "a refresh keeps the handle")
 	got, err := tb.Get(a.Handle)
 	require.NoError(t, err)
 	require.Same(t, a2, got)
 	_, ok := tb.ByPeer("b")
 	require.True(t, ok)
+	require.ElementsMatch(t, []*Segment{a2, b}, tb.All())
 
 	gone, ok := tb.Remove(a.Handle)
 	require.True(t, ok)
@@ -39,7 +40,7 @@ func TestTableHandles(t *testing.T) {
 	require.False(t, ok)
 	_, err = tb.Get(0)
 	require.ErrorIs(t, err, ErrUnknownSegment)
-	require.Equal(t, Handle(3), tb.Put("a", peerWith("a"), nil, 0).Handle, "a closed handle is never reused")
+	require.Equal(t, Handle(3), tb.Put("a", peerWith("a"), nil, 0, nil).Handle, "a closed handle is never reused")
 }
 
 func TestRemoteContains(t *testing.T) {
@@ -49,7 +50,7 @@ func TestRemoteContains(t *testing.T) {
 		metadata.BufferDesc{Addr: 0x1000, Length: 0x1000},
 		metadata.BufferDesc{Addr: 0x2000, Length: 0x800},  // touches the one before
 		metadata.BufferDesc{Addr: 1<<64 - 16, Length: 32}, // wraps: ignored
-	), nil, 0)
+	), nil, 0, nil)
 	for _, tc := range []struct {
 		addr, n uint64
 		want    bool
@@ -70,7 +71,7 @@ func TestRemoteContains(t *testing.T) {
 func TestSameIncarnation(t *testing.T) {
 	withInstance := func(p transport.Peer, id string) transport.Peer {
 		d := *p.Desc
-		d.Extra = map[string]json.RawMessage{InstanceKey: json.RawMessage(`"` + id + `"`)}
+		d.Extra = map[string]json.RawMessage{metadata.InstanceKey: json.RawMessage(`"` + id + `"`)}
 		p.Desc = &d
 		return p
 	}
@@ -83,6 +84,6 @@ func TestSameIncarnation(t *testing.T) {
 	m := &Segment{Peer: peerWith("m", buf)}
 	require.True(t, SameIncarnation(m, &Segment{Peer: peerWith("m", buf)}))
 	require.False(t, SameIncarnation(m, &Segment{Peer: peerWith("m", metadata.BufferDesc{Addr: 0x9000, Length: 0x1000})}))
-	require.Len(t, NewInstanceID(), 16)
-	require.NotEqual(t, NewInstanceID(), NewInstanceID())
+	require.Len(t, metadata.NewInstanceID(), 16)
+	require.NotEqual(t, metadata.NewInstanceID(), metadata.NewInstanceID())
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -55,13 +56,24 @@ func (t *Table) ByPeer(peer string) (*Segment, bool) {
 	return nil, false
 }
 
+// All returns the open segments, in no order.
+func (t *Table) All() []*Segment {
+	m := t.load().byHandle
+	out := make([]*Segment, 0, len(m))
+	for _, s := range m {
+		out = append(out, s)
+	}
+	return out
+}
+
 // Put stores a segment opened under name, reusing the handle already given
-// to that name if there is one, and returns it.
-func (t *Table) Put(name string, peer transport.Peer, tr transport.Transport, closes uint64) *Segment {
+// to that name if there is one, and returns it. link records the outcomes
+// of requests to it (nil: nowhere).
+func (t *Table) Put(name string, peer transport.Peer, tr transport.Transport, closes uint64, link *metrics.Link) *Segment {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.load()
-	s := &Segment{Name: name, Peer: peer, Transport: tr, Closes: closes, spans: mergeSpans(peer.Desc.Buffers)}
+	s := &Segment{Name: name, Peer: peer, Transport: tr, Closes: closes, Link: link, spans: mergeSpans(peer.Desc.Buffers)}
 	if prev, ok := old.byName[name]; ok {
 		s.Handle = prev.Handle
 	} else {

@@ -8,7 +8,9 @@
 //
 // A transport implements Transport, plus whichever optional interface fits
 // what it does (Describer, Registrar, Connector, HealthReporter,
-// CloseCounter). The engine never names a concrete transport: it picks one
+// CloseCounter, ConnCounter, StreamSubmitter). A transport records no
+// metrics: the engine records them from the tasks' outcomes, the same way
+// for all; ConnCounter tells it what only the transport knows. The engine never names a concrete transport: it picks one
 // per peer with Accept, from the peer's descriptor, and branches on errors
 // only through the sentinels of errors.go. Only the composition root
 // (package core) builds transports.

@@ -108,6 +108,13 @@ type (
 		PeerCloses(peer Peer) uint64
 	}
 
+	// ConnCounter counts the transport's open connections to the peer
+	// called name, cheaply (an atomic read, no lock on the data path): a
+	// gauge of the engine's metrics.
+	ConnCounter interface {
+		PeerConns(name string) int
+	}
+
 	// StreamSubmitter is a transport whose peers' memory this process can
 	// address directly (the process itself; a peer on the same host whose
 	// GPU memory is mapped through CUDA IPC). It runs the stream-ordered

@@ -48,6 +48,11 @@ def test_bench_loopback(operation: str) -> None:
     assert float(rows["throughput"].split()[0]) > 0
     assert "latency p99" in rows
     assert "GB/s" in r.stderr  # the live progress line
+    # The engine's own figures for its transport: every request of the run.
+    m = re.match(r"(\d+\.\d+) GB in ([\d,]+) requests, none failed; latency p50 <= [\d,]+ us", rows[f"tcp {operation}"])
+    assert m, rows[f"tcp {operation}"]
+    assert int(m.group(2).replace(",", "")) == int(rows["batches"]) * 8
+    assert int(rows["tcp connections"].split()[0]) >= 1
 
 
 def _quick_bench(*flags: str, level: str | None) -> subprocess.CompletedProcess[str]:
@@ -152,6 +157,22 @@ def test_result_math() -> None:
     assert res.percentile_us(50) == pytest.approx(0.05)
     assert res.percentile_us(99) == pytest.approx(0.099)
     assert "0.001 GB/s" in _bench.format_result(res)
+
+
+def test_transport_rows() -> None:
+    hist = {"bounds": [10, 20, 50], "counts": [1, 97, 1, 1], "count": 100, "sum": 0}
+    empty = {"bounds": [10], "counts": [0, 0], "count": 0, "sum": 0}
+    d = {"bytes": 2_000_000_000, "requests": 100, "failures": {"peer": 2, "timeout": 0}, "latency_us": hist, "size_bytes": hist}
+    idle = {"bytes": 0, "requests": 0, "failures": {}, "latency_us": empty, "size_bytes": empty}
+    metrics = {"transports": {"tcp": {"read": idle, "write": d}}, "peers": {"p": {"connections": {"tcp": 3}}, "q": {"connections": {"tcp": 1}}}}
+    rows = dict(_bench._transport_rows(metrics))
+    assert rows == {
+        "tcp write": "2.000 GB in 100 requests, 2 peer failed; latency p50 <= 20 us, p99 <= 50 us (one request)",
+        "tcp connections": "4 open",
+    }
+    assert _bench._hist_quantile(hist, 1.0) == "> 50"
+    assert _bench._hist_quantile(empty, 0.5) == "-"
+    assert _bench._transport_rows({}) == []
 
 
 def start_metadata_server(persist: Path) -> tuple[str, subprocess.Popen[str]]:

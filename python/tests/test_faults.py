@@ -46,8 +46,9 @@ def fds() -> int:
 
 
 def rss_mib() -> float:
-    """This process's RSS, after the Go runtime returned what it keeps for
-    later (a leak shows; the runtime's lazy scavenging does not)."""
+    """The process's RSS once the Go runtime has collected its garbage and
+    returned it (the collector otherwise runs when the heap reaches a goal
+    set by everything allocated before, so RSS would measure that)."""
     _loader.load().bindings_FreeOSMemory()
     with open("/proc/self/status") as f:
         for line in f:

@@ -17,7 +17,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/gpu/fake"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
 )
@@ -66,7 +65,7 @@ func newSide(t *testing.T, name string, devices int, cfg Config) *side {
 // desc is the side's descriptor as its peers see it.
 func (s *side) desc() *metadata.SegmentDesc {
 	d := &metadata.SegmentDesc{Name: s.name, Protocol: "tcp",
-		Extra: map[string]json.RawMessage{segment.InstanceKey: json.RawMessage(`"` + s.instance + `"`)}}
+		Extra: map[string]json.RawMessage{metadata.InstanceKey: json.RawMessage(`"` + s.instance + `"`)}}
 	s.x.Describe(d)
 	for _, r := range s.mem.Regions() {
 		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: s.name, Addr: r.Addr, Length: r.Length})

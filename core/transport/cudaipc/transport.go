@@ -13,7 +13,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/internal/gpucopy"
 	"github.com/pymooncake/pymooncake/core/transport/internal/hostid"
@@ -132,7 +131,7 @@ func (t *Transport) Name() string { return Name }
 // an endpoint, runs on this host in our namespaces in another live
 // process, and has a GPU buffer on a device this process sees.
 func (t *Transport) Accept(desc *metadata.SegmentDesc) error {
-	if segment.InstanceOf(desc) == t.deps.Instance {
+	if desc.Instance() == t.deps.Instance {
 		return fmt.Errorf("%s: the engine's own segment", Name)
 	}
 	pi, err := decodeEndpoint(desc, t.uuids)
@@ -185,7 +184,7 @@ func (t *Transport) UnregisterMemory(addr uint64) error { return t.srv.unregiste
 // peer returns the state of the peer's incarnation, replacing (and tearing
 // down in the background) that of an earlier incarnation.
 func (t *Transport) peer(peer transport.Peer) (*peerState, error) {
-	id := segment.InstanceOf(peer.Desc)
+	id := peer.Desc.Instance()
 	t.mu.Lock()
 	p := t.peers[peer.Name]
 	if p != nil && p.instance == id {

@@ -15,7 +15,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/gpu/fake"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -67,7 +66,7 @@ func TestAccept(t *testing.T) {
 	hostOnly.host(4096)
 	mooncake := tgt.desc()
 	delete(mooncake.Extra, Key)
-	delete(mooncake.Extra, segment.InstanceKey)
+	delete(mooncake.Extra, metadata.InstanceKey)
 	tests := []struct {
 		name string
 		desc *metadata.SegmentDesc

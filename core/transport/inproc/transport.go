@@ -12,7 +12,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 	"github.com/pymooncake/pymooncake/core/transport/internal/gpucopy"
 	"github.com/pymooncake/pymooncake/core/transport/internal/lifetime"
@@ -91,7 +90,7 @@ func (t *Transport) Name() string { return Name }
 
 // Accept implements transport.Transport: only the engine's own descriptor.
 func (t *Transport) Accept(desc *metadata.SegmentDesc) error {
-	if id := segment.InstanceOf(desc); id != t.cfg.Instance {
+	if id := desc.Instance(); id != t.cfg.Instance {
 		return fmt.Errorf("%s: %q is not this engine's own segment", Name, desc.Name)
 	}
 	return nil

@@ -16,7 +16,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
-	"github.com/pymooncake/pymooncake/core/segment"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -94,7 +93,7 @@ func (e *env) run(ctx context.Context, sync bool, reqs ...transport.Request) []*
 func descWith(id string) *metadata.SegmentDesc {
 	d := &metadata.SegmentDesc{Name: "127.0.0.1:1234", Protocol: "tcp"}
 	if id != "" {
-		d.Extra = map[string]json.RawMessage{segment.InstanceKey: json.RawMessage(`"` + id + `"`)}
+		d.Extra = map[string]json.RawMessage{metadata.InstanceKey: json.RawMessage(`"` + id + `"`)}
 	}
 	return d
 }

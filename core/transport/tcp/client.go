@@ -36,6 +36,8 @@ type peer struct {
 	unhealthy atomic.Bool
 	// closes counts idle connections the peer closed (see PeerCloses).
 	closes atomic.Uint64
+	// conns counts the connections open to the peer (see PeerConns).
+	conns atomic.Int64
 	// info is what Submit worked out of the last descriptor it saw.
 	info atomic.Pointer[descInfo]
 
@@ -424,7 +426,7 @@ func (cn *conn) closeAfterReader() {
 	// once when interrupted), after taking the replies already on their
 	// way: a REJECTED frame the peer sent before closing is one.
 	<-cn.readerDone
-	_ = cn.c.Close()
+	cn.close()
 }
 
 func (l *lane) teardown(cn *conn) bool {
@@ -497,7 +499,7 @@ func (l *lane) serveV1(w *wreq) bool {
 		stop := context.AfterFunc(ctx, func() { cn.interrupt(ctx.Err()) })
 		_, err = cn.exchange(w)
 		stop()
-		_ = c.Close()
+		cn.close()
 		if err == nil || err == errReported {
 			l.release(w)
 			return true

@@ -59,6 +59,8 @@ type conn struct {
 
 	dmu     sync.Mutex
 	pending int // guarded by dmu: requests in flight
+
+	closed atomic.Bool // the socket was closed (close)
 }
 
 // errIdleClosed is why a pooled connection the peer closed is dropped.
@@ -78,6 +80,7 @@ func newConn(p *peer, c net.Conn, l *lane) *conn {
 		_ = tc.SetNoDelay(true)
 	}
 	cn := &conn{c: c, p: p, lane: l}
+	p.conns.Add(1)
 	cn.w = newStream(c, cn.stopped)
 	cn.r = newStream(c, cn.stopped)
 	if l != nil {
@@ -86,6 +89,15 @@ func newConn(p *peer, c net.Conn, l *lane) *conn {
 		cn.readerDone = make(chan struct{})
 	}
 	return cn
+}
+
+// close closes the socket, once, and counts it out of the peer's
+// connections.
+func (cn *conn) close() {
+	if cn.closed.CompareAndSwap(false, true) {
+		cn.p.conns.Add(-1)
+	}
+	_ = cn.c.Close()
 }
 
 // stopped says why the connection's I/O must stop, if it must.

@@ -118,7 +118,7 @@ func (l *syncLane) reportErr(w *wreq, err error) {
 // drop closes the sync lane's connection, if any.
 func (l *syncLane) drop() {
 	if l.cn != nil {
-		_ = l.cn.c.Close()
+		l.cn.close()
 		l.cn = nil
 	}
 }

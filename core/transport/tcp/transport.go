@@ -170,6 +170,7 @@ var (
 	_ transport.Describer      = (*Transport)(nil)
 	_ transport.HealthReporter = (*Transport)(nil)
 	_ transport.CloseCounter   = (*Transport)(nil)
+	_ transport.ConnCounter    = (*Transport)(nil)
 )
 
 // New starts a transport serving on ln, which it takes over (Close closes
@@ -419,6 +420,19 @@ func (t *Transport) PeerCloses(pe transport.Peer) uint64 {
 		return p.closes.Load()
 	}
 	return 0
+}
+
+// PeerConns counts the connections open to the peer named name (lanes,
+// pooled synchronous connections and v1 requests' own), at every address
+// it is known at.
+func (t *Transport) PeerConns(name string) int {
+	n := int64(0)
+	for k, p := range *t.peers.Load() {
+		if k.name == name {
+			n += p.conns.Load()
+		}
+	}
+	return int(n)
 }
 
 // Close stops the server and the clients, fails queued and in-flight tasks
