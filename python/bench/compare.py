@@ -306,9 +306,12 @@ def mooncake_python() -> str:
 
 
 def worker_env(impl: str, source: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """No inherited MC_* settings and no PYTHONPATH, then what each engine
-    needs, then extra; pymooncake is imported from the checkout at source."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MC_")}
+    """No inherited MC_* or PYMOONCAKE_SAME_HOST settings and no PYTHONPATH,
+    then what each engine needs, then extra; pymooncake is imported from the
+    checkout at source. Both engines move bytes over TCP: pymooncake's
+    same-host transports, which would carry two processes of one host, are
+    off unless extra turns them on (samehost.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MC_") and k != "PYMOONCAKE_SAME_HOST"}
     env.pop("PYTHONPATH", None)
     env.pop("PYMOONCAKE_AS_MOONCAKE", None)
     if impl == "mooncake":
@@ -316,6 +319,7 @@ def worker_env(impl: str, source: str, extra: dict[str, str] | None = None) -> d
         env.update(MOONCAKE_ENV)
     else:
         env["PYTHONPATH"] = source
+        env["PYMOONCAKE_SAME_HOST"] = "0"
     env.update(extra or {})
     return env
 

@@ -9,8 +9,8 @@ shared-memory ring), side by side in one run.
 
 Each path runs in two processes of its own, a target and an initiator
 (python/bench/_compare_worker.py, as compare.py starts them), differing only
-in PYMOONCAKE_SAME_HOST: 0 for tcp, unset for cma (the default: cross-memory
-attach), shm for the ring. The paths take turns point by point (the order
+in PYMOONCAKE_SAME_HOST: 0 for tcp, 1 for cma (what an unset variable
+means too: cross-memory attach), shm for the ring. The paths take turns point by point (the order
 rotates), so that drift on a shared machine hits all alike. Points:
 
 - contiguous blocks of 64 KiB and up (batch_transfer_sync_write, one and
@@ -46,7 +46,7 @@ KiB = 1 << 10
 DOC = compare.DOC
 BEGIN = "<!-- BEGIN samehost.py: generated, rerun python/bench/samehost.py to replace -->"
 END = "<!-- END samehost.py -->"
-PATHS = {"tcp": {"PYMOONCAKE_SAME_HOST": "0"}, "cma": {}, "shm": {"PYMOONCAKE_SAME_HOST": "shm"}}
+PATHS = {"tcp": {"PYMOONCAKE_SAME_HOST": "0"}, "cma": {"PYMOONCAKE_SAME_HOST": "1"}, "shm": {"PYMOONCAKE_SAME_HOST": "shm"}}
 LABEL = {"tcp": "TCP", "cma": "CMA", "shm": "shm ring"}
 
 GRID = [
@@ -114,7 +114,7 @@ def report(
         + (" — **the machine was shared with other jobs: figures are noisy**" if cpu[0] > 0.25 else ""),
         f"- pymooncake at commit {info['commit']}, {info['go']}, {info['python']}; P2PHANDSHAKE on 127.0.0.1; target and initiator of each "
         "path in their own processes, 256 MiB plus the client patterns' regions registered on each side",
-        "- Paths: " + ", ".join(f"{LABEL[p]} (`PYMOONCAKE_SAME_HOST={PATHS[p].get('PYMOONCAKE_SAME_HOST', 'unset')}`)" for p in paths),
+        "- Paths: " + ", ".join(f"{LABEL[p]} (`PYMOONCAKE_SAME_HOST={PATHS[p]['PYMOONCAKE_SAME_HOST']}`)" for p in paths),
         "",
         "GB/s = 10^9 bytes/s; p50 of one call. xTCP: throughput over TCP's at the same point. data: every run's data check passed.",
         "",
