@@ -90,6 +90,15 @@ func TestLayerBoundaries(t *testing.T) {
 				t.Errorf("%s depends on the concrete transport %s", p.ImportPath, d)
 			}
 		}
+		if p.ImportPath == module+"/bindings" {
+			// The extension carries no Go source tooling (a dependency's
+			// dependency once pulled go/format in): it only bloats the
+			// library, and the GPU hosts' trimmed toolchain lacks it.
+			for _, d := range p.Deps {
+				require.False(t, d == "go/format" || d == "go/printer" || d == "go/parser",
+					"%s depends on %s", p.ImportPath, d)
+			}
+		}
 		if strings.HasPrefix(p.ImportPath, module+"/bindings") {
 			// bindings is a flat adapter: it validates, converts, calls core
 			// and classifies errors by the transport-neutral sentinels of
