@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -57,7 +56,7 @@ func (e *Engine) RegisterMemoryBatch(addrs []uintptr, lengths []uint64, location
 		if _, rerr := e.mem.Remove(starts); rerr != nil {
 			e.log.Error("undo a failed registration", zap.Error(rerr))
 		}
-		_ = e.mem.Wait(e.ctx, starts) // nothing can hold them: just forget them
+		_ = e.mem.Wait(e.ctx, 0, starts) // nothing can hold them: just forget them
 		return err
 	}
 	return nil
@@ -127,9 +126,9 @@ func (e *Engine) UnregisterMemoryBatch(addrs []uintptr) error {
 		return fmt.Errorf("unregister memory: %w", err)
 	}
 	var errs []error
-	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.Env.TransferTimeout)
-	errs = append(errs, e.mem.Wait(ctx, starts))
-	cancel()
+	if err := e.mem.Wait(e.ctx, e.cfg.Env.TransferTimeout, starts); err != nil {
+		errs = append(errs, err)
+	}
 	for _, x := range e.xps {
 		reg, ok := x.(transport.Registrar)
 		if !ok {

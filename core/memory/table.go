@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pymooncake/pymooncake/core/internal/errs"
 )
@@ -263,9 +264,12 @@ func (t *Table) Remove(addrs []uint64) ([]Region, error) {
 }
 
 // Wait blocks until no pin is held on the removed regions starting at
-// addrs, or ctx ends (then it returns ctx's error). A transfer in flight
-// holds its pins until it stops, bounded by its own deadline.
-func (t *Table) Wait(ctx context.Context, addrs []uint64) error {
+// addrs, for at most timeout (and no longer than ctx lives); then it
+// returns an error wrapping context.DeadlineExceeded or ctx's error. A
+// transfer in flight holds its pins until it stops, bounded by its own
+// deadline. Regions nobody holds, the common case of unregister_memory,
+// cost no timer.
+func (t *Table) Wait(ctx context.Context, timeout time.Duration, addrs []uint64) error {
 	t.mu.Lock()
 	var es []*entry
 	t.gone = slices.DeleteFunc(t.gone, func(e *entry) bool {
@@ -276,6 +280,20 @@ func (t *Table) Wait(ctx context.Context, addrs []uint64) error {
 		return false
 	})
 	t.mu.Unlock()
+	for i, e := range es {
+		select {
+		case <-e.idle:
+		default:
+			return waitIdle(ctx, timeout, es[i:])
+		}
+	}
+	return nil
+}
+
+// waitIdle waits, under a timer, for the regions still held.
+func waitIdle(ctx context.Context, timeout time.Duration, es []*entry) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	for _, e := range es {
 		select {
 		case <-e.idle:

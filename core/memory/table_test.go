@@ -1,7 +1,9 @@
 package memory
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -104,4 +106,52 @@ func BenchmarkRemoveOneByOne(b *testing.B) {
 			}
 		}
 	}
+}
+
+// Remove refuses new pins at once; Wait returns when the pins held are
+// released, or when its timeout or its context ends first.
+func TestRemoveWaitsForPins(t *testing.T) {
+	tbl := New()
+	rs := []Region{{Addr: 0x1000, Length: 0x1000, Location: "*"}, {Addr: 0x4000, Length: 0x1000, Location: "*"}}
+	require.NoError(t, tbl.Add(rs))
+
+	// Nobody holds it: Wait returns at once, whatever the timeout.
+	_, err := tbl.Remove([]uint64{0x4000})
+	require.NoError(t, err)
+	require.NoError(t, tbl.Wait(context.Background(), 0, []uint64{0x4000}))
+
+	p, ok := tbl.Pin(0x1800, 0x100)
+	require.True(t, ok)
+	_, err = tbl.Remove([]uint64{0x1000})
+	require.NoError(t, err)
+	_, ok = tbl.Pin(0x1800, 0x100)
+	require.False(t, ok, "a removed region grants no pin")
+
+	// Held past the timeout.
+	start := time.Now()
+	err = tbl.Wait(context.Background(), 20*time.Millisecond, []uint64{0x1000})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.GreaterOrEqual(t, time.Since(start), 20*time.Millisecond)
+
+	// Held while the context is cancelled.
+	require.NoError(t, tbl.Restore([]Region{rs[0]}))
+	p2, ok := tbl.Pin(0x1800, 0x100)
+	require.True(t, ok)
+	_, err = tbl.Remove([]uint64{0x1000})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, tbl.Wait(ctx, time.Minute, []uint64{0x1000}), context.Canceled)
+
+	// Released while waiting.
+	require.NoError(t, tbl.Restore([]Region{rs[0]}))
+	p3, ok := tbl.Pin(0x1800, 0x100)
+	require.True(t, ok)
+	_, err = tbl.Remove([]uint64{0x1000})
+	require.NoError(t, err)
+	time.AfterFunc(10*time.Millisecond, p3.Unpin)
+	require.NoError(t, tbl.Wait(context.Background(), time.Minute, []uint64{0x1000}))
+	p.Unpin()
+	p2.Unpin()
+	require.Zero(t, tbl.Len())
 }

@@ -626,6 +626,7 @@ class Worker:
             te.get_rpc_port()
 
         out: dict[str, Any] = {"ok": True}
+        out["unregister_many"] = self._unregister_many(repeat)
         for key, fn in (("get_rpc_port", rpc_port), ("register_unregister", reg_unreg)):
             fn()
             # calibrate: how many calls fill `seconds`
@@ -648,6 +649,27 @@ class Worker:
             runs.sort()
             out[key] = {"best_ns": runs[0], "median_ns": runs[len(runs) // 2], "calls": n, "repeat": repeat}
         return out
+
+    def _unregister_many(self, repeat: int, count: int = 2048) -> dict[str, Any]:
+        """Per-call cost, in ns, of unregister_memory when ``count`` 4 KiB
+        buffers are registered and a KV connector's shutdown unregisters
+        them one at a time (issue 19): each run registers them all, then
+        times the unregistering; the best and the median of ``repeat``."""
+        te = self.te
+        pool = ctypes.create_string_buffer(count * 4096)
+        base = ctypes.addressof(pool)
+        runs = []
+        for _ in range(repeat + 1):  # the first run warms the tables up
+            for i in range(count):
+                if te.register_memory(base + i * 4096, 4096) != 0:
+                    raise RuntimeError(f"register_memory of buffer {i} of {count} returned non-zero")
+            t0 = time.perf_counter_ns()
+            for i in range(count):
+                if te.unregister_memory(base + i * 4096) != 0:
+                    raise RuntimeError(f"unregister_memory of buffer {i} of {count} returned non-zero")
+            runs.append((time.perf_counter_ns() - t0) / count)
+        runs = sorted(runs[1:])
+        return {"best_ns": runs[0], "median_ns": runs[len(runs) // 2], "calls": count, "repeat": repeat}
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req["cmd"]

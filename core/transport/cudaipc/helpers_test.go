@@ -103,7 +103,7 @@ func (s *side) unregister(addr uintptr) error {
 	require.NoError(s.t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(s.t, s.mem.Wait(ctx, []uint64{uint64(addr)}))
+	require.NoError(s.t, s.mem.Wait(ctx, time.Minute, []uint64{uint64(addr)}))
 	return s.x.UnregisterMemory(uint64(addr))
 }
 

@@ -106,7 +106,7 @@ func (n *node) unregister(ctx context.Context, addr uint64) error {
 	if _, err := n.mem.Remove([]uint64{addr}); err != nil {
 		return err
 	}
-	if err := n.mem.Wait(ctx, []uint64{addr}); err != nil {
+	if err := n.mem.Wait(ctx, time.Minute, []uint64{addr}); err != nil {
 		return err
 	}
 	return n.t.UnregisterMemory(addr)

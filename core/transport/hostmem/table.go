@@ -168,10 +168,10 @@ func (x *exportTable) add(addr, length uint64) bool {
 	return true
 }
 
-// remove unexports the region starting at addr and waits, within ctx, until
-// no initiator holds a pin on it. A slot whose pins did not drain is never
-// reused.
-func (x *exportTable) remove(ctx context.Context, addr uint64) error {
+// remove unexports the region starting at addr and waits, for at most
+// timeout and while ctx lives, until no initiator holds a pin on it. A slot
+// whose pins did not drain is never reused.
+func (x *exportTable) remove(ctx context.Context, timeout time.Duration, addr uint64) error {
 	x.mu.Lock()
 	if x.unexported[addr] {
 		delete(x.unexported, addr)
@@ -190,7 +190,7 @@ func (x *exportTable) remove(ctx context.Context, addr uint64) error {
 		atomic.StoreUint64(st, atomic.LoadUint64(st)&^stateLive)
 	})
 	x.mu.Unlock()
-	if err := x.drain(ctx, slot); err != nil {
+	if err := x.drain(ctx, timeout, slot); err != nil {
 		return fmt.Errorf("region %#x: peers still copying: %w", addr, err)
 	}
 	x.mu.Lock()
@@ -199,10 +199,14 @@ func (x *exportTable) remove(ctx context.Context, addr uint64) error {
 	return nil
 }
 
-// drain waits until slot's counter is 0 in every live pin area.
-func (x *exportTable) drain(ctx context.Context, slot int) error {
+// drain waits until slot's counter is 0 in every live pin area, for at
+// most timeout from the first time it finds one held (a region nobody
+// copies, the usual case, costs no clock reading and no timer); it then
+// returns context.DeadlineExceeded, or ctx's error if ctx ends first.
+func (x *exportTable) drain(ctx context.Context, timeout time.Duration, slot int) error {
 	wait := pinPollFirst
 	var timer *time.Timer
+	var deadline time.Time
 	defer func() {
 		if timer != nil {
 			timer.Stop()
@@ -219,14 +223,21 @@ func (x *exportTable) drain(ctx context.Context, slot int) error {
 		if !busy {
 			return nil
 		}
+		if spins == 0 {
+			deadline = time.Now().Add(timeout)
+		}
 		if spins < 64 {
 			runtime.Gosched() // a copy in flight is usually microseconds from its end
 			continue
 		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return context.DeadlineExceeded
+		}
 		if timer == nil {
-			timer = time.NewTimer(wait)
+			timer = time.NewTimer(min(wait, left))
 		} else {
-			timer.Reset(wait)
+			timer.Reset(min(wait, left))
 		}
 		select {
 		case <-ctx.Done():

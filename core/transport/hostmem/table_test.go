@@ -47,7 +47,7 @@ func TestPinProtocol(t *testing.T) {
 	var removed atomic.Bool
 	done := make(chan error, 1)
 	go func() {
-		err := x.remove(context.Background(), 0x10000)
+		err := x.remove(context.Background(), time.Minute, 0x10000)
 		removed.Store(true)
 		done <- err
 	}()
@@ -73,9 +73,7 @@ func TestPinProtocol(t *testing.T) {
 
 	// Removal times out while a pin is held, and the slot is not reused.
 	require.True(t, m.pin(e2))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
-	require.ErrorIs(t, x.remove(ctx, 0x50000), context.DeadlineExceeded)
-	cancel()
+	require.ErrorIs(t, x.remove(context.Background(), 30*time.Millisecond, 0x50000), context.DeadlineExceeded)
 	// Dropping the initiator's area (its connection closed) releases it.
 	x.drop(area)
 	require.True(t, x.add(0x60000, 0x1000))
@@ -84,7 +82,7 @@ func TestPinProtocol(t *testing.T) {
 	s, err = m.current()
 	require.NoError(t, err)
 	require.EqualValues(t, 1, s.unexported)
-	require.NoError(t, x.remove(context.Background(), 0x80000))
+	require.NoError(t, x.remove(context.Background(), time.Minute, 0x80000))
 	s, err = m.current()
 	require.NoError(t, err)
 	require.EqualValues(t, 0, s.unexported)

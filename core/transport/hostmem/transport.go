@@ -258,9 +258,7 @@ func (t *Transport) UnregisterMemory(addr uint64) error {
 	if t.tbl == nil {
 		return ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.UnregisterTimeout)
-	defer cancel()
-	if err := t.tbl.remove(ctx, addr); err != nil {
+	if err := t.tbl.remove(t.ctx, t.cfg.UnregisterTimeout, addr); err != nil {
 		return fmt.Errorf("hostmem: unregister: %w", err)
 	}
 	return nil

@@ -225,7 +225,7 @@ func TestRangeBeingUnregisteredIsRefused(t *testing.T) {
 	require.Equal(t, make([]byte, n), b, "untouched")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	require.NoError(t, e.mem.Wait(ctx, []uint64{uint64(addrOf(b))}), "no pin left behind")
+	require.NoError(t, e.mem.Wait(ctx, time.Minute, []uint64{uint64(addrOf(b))}), "no pin left behind")
 }
 
 // SubmitOnStream queues the copies on the caller's stream: they run after
