@@ -256,11 +256,16 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 	}
 }
 
+// serverPollMax is the largest request after whose reply the server polls
+// for the next header.
+const serverPollMax = 64 << 10
+
 // pollNext polls for the next header after a reply of size bytes: only
 // after small requests, since a large one's client takes long to come
-// back, and meanwhile needs the cores.
+// back, and meanwhile needs the cores (polling after 1 MiB replies halved
+// the throughput of 1 MiB writes).
 func (s *server) pollNext(pl *poller, size uint64) {
-	if pl != nil && size <= InlineMax && s.polling.CompareAndSwap(false, true) {
+	if pl != nil && size <= serverPollMax && s.polling.CompareAndSwap(false, true) {
 		pl.wait()
 		s.polling.Store(false)
 	}

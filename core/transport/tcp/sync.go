@@ -8,11 +8,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// InlineMax is the largest request that a synchronous caller runs on its
-// own goroutine (see inline); larger ones gain nothing from it and go to
-// the lanes.
-const InlineMax = 64 << 10
-
 // syncSweep is how often pooled sync connections are checked for a close
 // by their peer.
 const syncSweep = 100 * time.Millisecond
@@ -28,15 +23,19 @@ type syncLane struct {
 }
 
 // inline runs w on the calling goroutine and reports whether it did: a
-// Submit with SubmitOptions.Sync whose wire requests are one v2 request of
-// at most InlineMax bytes (a single task, or several in one scatter-gather
-// request) runs it over a pooled connection that nothing else uses
-// meanwhile, polling for the reply before parking; the tasks have finished
-// when Submit returns, and no other goroutine is woken on the way. When no
-// such connection is free (at most Lanes per peer), the request goes to
-// the lanes as usual. Other Submits never wait for the network.
+// Submit with SubmitOptions.Sync whose wire requests are one v2 request (a
+// single task below Config.SplitThreshold, or several in one
+// scatter-gather or coalesced request) runs it over a pooled connection
+// that nothing else uses meanwhile, polling for the reply before parking;
+// the tasks have finished when Submit returns, and no other goroutine is
+// woken on the way. Handing a lone request to a lane costs two cross-CPU
+// wake-ups whatever its size: a 1 MiB write from Python went from 2.3 to
+// 4.0 GB/s inline (docs/benchmarks.md). Requests that are split, and
+// batches of several requests, go to the lanes, which overlap them. When
+// no pooled connection is free (at most Lanes per peer), the request goes
+// to the lanes as usual. Other Submits never wait for the network.
 func (p *peer) inline(w *wreq) bool {
-	if w.n > InlineMax || w.v1 {
+	if w.v1 {
 		return false
 	}
 	l := p.takeSync()

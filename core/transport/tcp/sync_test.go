@@ -37,8 +37,9 @@ func waitTask(tb testing.TB, task *transport.Task) {
 }
 
 // TestSyncWriteRead moves data both ways through the inline path, with
-// and without polling; requests above InlineMax go to the lanes.
+// and without polling; requests that are split go to the lanes.
 func TestSyncWriteRead(t *testing.T) {
+	const split = 256 << 10
 	for _, tc := range []struct {
 		name   string
 		size   int
@@ -48,15 +49,15 @@ func TestSyncWriteRead(t *testing.T) {
 		{"1 byte", 1, 0, true},
 		{"4 KiB", 4096, 0, true},
 		{"4 KiB no polling", 4096, -1, true},
-		{"InlineMax", InlineMax, 0, true},
-		{"above InlineMax", InlineMax + 1, 0, false},
+		{"below the split threshold", split - 1, 0, true},
+		{"split", split, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.ResourceCheck(t)
 			remote := mmapBuf(t, 2*tc.size)
 			local := mmapBuf(t, 2*tc.size)
 			server := newTransport(t, Config{PollBudget: tc.poll}, remote)
-			client := newTransport(t, Config{PollBudget: tc.poll})
+			client := newTransport(t, Config{PollBudget: tc.poll, SplitThreshold: split})
 			pe := peerOf(server, 2)
 			fill(local[:tc.size], uint64(tc.size))
 			for i := 0; i < 3; i++ { // reuses the pooled connection
