@@ -1030,14 +1030,29 @@ class TransferEngine:
         h = self._h
         if h is None:
             return self._unusable(op, -1)
-        try:
-            t = _text(op, "target_hostname", target)
-            a = _uint(op, "buffer", buffer, _U64)
-            p = _uint(op, "peer_buffer_address", peer, _U64)
-            n = _uint(op, "length", length, _I64)
-            _text(op, "transport_hint", hint)
-        except _NoneArgument as e:
-            return _errors.refuse(op, "invalid", str(e), -1)
+        if (
+            type(target) is str
+            and type(buffer) is int
+            and type(peer) is int
+            and type(length) is int
+            and type(hint) is str
+            and 0 <= buffer <= _U64
+            and 0 <= peer <= _U64
+            and 0 <= length <= _I64
+        ):
+            # Plain arguments, as every client passes them: the checks
+            # below would accept them unchanged (a 4 KiB call is ~18 us,
+            # of which the general checks took ~0.5).
+            t, a, p, n = target, buffer, peer, length
+        else:
+            try:
+                t = _text(op, "target_hostname", target)
+                a = _uint(op, "buffer", buffer, _U64)
+                p = _uint(op, "peer_buffer_address", peer, _U64)
+                n = _uint(op, "length", length, _I64)
+                _text(op, "transport_hint", hint)
+            except _NoneArgument as e:
+                return _errors.refuse(op, "invalid", str(e), -1)
         try:
             rc: int
             if notify is None:
@@ -1159,7 +1174,14 @@ class TransferEngine:
             # data): the single transfer's path, without packing three
             # arrays. The same checks apply; anything else takes the
             # general path and its errors.
-            return self._sync_one(op, opcode, target, buffers[0], peers[0], lengths[0], hint, notify)
+            a0, p0, n0 = buffers[0], peers[0], lengths[0]
+            if notify is None and type(target) is str and type(hint) is str and 0 <= a0 <= _U64 and 0 <= p0 <= _U64 and 0 <= n0 <= _I64:
+                try:  # _sync_one's fast path, one Python call shorter
+                    rc0: int = self._x.bindings_Engine_TransferSync(h, target, opcode, a0, p0, n0)
+                    return rc0
+                except RuntimeError as e:
+                    return _errors.failed(op, e, -1)
+            return self._sync_one(op, opcode, target, a0, p0, n0, hint, notify)
         try:
             t, b, p, n = self._lists(op, target, buffers, peers, lengths, hint)
         except _NoneArgument as e:

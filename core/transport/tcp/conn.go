@@ -433,10 +433,16 @@ func (cn *conn) exchange(w *wreq) (replied bool, err error) {
 		}
 		return err != nil, err
 	}
-	cn.pl.wait() // sync lanes: the frame is usually microseconds away
-	n, err := cn.r.readFull(cn.st[:], cn.p.t.cfg.StatusTimeout)
+	// Sync lanes: the frame is usually microseconds away.
+	got, err := cn.pl.waitInto(cn.st[:])
 	if err != nil {
-		return n > 0, err
+		return false, err
+	}
+	if got < len(cn.st) {
+		n, err := cn.r.readFull(cn.st[got:], cn.p.t.cfg.StatusTimeout)
+		if err != nil {
+			return got+n > 0, err
+		}
 	}
 	if err := cn.finishReply(w, &cn.r); err != nil {
 		if cn.rejectedClose.Load() {

@@ -1,7 +1,9 @@
 package tcp
 
 import (
+	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 	"unsafe"
@@ -31,6 +33,11 @@ type poller struct {
 	peekF func(fd uintptr) // wait and idle allocate nothing
 	ready bool
 	b     [1]byte
+	// dst, while waitInto runs, receives what arrives; n and err say what
+	// the receiving gave.
+	dst []byte
+	n   int
+	err error
 	// skip and misses make polling adaptive: a wait whose budget ran out
 	// means the peer answers slower than the budget, typically because the
 	// cores are oversubscribed, where spinning only steals CPU from the
@@ -84,10 +91,31 @@ func (p *poller) wait() bool {
 	return p.ready
 }
 
+// waitInto is wait that reads what arrives into b instead of leaving it
+// for the caller's next Read: on the hot path, one system call fewer per
+// request on each side (the peek that finds the bytes is the read). It
+// returns how many bytes it read, 0 when nothing came within the budget or
+// polling is off or backing off; and, when the connection reported its end
+// or an error instead of bytes, that error (io.EOF, or the system call's
+// as a *net.OpError), which the caller treats as its Read's.
+func (p *poller) waitInto(b []byte) (int, error) {
+	if p == nil || len(b) == 0 {
+		return 0, nil
+	}
+	p.dst = b
+	ready := p.wait()
+	n, err := p.n, p.err
+	p.dst, p.n, p.err = nil, 0, nil
+	if !ready {
+		return 0, nil
+	}
+	return n, err
+}
+
 func (p *poller) spin(fd uintptr) {
 	start := time.Now()
 	for i := 1; ; i++ {
-		if readable(fd, &p.b) {
+		if p.try(fd) {
 			p.ready = true
 			return
 		}
@@ -113,6 +141,27 @@ func (p *poller) idle() bool {
 }
 
 func (p *poller) peek(fd uintptr) { p.ready = readable(fd, &p.b) }
+
+// try reports whether the connection has something to report: with dst
+// set, it reads into dst without blocking and records what it got.
+func (p *poller) try(fd uintptr) bool {
+	if p.dst == nil {
+		return readable(fd, &p.b)
+	}
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.dst[0])), uintptr(len(p.dst)),
+		syscall.MSG_DONTWAIT, 0, 0)
+	switch {
+	case errno == syscall.EAGAIN || errno == syscall.EINTR:
+		return false
+	case errno != 0:
+		p.err = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", errno)}
+	case n == 0:
+		p.err = io.EOF
+	default:
+		p.n = int(n)
+	}
+	return true
+}
 
 // readable peeks at one byte without blocking: false only when the socket
 // has nothing to report yet (EAGAIN, or a signal interrupted the peek).

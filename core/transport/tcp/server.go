@@ -181,17 +181,24 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 	// After each reply, the client's next header usually follows within
 	// microseconds: poll for it before parking in the netpoller.
 	pl := newPoller(c, s.poll, s.stopping.Load)
+	got := 0 // bytes of the next header that polling read
 	for {
 		lc.Idle()
 		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
 			return
 		}
-		if _, err := io.ReadFull(c, st.hdr[:]); err != nil {
-			if err != io.EOF && !errors.Is(err, net.ErrClosed) {
-				s.log.Debug("tcp server: reading header", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
+		if got < len(st.hdr) {
+			if _, err := io.ReadFull(c, st.hdr[got:]); err != nil {
+				if got > 0 && err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				if err != io.EOF && !errors.Is(err, net.ErrClosed) {
+					s.log.Debug("tcp server: reading header", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
+				}
+				return
 			}
-			return
 		}
+		got = 0
 		if !lc.Busy() {
 			return // shed while the header came in
 		}
@@ -201,7 +208,10 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 				s.log.Debug("tcp server: scatter-gather request failed", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
 				return
 			}
-			s.pollNext(pl, h.Size)
+			var err error
+			if got, err = s.pollNext(pl, st, h.Size); err != nil {
+				return // the client closed or reset the connection
+			}
 			continue
 		}
 		pin, ok := s.pin(h.Addr, h.Size)
@@ -252,7 +262,9 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 				zap.Uint64("addr", h.Addr), zap.Uint64("size", h.Size), zap.Uint8("opcode", h.Opcode), zap.Error(err))
 			return
 		}
-		s.pollNext(pl, h.Size)
+		if got, err = s.pollNext(pl, st, h.Size); err != nil {
+			return // the client closed or reset the connection
+		}
 	}
 }
 
@@ -264,11 +276,14 @@ const serverPollMax = 64 << 10
 // after small requests, since a large one's client takes long to come
 // back, and meanwhile needs the cores (polling after 1 MiB replies halved
 // the throughput of 1 MiB writes).
-func (s *server) pollNext(pl *poller, size uint64) {
-	if pl != nil && size <= serverPollMax && s.polling.CompareAndSwap(false, true) {
-		pl.wait()
-		s.polling.Store(false)
+// What arrives is read into st's header buffer: it returns how many bytes,
+// or the connection's end or error.
+func (s *server) pollNext(pl *poller, st *serverConn, size uint64) (int, error) {
+	if pl == nil || size > serverPollMax || !s.polling.CompareAndSwap(false, true) {
+		return 0, nil
 	}
+	defer s.polling.Store(false)
+	return pl.waitInto(st.hdr[:])
 }
 
 // serverConn is the per-connection state, allocated once per connection;

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -353,6 +354,67 @@ func TestPoller(t *testing.T) {
 		require.Nil(t, newPoller(nil, time.Second, nil))
 		require.False(t, p.wait())
 		require.True(t, p.idle())
+		n, err := p.waitInto(make([]byte, 8))
+		require.Zero(t, n)
+		require.NoError(t, err)
+	})
+}
+
+// TestPollerWaitInto: polling that reads what arrives hands over the bytes
+// (all or part of what the caller wants), the peer's close as io.EOF and a
+// reset as the system call's error; nothing within the budget reads
+// nothing.
+func TestPollerWaitInto(t *testing.T) {
+	pair := func(t *testing.T) (c, peer net.Conn) {
+		ln := localListener(t)
+		t.Cleanup(func() { ln.Close() })
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		peer, err = ln.Accept()
+		require.NoError(t, err)
+		t.Cleanup(func() { peer.Close() })
+		return c, peer
+	}
+	never := func() bool { return false }
+	t.Run("nothing", func(t *testing.T) {
+		c, _ := pair(t)
+		n, err := newPoller(c, time.Millisecond, never).waitInto(make([]byte, 8))
+		require.Zero(t, n)
+		require.NoError(t, err)
+	})
+	t.Run("part of a frame, then the rest", func(t *testing.T) {
+		c, peer := pair(t)
+		_, err := peer.Write([]byte{1, 2, 3})
+		require.NoError(t, err)
+		p := newPoller(c, time.Hour, never)
+		b := make([]byte, 8)
+		n, err := p.waitInto(b)
+		require.NoError(t, err)
+		require.Equal(t, []byte{1, 2, 3}, b[:n])
+		_, err = peer.Write([]byte{4, 5, 6, 7, 8, 9})
+		require.NoError(t, err)
+		_, err = io.ReadFull(c, b[n:])
+		require.NoError(t, err)
+		require.Equal(t, []byte{1, 2, 3, 4, 5, 6, 7, 8}, b)
+		require.False(t, p.idle(), "the ninth byte is left for the next read")
+	})
+	t.Run("closed", func(t *testing.T) {
+		c, peer := pair(t)
+		require.NoError(t, peer.Close())
+		n, err := newPoller(c, time.Hour, never).waitInto(make([]byte, 8))
+		require.Zero(t, n)
+		require.ErrorIs(t, err, io.EOF)
+	})
+	t.Run("reset", func(t *testing.T) {
+		c, peer := pair(t)
+		require.NoError(t, peer.(*net.TCPConn).SetLinger(0))
+		require.NoError(t, peer.Close())
+		n, err := newPoller(c, time.Hour, never).waitInto(make([]byte, 8))
+		require.Zero(t, n)
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+		var op *net.OpError
+		require.ErrorAs(t, err, &op)
 	})
 }
 
