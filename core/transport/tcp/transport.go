@@ -264,7 +264,8 @@ func (t *Transport) Describe(d *metadata.SegmentDesc) {
 }
 
 // Submit queues the tasks for peer and returns at once, except that with
-// opts.Sync one small request may run to its end first (see inline).
+// opts.Sync a batch that makes one wire request runs to its end first
+// (see inline).
 // Requests contiguous on both sides travel as one (see coalesce); to a
 // pymooncake peer, small requests travel many to a scatter-gather request
 // (see group); large ones are split over the lanes. Every task is
