@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -163,6 +164,19 @@ func TestGPUStagedTransfers(t *testing.T) {
 			}
 			tasks := transfer(t, ini, peerOf(tgt, version), request(tc.op, local, remote))
 			requireDone(t, tasks...)
+			if !tc.v1 {
+				// Again as a synchronous call: one wire request (below
+				// the split threshold) runs on the calling goroutine,
+				// staging included.
+				clear(want[:min(len(want), 64)])
+				src.set(t, want)
+				task := submitSync(context.Background(), ini, peerOf(tgt, version), request(tc.op, local, remote))
+				if tc.size < int(DefaultSplitThreshold) {
+					require.True(t, finished(task), "ran inline")
+				}
+				waitTask(t, task)
+				requireDone(t, task)
+			}
 			if tc.v1 && tc.op == transport.Write {
 				// v1 writes are not acknowledged: the bytes land once the
 				// server has read and staged them.
