@@ -10,7 +10,8 @@
     cuMemAlloc/cuMemFree (ctypes), with the cost of an empty ctypes call as
     the floor.
 --tcp: throughput of two engines in two processes on this machine over TCP
-    (loopback, PYMOONCAKE_CUDA_IPC=0): GPU to GPU through the staging
+    (loopback, PYMOONCAKE_SAME_HOST=0: no CUDA IPC, no cross-memory attach):
+    GPU to GPU through the staging
     pipeline, against host to host, writes and reads of 16 blocks of 64 MiB.
 Prints one JSON document (and writes it to --out).
 """
@@ -106,13 +107,14 @@ def bench_alloc() -> dict[str, Any]:
 
 def bench_tcp(block: int = 64 << 20, blocks: int = 16, rounds: int = 5) -> dict[str, Any]:
     size = block * blocks
-    # TCP, not CUDA IPC (see bench_cuda_ipc.py): both engines read it at
-    # initialize; the peer inherits it.
-    os.environ["PYMOONCAKE_CUDA_IPC"] = "0"
+    # TCP, not CUDA IPC (see bench_cuda_ipc.py) nor cross-memory attach
+    # for the host rows: both engines read it at initialize; the peer
+    # inherits it.
+    os.environ["PYMOONCAKE_SAME_HOST"] = "0"
     peer = gpulib.GPUPeer(size)
     e = TransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
-    del os.environ["PYMOONCAKE_CUDA_IPC"]
+    del os.environ["PYMOONCAKE_SAME_HOST"]
     local = {"gpu": torch.ones(size, dtype=torch.uint8, device="cuda:0"), "host": torch.ones(size, dtype=torch.uint8)}
     assert e.batch_register_memory([t.data_ptr() for t in local.values()], [size, size]) == 0
     remote = {"gpu": peer.gpu, "host": peer.host}
