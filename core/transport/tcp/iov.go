@@ -2,7 +2,6 @@ package tcp
 
 import (
 	"io"
-	"net"
 	"syscall"
 	"time"
 	"unsafe"
@@ -31,8 +30,9 @@ func (s *stream) writev(bufs [][]byte, d time.Duration) error {
 			return err
 		}
 		s.wv = append(s.wv[:0], bufs[:n]...)
-		b := net.Buffers(s.wv)
-		_, err := b.WriteTo(s.c)
+		s.bufs = s.wv // WriteTo consumes its receiver: a field, not a local that would escape
+		_, err := s.bufs.WriteTo(s.c)
+		s.bufs = nil
 		clear(s.wv)
 		if err != nil {
 			return err
@@ -40,6 +40,30 @@ func (s *stream) writev(bufs [][]byte, d time.Duration) error {
 		bufs = bufs[n:]
 	}
 	return nil
+}
+
+// readvOnce is readv's system call, for RawConn.Read: it records the
+// result in s.rn and s.rerr and returns false (wait) only on EAGAIN. A
+// method value bound once, with results in the stream, so that a readv
+// allocates nothing.
+func (s *stream) readvOnce(fd uintptr) bool {
+	for {
+		r, _, errno := syscall.Syscall(syscall.SYS_READV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
+		switch errno {
+		case 0:
+			s.rn = int(r)
+			if s.rn == 0 {
+				s.rerr = io.ErrUnexpectedEOF
+			}
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // wait until readable, under the deadline
+		}
+		s.rerr = errno
+		return true
+	}
 }
 
 // readv fills bufs in order with readv calls of at most maxIOV slices,
@@ -78,31 +102,16 @@ func (s *stream) readv(bufs [][]byte, d time.Duration) (int, error) {
 		if err := s.arm(true, d); err != nil {
 			return total, err
 		}
-		var n int
-		var rerr error
-		err := s.raw.Read(func(fd uintptr) bool {
-			for {
-				r, _, errno := syscall.Syscall(syscall.SYS_READV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
-				switch errno {
-				case 0:
-					n = int(r)
-					if n == 0 {
-						rerr = io.ErrUnexpectedEOF
-					}
-					return true
-				case syscall.EINTR:
-					continue
-				case syscall.EAGAIN:
-					return false // wait until readable, under the deadline
-				}
-				rerr = errno
-				return true
-			}
-		})
+		if s.readvFor != s { // bound on first use, and again if the stream was copied
+			s.readvF, s.readvFor = s.readvOnce, s
+		}
+		s.rn, s.rerr = 0, nil
+		err := s.raw.Read(s.readvF)
 		clear(s.iov) // no stale pointers into peer-visible memory
 		if err == nil {
-			err = rerr
+			err = s.rerr
 		}
+		n := s.rn
 		total += n
 		// Advance past what was read.
 		for n > 0 && first < len(bufs) {

@@ -43,6 +43,12 @@ type stream struct {
 	bufs    net.Buffers
 	wv      [][]byte        // writev's vector
 	iov     []syscall.Iovec // readv's vector
+	// readvF is s.readvOnce, bound once (for readvFor, this stream) so
+	// that readv allocates nothing; rn and rerr are its results.
+	readvF   func(fd uintptr) bool
+	readvFor *stream
+	rn       int
+	rerr     error
 }
 
 // newStream returns a stream over c.
