@@ -3,7 +3,6 @@ package core
 import (
 	"context"
 	"math/rand/v2"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -15,15 +14,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/engine"
 	"github.com/pymooncake/pymooncake/core/metadata"
 )
-
-// mmapBuf returns n bytes of memory outside the Go heap, unmapped at cleanup.
-func mmapBuf(tb testing.TB, n int) []byte {
-	tb.Helper()
-	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
-	require.NoError(tb, err)
-	tb.Cleanup(func() { syscall.Munmap(b) })
-	return b
-}
 
 func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 

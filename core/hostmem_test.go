@@ -87,7 +87,7 @@ func TestSameHostPaths(t *testing.T) {
 			tgt := startEngine(t, env, nil, nil)
 			ini := startEngine(t, env, log, nil)
 			const size = 8 << 20
-			local, remote := mmapBuf(t, size), mmapBuf(t, size)
+			local, remote := testutil.Mmap(t, size), testutil.Mmap(t, size)
 			require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))
 			require.NoError(t, tgt.RegisterMemory(addr(remote), size, "*"))
 			fill(local, 1)
@@ -130,7 +130,7 @@ func TestSameHostGPUMemoryGoesOverTCP(t *testing.T) {
 	log, logs := observed(t)
 	tgt := startEngine(t, nil, nil, d)
 	ini := startEngine(t, nil, log, d)
-	host, remote := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	host, remote := testutil.Mmap(t, 1<<20), testutil.Mmap(t, 1<<20)
 	dev, err := d.Alloc(0, 1<<20)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Free(dev) })
@@ -287,7 +287,7 @@ func TestSameHostTwoProcesses(t *testing.T) {
 			tg := startTargetProc(t)
 			log, logs := observed(t)
 			ini := startEngine(t, env, log, nil)
-			local := mmapBuf(t, 16<<20)
+			local := testutil.Mmap(t, 16<<20)
 			require.NoError(t, ini.RegisterMemory(addr(local), 16<<20, "*"))
 			require.NoError(t, ini.TransferTo(ctxT(t), tg.name, []engine.Request{{Opcode: transport.Read, Local: addr(local), Remote: tg.base, Length: 16 << 20}}, nil))
 			for _, i := range []int{0, 1, 1 << 20, 16<<20 - 1} {
@@ -327,7 +327,7 @@ func TestSameHostTargetRestarts(t *testing.T) {
 			ini, err := New(context.Background(), cfg)
 			require.NoError(t, err)
 			t.Cleanup(func() { ini.Close() })
-			local := mmapBuf(t, 1<<20)
+			local := testutil.Mmap(t, 1<<20)
 			require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
 			for round := range 3 {
 				tg := startTargetProc(t, env...)

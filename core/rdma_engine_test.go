@@ -43,7 +43,7 @@ func TestEngineOverFakeRDMA(t *testing.T) {
 	require.Zero(t, descOf(t, tgt).TCPDataPort)
 
 	const size = 8<<20 + 123
-	remote, local := mmapBuf(t, size), mmapBuf(t, size)
+	remote, local := testutil.Mmap(t, size), testutil.Mmap(t, size)
 	require.NoError(t, tgt.RegisterMemory(addr(remote), size, "cpu:0"))
 	require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))
 
@@ -127,7 +127,7 @@ func TestEngineOverFakeBarex(t *testing.T) {
 	tgt, ini := start(), start()
 	require.Equal(t, "barex", tgt.Protocol())
 	const size = 3<<20 + 4096
-	remote, local := mmapBuf(t, size), mmapBuf(t, size)
+	remote, local := testutil.Mmap(t, size), testutil.Mmap(t, size)
 	require.NoError(t, tgt.RegisterMemory(addr(remote), size, "cpu:0"))
 	require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))
 	var d struct{ Buffers []struct{ Length uint64 } }

@@ -77,7 +77,7 @@ func TestRecoveryOnEveryTransport(t *testing.T) {
 				return e
 			}
 			const size = 1 << 20
-			local, remote := mmapBuf(t, size), mmapBuf(t, size)
+			local, remote := testutil.Mmap(t, size), testutil.Mmap(t, size)
 			ini := start("initiator", "hostB")
 			defer ini.Close()
 			require.NoError(t, ini.RegisterMemory(addr(local), size, "cpu:0"))

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pymooncake/pymooncake/core/engine"
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -26,7 +27,7 @@ func BenchmarkSameHostScattered(b *testing.B) {
 			r := rand.New(rand.NewPCG(1, 2))
 			var reqs []engine.Request
 			for k := range regions {
-				local, remote := mmapBuf(b, regionSize), mmapBuf(b, regionSize)
+				local, remote := testutil.Mmap(b, regionSize), testutil.Mmap(b, regionSize)
 				if err := ini.RegisterMemory(addr(local), regionSize, "*"); err != nil {
 					b.Fatal(err)
 				}

@@ -187,12 +187,12 @@ func TestCUDAIPCBetweenEngines(t *testing.T) {
 	ini := gpuEngine(t, di, nil, 4343)
 	const n = 1 << 20
 	legacy, vmm := devAlloc(t, dt, 0, n, false), devAlloc(t, dt, 1, n, true)
-	thost := mmapBuf(t, n)
+	thost := testutil.Mmap(t, n)
 	for _, a := range []uintptr{legacy, vmm, addr(thost)} {
 		require.NoError(t, tgt.RegisterMemory(a, n, "*"))
 	}
 	idev := devAlloc(t, di, 0, n, false)
-	ihost := mmapBuf(t, n)
+	ihost := testutil.Mmap(t, n)
 	require.NoError(t, ini.RegisterMemory(idev, n, "*"))
 	require.NoError(t, ini.RegisterMemory(addr(ihost), n, "*"))
 
@@ -284,7 +284,7 @@ func TestCUDAIPCOff(t *testing.T) {
 	const n = 64 << 10
 	remote := devAlloc(t, dt, 0, n, false)
 	require.NoError(t, tgt.RegisterMemory(remote, n, "*"))
-	local := mmapBuf(t, n)
+	local := testutil.Mmap(t, n)
 	fill(local, 8)
 	require.NoError(t, ini.RegisterMemory(addr(local), n, "*"))
 	require.NoError(t, ini.TransferTo(ctxT(t), tgt.Name(), []engine.Request{{Opcode: transport.Write, Local: addr(local), Remote: uint64(remote), Length: n}}, nil))

@@ -63,7 +63,7 @@ func TestHTTPMetadataMode(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, fmt.Sprintf("{\"ip_or_host_name\":\"127.0.0.1\",\"rpc_port\":%d}", tgt.RPCPort()), string(body))
 
-	remote, local := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	remote, local := testutil.Mmap(t, 1<<20), testutil.Mmap(t, 1<<20)
 	require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<20, "*"))
 	require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
 	code, body = httpGet(t, meta, "mooncake/ram/target-a")
@@ -118,7 +118,7 @@ func TestEtcdMode(t *testing.T) {
 	meta := "etcd://" + etcd.Endpoints()[0]
 	tgt := newStoreEngine(t, "etcd-target", meta)
 	ini := newStoreEngine(t, "etcd-initiator", etcd.Endpoints()[0]) // a bare h:p means etcd
-	remote, local := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	remote, local := testutil.Mmap(t, 1<<20), testutil.Mmap(t, 1<<20)
 	require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<20, "*"))
 	require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
 

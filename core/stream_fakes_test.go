@@ -42,7 +42,7 @@ func TestTransferOnStreamOverFakeRDMA(t *testing.T) {
 	tgt, ini := start("hostA"), start("hostB")
 	require.Equal(t, "rdma", ini.Protocol())
 	const n = 1 << 20
-	remote := mmapBuf(t, n)
+	remote := testutil.Mmap(t, n)
 	require.NoError(t, tgt.RegisterMemory(addr(remote), n, "cpu:0"))
 	dev, err := d.Alloc(0, n)
 	require.NoError(t, err)

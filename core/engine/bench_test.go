@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pymooncake/pymooncake/core/batch"
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/metrics"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -83,7 +84,7 @@ func benchScattered(b *testing.B, op transport.Opcode, block, entries, regions i
 	tgt, ini := newEngine(b, nil), newEngine(b, nil)
 	var locals, remotes []uintptr
 	for range regions {
-		l, r := mmapBuf(b, per), mmapBuf(b, per)
+		l, r := testutil.Mmap(b, per), testutil.Mmap(b, per)
 		require.NoError(b, ini.RegisterMemory(addr(l), uint64(per), "*"))
 		require.NoError(b, tgt.RegisterMemory(addr(r), uint64(per), "*"))
 		locals, remotes = append(locals, addr(l)), append(remotes, addr(r))
@@ -217,7 +218,7 @@ func newMetricsBench(b *testing.B, block, depth int, on bool) *metricsBench {
 	}
 	ini := te.mustStart(b)
 	tgt := newEngine(b, nil)
-	local, remote := mmapBuf(b, block*depth), mmapBuf(b, block*depth)
+	local, remote := testutil.Mmap(b, block*depth), testutil.Mmap(b, block*depth)
 	require.NoError(b, ini.RegisterMemory(addr(local), uint64(len(local)), "*"))
 	require.NoError(b, tgt.RegisterMemory(addr(remote), uint64(len(remote)), "*"))
 	seg, err := ini.OpenSegment(ctxT(b), tgt.Name())
@@ -282,7 +283,7 @@ func BenchmarkEngineRegister(b *testing.B) {
 	for _, sameHost := range []string{"0", "1"} {
 		b.Run("pair/samehost="+sameHost, func(b *testing.B) {
 			e := newEngine(b, map[string]string{"PYMOONCAKE_SAME_HOST": sameHost})
-			buf := mmapBuf(b, 4096)
+			buf := testutil.Mmap(b, 4096)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -297,7 +298,7 @@ func BenchmarkEngineRegister(b *testing.B) {
 		b.Run("unregister2048/samehost="+sameHost, func(b *testing.B) {
 			const n = 2048
 			e := newEngine(b, map[string]string{"PYMOONCAKE_SAME_HOST": sameHost})
-			buf := mmapBuf(b, n*4096)
+			buf := testutil.Mmap(b, n*4096)
 			b.ReportAllocs()
 			for i := 0; i < b.N; i += n {
 				b.StopTimer()

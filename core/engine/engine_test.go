@@ -25,15 +25,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
-// mmapBuf returns n bytes of memory outside the Go heap, unmapped at cleanup.
-func mmapBuf(tb testing.TB, n int) []byte {
-	tb.Helper()
-	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
-	require.NoError(tb, err)
-	tb.Cleanup(func() { syscall.Munmap(b) })
-	return b
-}
-
 func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
 func newEngine(tb testing.TB, env map[string]string) *Engine {
@@ -51,7 +42,7 @@ type pair struct {
 func newPair(tb testing.TB, size int, iniEnv, tgtEnv map[string]string) *pair {
 	tb.Helper()
 	p := &pair{tgt: newEngine(tb, tgtEnv), ini: newEngine(tb, iniEnv)}
-	p.local, p.remote = mmapBuf(tb, size), mmapBuf(tb, size)
+	p.local, p.remote = testutil.Mmap(tb, size), testutil.Mmap(tb, size)
 	require.NoError(tb, p.ini.RegisterMemory(addr(p.local), uint64(size), "cpu:0"))
 	require.NoError(tb, p.tgt.RegisterMemory(addr(p.remote), uint64(size), "*"))
 	seg, err := p.ini.OpenSegment(context.Background(), p.tgt.Name())
@@ -209,7 +200,7 @@ func TestRejections(t *testing.T) {
 	testutil.ResourceCheck(t)
 	p := newPair(t, 1<<20, nil, nil)
 	base := uint64(addr(p.remote))
-	other := mmapBuf(t, 4096)
+	other := testutil.Mmap(t, 4096)
 	tests := []struct {
 		name string
 		req  Request
@@ -283,7 +274,7 @@ func TestFreeBusyBatch(t *testing.T) {
 func TestRegistration(t *testing.T) {
 	testutil.ResourceCheck(t)
 	e := newEngine(t, nil)
-	b := mmapBuf(t, 1<<20)
+	b := testutil.Mmap(t, 1<<20)
 	a := addr(b)
 	require.ErrorIs(t, e.RegisterMemory(a, 0, "*"), ErrInvalidArgument)
 	require.ErrorIs(t, e.RegisterMemory(a, 10, "gpu0"), ErrInvalidArgument)
@@ -310,7 +301,7 @@ func TestRegistration(t *testing.T) {
 func TestPeerSeesNewRegistrations(t *testing.T) {
 	testutil.ResourceCheck(t)
 	p := newPair(t, 1<<20, nil, nil)
-	later := mmapBuf(t, 4096)
+	later := testutil.Mmap(t, 4096)
 	require.NoError(t, p.tgt.RegisterMemory(addr(later), 4096, "*"))
 	fill(p.local[:4096], 11)
 	require.NoError(t, p.ini.Transfer(ctxT(t), []Request{{Opcode: transport.Write, Local: addr(p.local), Segment: p.seg, Remote: uint64(addr(later)), Length: 4096}}, nil))
@@ -474,7 +465,7 @@ func TestTwoProcesses(t *testing.T) {
 	testutil.ResourceCheck(t)
 	_, name, base, stdin, out := startTarget(t)
 	e := newEngine(t, nil)
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	require.NoError(t, e.RegisterMemory(addr(local), uint64(len(local)), "*"))
 	seg, err := e.OpenSegment(ctxT(t), name)
 	require.NoError(t, err)
@@ -493,7 +484,7 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 	testutil.ResourceCheck(t)
 	cmd, name, base, _, _ := startTarget(t)
 	e := newEngine(t, map[string]string{"MC_TCP_STATUS_TIMEOUT_SEC": "3"})
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	require.NoError(t, e.RegisterMemory(addr(local), uint64(len(local)), "*"))
 	seg, err := e.OpenSegment(ctxT(t), name)
 	require.NoError(t, err)

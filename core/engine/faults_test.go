@@ -223,7 +223,7 @@ type guarded struct {
 
 func newGuarded(t *testing.T, e *Engine, n int) *guarded {
 	const page = 4096
-	all := mmapBuf(t, n+2*page)
+	all := testutil.Mmap(t, n+2*page)
 	for i := range all {
 		all[i] = 0x5a
 	}
@@ -465,7 +465,7 @@ func TestSigkillMidBatch(t *testing.T) {
 			testutil.ResourceCheck(t)
 			cmd, name, base, _, _ := startTarget(t)
 			e := newEngine(t, nil)
-			local := mmapBuf(t, 64<<20)
+			local := testutil.Mmap(t, 64<<20)
 			require.NoError(t, e.RegisterMemory(addr(local), uint64(len(local)), "*"))
 			reqs := make([]Request, 32)
 			for i := range reqs {
@@ -496,7 +496,7 @@ func TestSigstopTarget(t *testing.T) {
 	testutil.ResourceCheck(t)
 	cmd, name, base, stdin, out := startTarget(t)
 	e := newEngine(t, nil) // MC_TCP_STATUS_TIMEOUT_SEC at its default, 30 s
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	require.NoError(t, e.RegisterMemory(addr(local), uint64(len(local)), "*"))
 	fill(local, 5)
 	big := []Request{{Opcode: transport.Write, Local: addr(local), Remote: base, Length: 64 << 20}}
@@ -590,7 +590,7 @@ func TestRestartCycles(t *testing.T) {
 			ini := start(local)
 			defer ini.Close()
 			const threads, chunk = 4, 64 << 10
-			src, dst := mmapBuf(t, threads*chunk), mmapBuf(t, threads*chunk)
+			src, dst := testutil.Mmap(t, threads*chunk), testutil.Mmap(t, threads*chunk)
 			require.NoError(t, ini.RegisterMemory(addr(src), uint64(len(src)), "*"))
 			var baseG, baseFD int
 			var baseHeap uint64
@@ -684,9 +684,9 @@ func TestRestartAtTheSameAddress(t *testing.T) {
 		t.Fatal("the data port never came back")
 		return nil
 	}
-	local := mmapBuf(t, 1<<16)
+	local := testutil.Mmap(t, 1<<16)
 	require.NoError(t, ini.RegisterMemory(addr(local), 1<<16, "*"))
-	remoteA, remoteB := mmapBuf(t, 1<<16), mmapBuf(t, 1<<16)
+	remoteA, remoteB := testutil.Mmap(t, 1<<16), testutil.Mmap(t, 1<<16)
 	write := func(ctx context.Context, remote []byte) error {
 		return ini.TransferTo(ctx, "fixed", []Request{{Opcode: transport.Write, Local: addr(local), Remote: uint64(addr(remote)), Length: 1 << 16}}, nil)
 	}
@@ -750,7 +750,7 @@ func TestFirstAsyncCallAfterRestart(t *testing.T) {
 			testutil.ResourceCheck(t)
 			meta := startHTTPMetadata(t)
 			ini := newStoreEngine(t, "ini", meta)
-			local, remote := mmapBuf(t, 1<<16), mmapBuf(t, 1<<16)
+			local, remote := testutil.Mmap(t, 1<<16), testutil.Mmap(t, 1<<16)
 			require.NoError(t, ini.RegisterMemory(addr(local), 1<<16, "*"))
 			write := []Request{{Opcode: transport.Write, Local: addr(local), Remote: uint64(addr(remote)), Length: 1 << 16}}
 			tgt := newStoreEngine(t, "tgt", meta)

@@ -71,7 +71,7 @@ func TestRegisterDetectsGPUMemory(t *testing.T) {
 	testutil.ResourceCheck(t)
 	d := newFakeGPU(t)
 	e := newGPUEngine(t, d)
-	host := mmapBuf(t, 4096)
+	host := testutil.Mmap(t, 4096)
 	dev0, dev1 := allocDev(t, d, 0, 8192), allocDev(t, d, 1, 4096)
 
 	require.NoError(t, e.RegisterMemory(addr(host), 4096, "*"))
@@ -129,7 +129,7 @@ func newGPUPair(t *testing.T, n int) *gpuPair {
 	t.Helper()
 	p := &gpuPair{d: newFakeGPU(t)}
 	p.tgt, p.ini = newGPUEngine(t, p.d), newGPUEngine(t, p.d)
-	p.iniHost, p.tgtHost = mmapBuf(t, n), mmapBuf(t, n)
+	p.iniHost, p.tgtHost = testutil.Mmap(t, n), testutil.Mmap(t, n)
 	p.iniDev, p.tgtDev = allocDev(t, p.d, 0, n), allocDev(t, p.d, 1, n)
 	require.NoError(t, p.ini.RegisterMemoryBatch([]uintptr{addr(p.iniHost), p.iniDev.addr}, []uint64{uint64(n), uint64(n)}, "*"))
 	require.NoError(t, p.tgt.RegisterMemoryBatch([]uintptr{addr(p.tgtHost), p.tgtDev.addr}, []uint64{uint64(n), uint64(n)}, "*"))
@@ -252,7 +252,7 @@ func TestTransferOnStreamNeedsNoDriverWhileHeld(t *testing.T) {
 	const n = 3<<20 + 5
 	d := newFakeGPU(t)
 	tgt, ini := newGPUEngine(t, d), newGPUEngine(t, d)
-	remote := mmapBuf(t, n)
+	remote := testutil.Mmap(t, n)
 	src := allocDev(t, d, 1, n)
 	require.NoError(t, tgt.RegisterMemory(addr(remote), n, "*"))
 	require.NoError(t, ini.RegisterMemory(src.addr, n, "*"))

@@ -47,7 +47,7 @@ func TestNoLateDataAfterFailure(t *testing.T) {
 			cmd, name, base, _, _ := startTarget(t)
 			e := testEngine{envOverride: func(env *config.Env) { env.TransferTimeout = time.Second }}.mustStart(t)
 			const page, pages = 4096, 16384
-			local := mmapBuf(t, page*pages)
+			local := testutil.Mmap(t, page*pages)
 			require.NoError(t, e.RegisterMemory(addr(local), uint64(len(local)), "*"))
 			reqs := make([]Request, pages) // scattered: the target's pages in reverse order
 			for i := range reqs {

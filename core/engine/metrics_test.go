@@ -212,12 +212,12 @@ func TestMetricsPortInUseFailsInit(t *testing.T) {
 func TestMetricsPeerLabelsBounded(t *testing.T) {
 	testutil.ResourceCheck(t)
 	ini := newEngine(t, map[string]string{"PYMOONCAKE_METRICS_MAX_PEERS": "1"})
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	require.NoError(t, ini.RegisterMemory(addr(local), 4096, "*"))
 	var names []string
 	for range 3 {
 		tgt := newEngine(t, nil)
-		remote := mmapBuf(t, 4096)
+		remote := testutil.Mmap(t, 4096)
 		require.NoError(t, tgt.RegisterMemory(addr(remote), 4096, "*"))
 		require.NoError(t, ini.TransferTo(ctxT(t), tgt.Name(), []Request{{Opcode: transport.Write, Local: addr(local), Remote: uint64(addr(remote)), Length: 100}}, nil))
 		names = append(names, tgt.Name())
@@ -238,7 +238,7 @@ func TestMooncakeMetricReport(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, ini.Close()) }()
 	tgt := newEngine(t, nil)
-	local, remote := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	local, remote := testutil.Mmap(t, 1<<20), testutil.Mmap(t, 1<<20)
 	require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
 	require.NoError(t, tgt.RegisterMemory(addr(remote), 1<<20, "*"))
 	require.Eventually(t, func() bool { return logs.FilterMessageSnippet("metrics reporting started").Len() == 1 }, 5*time.Second, time.Millisecond)

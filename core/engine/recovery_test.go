@@ -17,9 +17,9 @@ func TestTransferToSurvivesPeerRestart(t *testing.T) {
 	testutil.ResourceCheck(t)
 	meta := startHTTPMetadata(t)
 	ini := newStoreEngine(t, "ini", meta)
-	local := mmapBuf(t, 1<<20)
+	local := testutil.Mmap(t, 1<<20)
 	require.NoError(t, ini.RegisterMemory(addr(local), 1<<20, "*"))
-	remote := mmapBuf(t, 1<<20)
+	remote := testutil.Mmap(t, 1<<20)
 
 	var instances []string
 	for round := 0; round < 3; round++ {

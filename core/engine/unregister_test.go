@@ -21,7 +21,7 @@ func TestUnregisterWaitsForWritesInFlight(t *testing.T) {
 	testutil.ResourceCheck(t)
 	tgt := newEngine(t, nil)
 	const n = 1 << 20
-	region := mmapBuf(t, n)
+	region := testutil.Mmap(t, n)
 	require.NoError(t, tgt.RegisterMemory(addr(region), n, "*"))
 
 	// A peer sends the header and half the body of a 1 MiB write, then

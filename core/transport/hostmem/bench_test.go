@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
@@ -16,7 +17,7 @@ import (
 // with a registered buffer of size bytes.
 func benchPair(b *testing.B, mode Mode, size int) (*node, transport.Peer, []byte, []byte) {
 	tgt, ini := newNode(b, Config{}), newNode(b, Config{Mode: mode})
-	remote, local := mmapBuf(b, size), mmapBuf(b, size)
+	remote, local := testutil.Mmap(b, size), testutil.Mmap(b, size)
 	tgt.register(b, remote, memory.Host)
 	ini.register(b, local, memory.Host)
 	return ini, tgt.peer("target"), local, remote

@@ -27,15 +27,6 @@ import (
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
-// mmapBuf returns n bytes of memory outside the Go heap, unmapped at cleanup.
-func mmapBuf(tb testing.TB, n int) []byte {
-	tb.Helper()
-	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
-	require.NoError(tb, err)
-	tb.Cleanup(func() { syscall.Munmap(b) })
-	return b
-}
-
 func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
 func fill(b []byte, seed uint64) {

@@ -40,7 +40,7 @@ func TestTwoProcesses(t *testing.T) {
 			tg := startTarget(t, nil, nil)
 			ini := newNode(t, Config{Mode: c.mode})
 			const size = 64 << 20
-			local := mmapBuf(t, size)
+			local := testutil.Mmap(t, size)
 			ini.register(t, local, memory.Host)
 			pe := tg.peer()
 			base := tg.hello.Addr
@@ -147,7 +147,7 @@ func TestKilledPeer(t *testing.T) {
 			testutil.ResourceCheck(t)
 			tg := startTarget(t, nil, nil)
 			ini := newNode(t, Config{Mode: c.mode})
-			local := mmapBuf(t, 64<<20)
+			local := testutil.Mmap(t, 64<<20)
 			ini.register(t, local, memory.Host)
 			pe := tg.peer()
 			requireAllOK(t, run(t, ini.t, ctxT(t, 10*time.Second), pe, []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: tg.hello.Addr, Length: 4096}}, true))
@@ -204,7 +204,7 @@ func TestStoppedPeer(t *testing.T) {
 			testutil.ResourceCheck(t)
 			tg := startTarget(t, nil, nil)
 			ini := newNode(t, Config{Mode: c.mode, IOTimeout: 2 * time.Second})
-			local := mmapBuf(t, 16<<20)
+			local := testutil.Mmap(t, 16<<20)
 			ini.register(t, local, memory.Host)
 			pe := tg.peer()
 			w := []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: tg.hello.Addr, Length: 16 << 20}}
@@ -248,7 +248,7 @@ func TestUnregisterRace(t *testing.T) {
 			tg := startTarget(t, nil, nil)
 			// Big chunks: a copy in flight lasts milliseconds.
 			ini := newNode(t, Config{Mode: c.mode, Chunk: 32 << 20})
-			local := mmapBuf(t, 64<<20)
+			local := testutil.Mmap(t, 64<<20)
 			fill(local, 3)
 			ini.register(t, local, memory.Host)
 			pe := tg.peer()
@@ -297,7 +297,7 @@ func TestNoLeaksOver100Cycles(t *testing.T) {
 	before := mappings(t)
 	ini := newNode(t, Config{})
 	ring := newNode(t, Config{Mode: RingOnly})
-	local := mmapBuf(t, 1<<20)
+	local := testutil.Mmap(t, 1<<20)
 	ini.register(t, local, memory.Host)
 	ring.register(t, local[:1<<19], memory.Host)
 	withInitiators := mappings(t)
@@ -306,7 +306,7 @@ func TestNoLeaksOver100Cycles(t *testing.T) {
 		tgt, err := New(Config{}, mem)
 		require.NoError(t, err)
 		n := &node{t: tgt, mem: mem}
-		remote := mmapBuf(t, 1<<20)
+		remote := testutil.Mmap(t, 1<<20)
 		n.register(t, remote, memory.Host)
 		name := fmt.Sprintf("target-%d", i)
 		pe := n.peer(name)

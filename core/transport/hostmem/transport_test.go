@@ -168,7 +168,7 @@ func TestInProcess(t *testing.T) {
 			const size = 8 << 20
 			cfg := Config{Mode: mode, Chunk: 256 << 10, RingBytes: 1 << 20, RingSlots: 4}
 			tgt, ini := newNode(t, Config{}), newNode(t, cfg)
-			remote, local := mmapBuf(t, size), mmapBuf(t, size)
+			remote, local := testutil.Mmap(t, size), testutil.Mmap(t, size)
 			tgt.register(t, remote, memory.Host)
 			ini.register(t, local, memory.Host)
 			pe := tgt.peer("target")
@@ -234,11 +234,11 @@ func TestRejections(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			testutil.ResourceCheck(t)
 			tgt, ini := newNode(t, Config{}), newNode(t, Config{Mode: mode})
-			whole := mmapBuf(t, 3<<20)
+			whole := testutil.Mmap(t, 3<<20)
 			a, b := whole[:1<<20], whole[1<<20:2<<20] // two regions side by side
 			tgt.register(t, a, memory.Host)
 			tgt.register(t, b, memory.Host)
-			local := mmapBuf(t, 1<<20)
+			local := testutil.Mmap(t, 1<<20)
 			ini.register(t, local, memory.Host)
 			fill(local, 5)
 			base := uint64(addrOf(whole))
@@ -280,10 +280,10 @@ func TestGPUMemoryGoesToTheFallback(t *testing.T) {
 	testutil.ResourceCheck(t)
 	fb := &fakeFallback{}
 	tgt, ini := newNode(t, Config{}), newNode(t, Config{Fallback: fb})
-	hostR, gpuR := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	hostR, gpuR := testutil.Mmap(t, 1<<20), testutil.Mmap(t, 1<<20)
 	tgt.register(t, hostR, memory.Host)
 	tgt.register(t, gpuR, 0) // stands for cuda:0 memory
-	hostL, gpuL := mmapBuf(t, 1<<20), mmapBuf(t, 1<<20)
+	hostL, gpuL := testutil.Mmap(t, 1<<20), testutil.Mmap(t, 1<<20)
 	ini.register(t, hostL, memory.Host)
 	ini.register(t, gpuL, 1)
 	fill(hostL, 1)
@@ -301,7 +301,7 @@ func TestGPUMemoryGoesToTheFallback(t *testing.T) {
 
 	// Without a fallback they fail with ErrNoPath.
 	lone := newNode(t, Config{})
-	gpu2 := mmapBuf(t, 1<<20)
+	gpu2 := testutil.Mmap(t, 1<<20)
 	lone.register(t, gpu2, 0)
 	errs := run(t, lone.t, ctxT(t, 10*time.Second), tgt.peer("target"),
 		[]transport.Request{{Opcode: transport.Write, Local: addrOf(gpu2), Remote: uint64(addrOf(hostR)), Length: 4096}}, true)
@@ -316,9 +316,9 @@ func TestGPUMemoryGoesToTheFallback(t *testing.T) {
 func TestFaultingRangeFailsAlone(t *testing.T) {
 	testutil.ResourceCheck(t)
 	tgt, ini := newNode(t, Config{}), newNode(t, Config{})
-	remote := mmapBuf(t, 1<<20)
+	remote := testutil.Mmap(t, 1<<20)
 	tgt.register(t, remote, memory.Host)
-	local := mmapBuf(t, 1<<20)
+	local := testutil.Mmap(t, 1<<20)
 	ini.register(t, local, memory.Host)
 	fill(local, 6)
 	// The second half becomes inaccessible, as if unmapped (an unmapped

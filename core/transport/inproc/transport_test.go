@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -20,14 +19,6 @@ import (
 )
 
 const instance = "0123456789abcdef"
-
-func mmapBuf(t *testing.T, n int) []byte {
-	t.Helper()
-	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = syscall.Munmap(b) })
-	return b
-}
 
 func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
@@ -111,7 +102,7 @@ func TestHostCopies(t *testing.T) {
 	testutil.ResourceCheck(t)
 	e := newEnv(t, false)
 	const n = 1 << 16
-	a, b := mmapBuf(t, n), mmapBuf(t, n)
+	a, b := testutil.Mmap(t, n), testutil.Mmap(t, n)
 	e.register(addrOf(a), n, memory.Host)
 	e.register(addrOf(b), n, memory.Host)
 	for i := range a {
@@ -136,7 +127,7 @@ func TestRejectsUnregisteredRanges(t *testing.T) {
 	testutil.ResourceCheck(t)
 	e := newEnv(t, true)
 	const n = 4096
-	a, b := mmapBuf(t, n), mmapBuf(t, n)
+	a, b := testutil.Mmap(t, n), testutil.Mmap(t, n)
 	e.register(addrOf(a), n, memory.Host)
 	copy(b, bytes.Repeat([]byte{3}, n)) // b is not registered
 	tasks := e.run(context.Background(), true,
@@ -166,7 +157,7 @@ func TestGPUCopies(t *testing.T) {
 	testutil.ResourceCheck(t)
 	e := newEnv(t, true)
 	const n = 1 << 16
-	host := mmapBuf(t, n)
+	host := testutil.Mmap(t, n)
 	e.register(addrOf(host), n, memory.Host)
 	d0, d1 := e.dev(0, n), e.dev(1, n)
 	want := make([]byte, n)
@@ -195,7 +186,7 @@ func TestGPUCopies(t *testing.T) {
 func TestCancelledAndClosed(t *testing.T) {
 	testutil.ResourceCheck(t)
 	e := newEnv(t, false)
-	a := mmapBuf(t, 4096)
+	a := testutil.Mmap(t, 4096)
 	e.register(addrOf(a), 4096, memory.Host)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -214,7 +205,7 @@ func TestRangeBeingUnregisteredIsRefused(t *testing.T) {
 	testutil.ResourceCheck(t)
 	e := newEnv(t, false)
 	const n = 1 << 20
-	a, b := mmapBuf(t, n), mmapBuf(t, n)
+	a, b := testutil.Mmap(t, n), testutil.Mmap(t, n)
 	e.register(addrOf(a), n, memory.Host)
 	e.register(addrOf(b), n, memory.Host)
 	_, err := e.mem.Remove([]uint64{uint64(addrOf(b))})
@@ -236,7 +227,7 @@ func TestSubmitOnStreamIsOrdered(t *testing.T) {
 	e := newEnv(t, true)
 	e.d.RefuseCallsWhileHeld(true)
 	const n = 4096
-	host := mmapBuf(t, n)
+	host := testutil.Mmap(t, n)
 	e.register(addrOf(host), n, memory.Host)
 	src, dst := e.dev(0, n), e.dev(1, n)
 	s, err := e.d.NewStream(0)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -23,8 +24,8 @@ func benchTransfer(b *testing.B, op transport.Opcode, size, window int) {
 }
 
 func benchTransferPoll(b *testing.B, op transport.Opcode, size, window int, poll time.Duration) {
-	remote := mmapBuf(b, window*size)
-	local := mmapBuf(b, window*size)
+	remote := testutil.Mmap(b, window*size)
+	local := testutil.Mmap(b, window*size)
 	fill(local, 1)
 	server := newTransport(b, Config{PollBudget: poll}, remote)
 	client := newTransport(b, Config{PollBudget: poll})
@@ -84,8 +85,8 @@ func BenchmarkRead1M(b *testing.B)   { benchTransfer(b, transport.Read, 1<<20, 1
 // BenchmarkWrite4KLatency runs one 4 KiB v2 write at a time: ns/op is the
 // round trip including the ack.
 func BenchmarkWrite4KLatency(b *testing.B) {
-	remote := mmapBuf(b, 4096)
-	local := mmapBuf(b, 4096)
+	remote := testutil.Mmap(b, 4096)
+	local := testutil.Mmap(b, 4096)
 	server := newTransport(b, Config{}, remote)
 	client := newTransport(b, Config{})
 	pe := peerOf(server, 2)
@@ -115,8 +116,8 @@ func BenchmarkWrite4KSyncLatency(b *testing.B) {
 }
 
 func benchSyncLatency(b *testing.B, poll time.Duration) {
-	remote := mmapBuf(b, 4096)
-	local := mmapBuf(b, 4096)
+	remote := testutil.Mmap(b, 4096)
+	local := testutil.Mmap(b, 4096)
 	server := newTransport(b, Config{PollBudget: poll}, remote)
 	client := newTransport(b, Config{PollBudget: poll})
 	pe := peerOf(server, 2)
@@ -160,8 +161,8 @@ func BenchmarkScattered(b *testing.B) {
 }
 
 func benchScattered(b *testing.B, op transport.Opcode, block, entries int, sg bool) {
-	remote := mmapBuf(b, 2*block*entries)
-	local := mmapBuf(b, 2*block*entries)
+	remote := testutil.Mmap(b, 2*block*entries)
+	local := testutil.Mmap(b, 2*block*entries)
 	server := newTransport(b, Config{}, remote)
 	client := newTransport(b, Config{}, local)
 	pe := withBuffers(peerOf(server, 2), remote)

@@ -25,12 +25,12 @@ func withBuffers(pe transport.Peer, bufs ...[]byte) transport.Peer {
 func TestCoalescedRequests(t *testing.T) {
 	testutil.ResourceCheck(t)
 	const block = 64 << 10
-	remote := mmapBuf(t, 5<<20)
+	remote := testutil.Mmap(t, 5<<20)
 	// The target registers its memory as three buffers back to back: 2 MiB,
 	// 2 MiB and 1 MiB. A TCP target checks each request against one.
 	lo, hi, next := remote[:2<<20], remote[2<<20:4<<20], remote[4<<20:]
 	server := newTransport(t, Config{}, lo, hi, next)
-	local := mmapBuf(t, 4<<20)
+	local := testutil.Mmap(t, 4<<20)
 	client := newTransport(t, Config{}, local)
 	pe := withBuffers(peerOf(server, 2), lo, hi, next)
 
@@ -74,8 +74,8 @@ func TestCoalescedRequests(t *testing.T) {
 // A failed coalesced request fails every request it carried.
 func TestCoalescedFailure(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 1<<20)
-	local := mmapBuf(t, 1<<20)
+	remote := testutil.Mmap(t, 1<<20)
+	local := testutil.Mmap(t, 1<<20)
 	server := newTransport(t, Config{}, remote[:4096]) // the target serves less than it publishes
 	client := newTransport(t, Config{}, local)
 	pe := withBuffers(peerOf(server, 2), remote)

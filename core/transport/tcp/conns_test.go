@@ -14,10 +14,10 @@ import (
 // the peer is closed or the peer closes them.
 func TestPeerConns(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 8<<20)
+	remote := testutil.Mmap(t, 8<<20)
 	server := newTransport(t, Config{}, remote)
 	client := newTransport(t, Config{Lanes: 2})
-	local := mmapBuf(t, 8<<20)
+	local := testutil.Mmap(t, 8<<20)
 	pe := peerOf(server, 2)
 	require.Zero(t, client.PeerConns(pe.Name), "nothing dialled yet")
 

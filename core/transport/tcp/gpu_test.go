@@ -68,7 +68,7 @@ func newMem(t *testing.T, g *fakeGPU, ord, n int) *mem {
 	t.Helper()
 	m := &mem{g: g, ord: ord, n: n}
 	if ord < 0 {
-		m.host = mmapBuf(t, n)
+		m.host = testutil.Mmap(t, n)
 		m.addr = uintptr(addrOf(m.host))
 		return m
 	}
@@ -290,8 +290,8 @@ func (noStages) Stage(int) (Stage, error)  { return nil, errNoStage }
 
 func TestGPUNoStagingBuffers(t *testing.T) {
 	testutil.ResourceCheck(t)
-	src := mmapBuf(t, 4096)
-	tgt := newTransport(t, Config{}, mmapBuf(t, 4096))
+	src := testutil.Mmap(t, 4096)
+	tgt := newTransport(t, Config{}, testutil.Mmap(t, 4096))
 	cfg := Config{GPU: noStages{}, Logger: zaptest.NewLogger(t)}
 	ini, err := New(cfg, localListener(t), &registry{})
 	require.NoError(t, err)

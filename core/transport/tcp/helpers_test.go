@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -22,14 +21,6 @@ import (
 // mmapBuf returns n bytes of anonymous memory outside the Go heap, as the
 // engine's registered buffers are; it is unmapped when the test ends (after
 // the transports, registered later, are closed).
-func mmapBuf(tb testing.TB, n int) []byte {
-	tb.Helper()
-	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	require.NoError(tb, err)
-	tb.Cleanup(func() { require.NoError(tb, syscall.Munmap(b)) })
-	return b
-}
-
 func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) }
 
 // region is a registered buffer of the fake engine.

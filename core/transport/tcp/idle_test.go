@@ -73,7 +73,7 @@ func TestIdleLaneEndsWhenPeerCloses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.ResourceCheck(t)
 			client := newTransport(t, Config{})
-			local := mmapBuf(t, 4096)
+			local := testutil.Mmap(t, 4096)
 			peers := make([]*fakePeer, 20)
 			for i := range peers {
 				peers[i] = oneShot(t, tc.after)
@@ -112,10 +112,10 @@ func TestIdleLaneEndsWhenPeerCloses(t *testing.T) {
 // serves new work at once, over the same connection, many times over.
 func TestIdleLaneWakesForWork(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 1<<16)
+	remote := testutil.Mmap(t, 1<<16)
 	server := newTransport(t, Config{}, remote)
 	client := newTransport(t, Config{Lanes: 1})
-	local := mmapBuf(t, 1<<16)
+	local := testutil.Mmap(t, 1<<16)
 	pe := peerOf(server, 2)
 	start := time.Now()
 	for i := 0; i < 200; i++ {

@@ -65,9 +65,9 @@ func idleConns(t *testing.T, addr string, n int, srcs ...string) (opened, failed
 func TestIdleFloodLeavesRoom(t *testing.T) {
 	testutil.ResourceCheck(t)
 	const attackers, maxConns = 1000, 64
-	remote := mmapBuf(t, 1<<16)
+	remote := testutil.Mmap(t, 1<<16)
 	target := newTransport(t, Config{MaxConns: maxConns, MaxConnsPerPeer: 32, Logger: zap.NewNop()}, remote)
-	local := mmapBuf(t, 1<<16)
+	local := testutil.Mmap(t, 1<<16)
 	established := newTransport(t, Config{}, local)
 	fill(local, 1)
 	requireDone(t, transfer(t, established, peerOf(target, 2), write(local, addrOf(remote)))...)
@@ -128,7 +128,7 @@ func requireShed(t *testing.T, c net.Conn) {
 // waiting connection is served then; none of the busy ones fails.
 func TestBusyConnectionsAreNotShed(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 1<<16)
+	remote := testutil.Mmap(t, 1<<16)
 	target := newTransport(t, Config{MaxConns: MinConnsPerPeer, Logger: zap.NewNop()}, remote)
 	body := []byte("0123456789")
 	busy := make([]*net.TCPConn, MinConnsPerPeer)
@@ -172,7 +172,7 @@ func TestBusyConnectionsAreNotShed(t *testing.T) {
 func TestPerPeerConnectionLimit(t *testing.T) {
 	testutil.ResourceCheck(t)
 	const per = MinConnsPerPeer
-	remote := mmapBuf(t, 1<<16)
+	remote := testutil.Mmap(t, 1<<16)
 	target := newTransport(t, Config{MaxConnsPerPeer: per, Logger: zap.NewNop()}, remote)
 	conns := make([]*net.TCPConn, per)
 	for i := range conns {

@@ -49,9 +49,9 @@ func slotOf(base []byte, addr uint64, n uint64) []byte {
 func TestScatterGather(t *testing.T) {
 	testutil.ResourceCheck(t)
 	r := rand.New(rand.NewPCG(1, 2))
-	remote := mmapBuf(t, 16<<20)
+	remote := testutil.Mmap(t, 16<<20)
 	server := newTransport(t, Config{}, remote)
-	local := mmapBuf(t, 16<<20)
+	local := testutil.Mmap(t, 16<<20)
 	client := newTransport(t, Config{}, local)
 	pe := sgPeer(server, remote)
 
@@ -92,10 +92,10 @@ func TestScatterGather(t *testing.T) {
 // same scatter-gather request complete, and the connection stays usable.
 func TestScatterGatherPartial(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 1<<20)
+	remote := testutil.Mmap(t, 1<<20)
 	served := remote[:512<<10] // the target serves half of what it publishes
 	server := newTransport(t, Config{}, served)
-	local := mmapBuf(t, 1<<20)
+	local := testutil.Mmap(t, 1<<20)
 	client := newTransport(t, Config{}, local)
 	pe := sgPeer(server, remote)
 	for _, op := range []transport.Opcode{transport.Write, transport.Read} {
@@ -163,7 +163,7 @@ func sgHeader(op uint8, n, size uint64) []byte {
 // Hostile scatter-gather frames are refused whole and touch nothing.
 func TestScatterGatherHostileFrames(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 64<<10)
+	remote := testutil.Mmap(t, 64<<10)
 	fill(remote, 9)
 	want := bytes.Clone(remote)
 	server := newTransport(t, Config{}, remote)
@@ -258,7 +258,7 @@ func TestPipelined(t *testing.T) {
 		}
 	})
 	client := newTransport(t, Config{Lanes: 1})
-	local := mmapBuf(t, 8*4096)
+	local := testutil.Mmap(t, 8*4096)
 	var reqs []transport.Request
 	for i := range 2 * k {
 		reqs = append(reqs, write(local[i*4096:(i+1)*4096], 0x100000+uint64(i)*0x10000))
@@ -285,7 +285,7 @@ func TestPeerDiesMidWindow(t *testing.T) {
 		}
 	})
 	client := newTransport(t, Config{Lanes: 1, StatusTimeout: 3 * time.Second, IOTimeout: 3 * time.Second})
-	local := mmapBuf(t, 16*4096)
+	local := testutil.Mmap(t, 16*4096)
 	var reqs []transport.Request
 	for i := range 16 {
 		reqs = append(reqs, read(local[i*4096:(i+1)*4096], 0x100000+uint64(i)*0x10000))
@@ -304,11 +304,11 @@ func TestPeerDiesMidWindow(t *testing.T) {
 // requests on the same lane complete.
 func TestCancelOneOfTwo(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 1<<20)
+	remote := testutil.Mmap(t, 1<<20)
 	server := newTransport(t, Config{}, remote)
 	stuck := stuckPeer(t)
 	client := newTransport(t, Config{Lanes: 1})
-	local := mmapBuf(t, 1<<20)
+	local := testutil.Mmap(t, 1<<20)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	g := transport.NewGroup()

@@ -55,8 +55,8 @@ func TestSyncWriteRead(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.ResourceCheck(t)
-			remote := mmapBuf(t, 2*tc.size)
-			local := mmapBuf(t, 2*tc.size)
+			remote := testutil.Mmap(t, 2*tc.size)
+			local := testutil.Mmap(t, 2*tc.size)
 			server := newTransport(t, Config{PollBudget: tc.poll}, remote)
 			client := newTransport(t, Config{PollBudget: tc.poll, SplitThreshold: split})
 			pe := peerOf(server, 2)
@@ -84,12 +84,12 @@ func TestSyncWriteRead(t *testing.T) {
 // fresh connection.
 func TestSyncRejected(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 64<<10)
+	remote := testutil.Mmap(t, 64<<10)
 	registered := remote[:32<<10]
 	server := newTransport(t, Config{}, registered)
 	client := newTransport(t, Config{})
 	pe := peerOf(server, 2)
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	for _, op := range []transport.Opcode{transport.Write, transport.Read} {
 		t.Run(op.String(), func(t *testing.T) {
 			bad := transport.Request{Opcode: op, Local: uintptr(addrOf(local)), Remote: addrOf(remote[40<<10:]), Length: 4096}
@@ -141,7 +141,7 @@ func TestSyncPeerDies(t *testing.T) {
 			testutil.ResourceCheck(t)
 			f := startFake(t, tc.handle)
 			client := newTransport(t, Config{})
-			local := mmapBuf(t, 64<<10)
+			local := testutil.Mmap(t, 64<<10)
 			pe := f.peer(2)
 			start := time.Now()
 			task := submitSync(context.Background(), client, pe, transport.Request{Opcode: tc.op, Local: uintptr(addrOf(local)), Remote: 0x1000, Length: 64 << 10})
@@ -177,7 +177,7 @@ func TestSyncDeadline(t *testing.T) {
 			testutil.ResourceCheck(t)
 			f := stuckPeer(t)
 			client := newTransport(t, Config{})
-			local := mmapBuf(t, 4096)
+			local := testutil.Mmap(t, 4096)
 			ctx, cancel := tc.ctx()
 			defer cancel()
 			start := time.Now()
@@ -226,7 +226,7 @@ func TestSyncFallbackWhenBusy(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f, got, release := heldPeer(t)
 	client := newTransport(t, Config{Lanes: 1})
-	local := mmapBuf(t, 8192)
+	local := testutil.Mmap(t, 8192)
 	first := make(chan *transport.Task)
 	go func() { first <- submitSync(context.Background(), client, f.peer(2), write(local[:4096], 0x1000)) }()
 	<-got // the first call holds the only sync connection
@@ -253,7 +253,7 @@ func TestSyncCloseInFlight(t *testing.T) {
 			testutil.ResourceCheck(t)
 			f, got, _ := heldPeer(t)
 			client := newTransport(t, Config{})
-			local := mmapBuf(t, 4096)
+			local := testutil.Mmap(t, 4096)
 			done := make(chan *transport.Task)
 			go func() { done <- submitSync(context.Background(), client, f.peer(2), write(local, 0x1000)) }()
 			<-got
@@ -270,7 +270,7 @@ func TestSyncStaleConnection(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := oneShot(t, func(c net.Conn) { _ = c.Close() })
 	client := newTransport(t, Config{})
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	pe := f.peer(2)
 	for i := 0; i < 3; i++ {
 		requireDone(t, submitSync(context.Background(), client, pe, write(local, 0x1000)))
@@ -422,8 +422,8 @@ func TestPollerWaitInto(t *testing.T) {
 // long budget closes promptly and leaks nothing.
 func TestServerPollStopsOnClose(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 4096)
-	local := mmapBuf(t, 4096)
+	remote := testutil.Mmap(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	server, err := New(Config{PollBudget: MaxPollBudget}, localListener(t), &registry{regions: []region{{addrOf(remote), addrOf(remote) + 4096}}})
 	require.NoError(t, err)
 	client := newTransport(t, Config{PollBudget: -1})
@@ -441,7 +441,7 @@ func TestSyncSweep(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := oneShot(t, func(c net.Conn) { _ = c.Close() })
 	client := newTransport(t, Config{})
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	before := openFDs()
 	requireDone(t, submitSync(context.Background(), client, f.peer(2), write(local, 0x1000)))
 	settles(t, func() bool { return openFDs() <= before }, "pooled connection kept")

@@ -82,9 +82,9 @@ func TestWriteRead(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.ResourceCheck(t)
-			remote := mmapBuf(t, 64<<20)
-			src := mmapBuf(t, 64<<20)
-			dst := mmapBuf(t, 64<<20)
+			remote := testutil.Mmap(t, 64<<20)
+			src := testutil.Mmap(t, 64<<20)
+			dst := testutil.Mmap(t, 64<<20)
 			server := newTransport(t, Config{}, remote)
 			client := newTransport(t, Config{ForceV1: tc.forceV1})
 			pe := peerOf(server, tc.version)
@@ -108,9 +108,9 @@ func TestRandomSizes(t *testing.T) {
 		t.Run(map[int]string{1: "v1", 2: "v2"}[version], func(t *testing.T) {
 			testutil.ResourceCheck(t)
 			const total = 48 << 20
-			remote := mmapBuf(t, total)
-			src := mmapBuf(t, total)
-			dst := mmapBuf(t, total)
+			remote := testutil.Mmap(t, total)
+			src := testutil.Mmap(t, total)
+			dst := testutil.Mmap(t, total)
 			server := newTransport(t, Config{}, remote)
 			client := newTransport(t, Config{SplitThreshold: 2 << 20})
 			pe := peerOf(server, version)
@@ -141,9 +141,9 @@ func TestRandomSizes(t *testing.T) {
 func TestConcurrentSubmit(t *testing.T) {
 	testutil.ResourceCheck(t)
 	const workers, per, size = 8, 20, 64 << 10
-	remote := mmapBuf(t, workers*size)
-	src := mmapBuf(t, workers*size)
-	dst := mmapBuf(t, workers*size)
+	remote := testutil.Mmap(t, workers*size)
+	src := testutil.Mmap(t, workers*size)
+	dst := testutil.Mmap(t, workers*size)
 	server := newTransport(t, Config{}, remote)
 	client := newTransport(t, Config{Lanes: 3})
 	pe := peerOf(server, 2)
@@ -192,7 +192,7 @@ func TestSplit(t *testing.T) {
 		}
 	})
 	client := newTransport(t, Config{Lanes: 4})
-	src := mmapBuf(t, 8<<20)
+	src := testutil.Mmap(t, 8<<20)
 	fill(src, 3)
 	requireDone(t, transfer(t, client, f.peer(2), write(src, 0x10000))...)
 	require.True(t, bytes.Equal(src, mem))
@@ -239,8 +239,8 @@ func TestPRLikeServer(t *testing.T) {
 	f := prLikeServer(t, base, mem, &memMu, seen)
 	client := newTransport(t, Config{})
 	pe := f.peer(1)
-	src := mmapBuf(t, 4<<20)
-	dst := mmapBuf(t, 4<<20)
+	src := testutil.Mmap(t, 4<<20)
+	dst := testutil.Mmap(t, 4<<20)
 	fill(src, 5)
 
 	var writes, reads []transport.Request
@@ -269,12 +269,12 @@ func TestPRLikeServer(t *testing.T) {
 // registered memory, touching nothing, and that only the refused task fails.
 func TestRejected(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 16<<20)
+	remote := testutil.Mmap(t, 16<<20)
 	registered := remote[4096 : 8<<20]
 	server := newTransport(t, Config{}, registered)
 	client := newTransport(t, Config{SplitThreshold: 1 << 30})
 	pe := peerOf(server, 2)
-	src := mmapBuf(t, 64<<20)
+	src := testutil.Mmap(t, 64<<20)
 	fill(src, 11)
 	fill(remote, 12)
 	before := bytes.Clone(remote)
@@ -320,12 +320,12 @@ func TestRejected(t *testing.T) {
 // complete (v1 has no ack) but changes nothing; a refused read fails.
 func TestRejectedV1(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 64<<10)
+	remote := testutil.Mmap(t, 64<<10)
 	registered := remote[:32<<10]
 	server := newTransport(t, Config{}, registered)
 	client := newTransport(t, Config{})
 	pe := peerOf(server, 1)
-	src := mmapBuf(t, 64<<10)
+	src := testutil.Mmap(t, 64<<10)
 	fill(src, 1)
 	fill(remote, 2)
 	before := bytes.Clone(remote)
@@ -376,7 +376,7 @@ func header(size, addr uint64, op uint8) []byte {
 // TestServerRawInput feeds the server what bad or odd peers send.
 func TestServerRawInput(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 64<<10)
+	remote := testutil.Mmap(t, 64<<10)
 	fill(remote, 77)
 	before := bytes.Clone(remote)
 	server := newTransport(t, Config{}, remote)
@@ -431,7 +431,7 @@ func TestServerRawInput(t *testing.T) {
 	})
 	t.Run("good peer still served", func(t *testing.T) {
 		client := newTransport(t, Config{})
-		src := mmapBuf(t, 64<<10)
+		src := testutil.Mmap(t, 64<<10)
 		fill(src, 8)
 		requireDone(t, transfer(t, client, peerOf(server, 2), write(src, base))...)
 		require.True(t, bytes.Equal(src, remote))
@@ -478,7 +478,7 @@ func TestPeerDies(t *testing.T) {
 			testutil.ResourceCheck(t)
 			f := startFake(t, tc.handle)
 			client := newTransport(t, Config{})
-			local := mmapBuf(t, 8<<20)
+			local := testutil.Mmap(t, 8<<20)
 			pe := f.peer(2)
 			start := time.Now()
 			tasks := transfer(t, client, pe, transport.Request{Opcode: tc.op, Local: uintptr(addrOf(local)), Remote: 0x1000, Length: 2 << 20})
@@ -528,7 +528,7 @@ func TestPeerStops(t *testing.T) {
 			testutil.ResourceCheck(t)
 			f := startFakeDone(t, tc.handle)
 			client := newTransport(t, Config{IOTimeout: 200 * time.Millisecond, StatusTimeout: 200 * time.Millisecond, SplitThreshold: 1 << 30})
-			local := mmapBuf(t, int(tc.size))
+			local := testutil.Mmap(t, int(tc.size))
 			start := time.Now()
 			tasks := transfer(t, client, f.peer(2), transport.Request{Opcode: tc.op, Local: uintptr(addrOf(local)), Remote: 0x1000, Length: tc.size})
 			require.Less(t, time.Since(start), 3*time.Second)
@@ -546,7 +546,7 @@ func TestDialRefused(t *testing.T) {
 	require.NoError(t, ln.Close())
 	client := newTransport(t, Config{})
 	pe := tcpPeer("gone", port, 2)
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	tasks := transfer(t, client, pe, write(local, 0x1000), read(local, 0x1000))
 	for _, task := range tasks {
 		require.ErrorIs(t, task.Err(), ErrPeer)
@@ -562,11 +562,11 @@ func TestDialRefused(t *testing.T) {
 // healthy again.
 func TestHealthRecovers(t *testing.T) {
 	testutil.ResourceCheck(t)
-	remote := mmapBuf(t, 4096)
+	remote := testutil.Mmap(t, 4096)
 	server := newTransport(t, Config{}, remote)
 	client := newTransport(t, Config{})
 	pe := peerOf(server, 2)
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	// A v1 read that the server refuses closes the connection: to the
 	// client it is a connection failure.
 	v1 := peerOf(server, 1)
@@ -597,7 +597,7 @@ func TestStaleConnection(t *testing.T) {
 		// then close, as an idle timeout would
 	})
 	client := newTransport(t, Config{})
-	local := mmapBuf(t, 4096)
+	local := testutil.Mmap(t, 4096)
 	for i := 0; i < 3; i++ {
 		requireDone(t, transfer(t, client, f.peer(2), write(local, 0x1000))...)
 		<-served
@@ -612,7 +612,7 @@ func TestContextCancel(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := stuckPeer(t)
 	client := newTransport(t, Config{Lanes: 2})
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	ctx, cancel := context.WithCancel(context.Background())
 	g := transport.NewGroup()
 	tasks := make([]*transport.Task, 6)
@@ -641,7 +641,7 @@ func TestContextDeadline(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := stuckPeer(t)
 	client := newTransport(t, Config{})
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	tasks := transferCtx(t, ctx, client, f.peer(2), write(local, 0x1000))
@@ -653,11 +653,11 @@ func TestContextDeadline(t *testing.T) {
 func TestCloseInFlight(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := stuckPeer(t)
-	remote := mmapBuf(t, 64<<20)
+	remote := testutil.Mmap(t, 64<<20)
 	server := newTransport(t, Config{}, remote)
 	client, err := New(Config{Lanes: 2}, localListener(t), &registry{})
 	require.NoError(t, err)
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	g := transport.NewGroup()
 	var tasks []*transport.Task
 	for _, pe := range []transport.Peer{f.peer(2), peerOf(server, 2), peerOf(server, 1)} {
@@ -692,7 +692,7 @@ func TestClosePeer(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := stuckPeer(t)
 	client := newTransport(t, Config{})
-	local := mmapBuf(t, 64<<20)
+	local := testutil.Mmap(t, 64<<20)
 	g := transport.NewGroup()
 	tasks := make([]*transport.Task, 4)
 	for i := range tasks {
