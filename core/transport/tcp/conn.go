@@ -433,10 +433,15 @@ func (cn *conn) exchange(w *wreq) (replied bool, err error) {
 		}
 		return err != nil, err
 	}
-	// Sync lanes: the frame is usually microseconds away.
-	got, err := cn.pl.waitInto(cn.st[:])
-	if err != nil {
-		return false, err
+	// Sync lanes: the frame is usually microseconds away, unless a large
+	// body is still being read by the server (then polling would only
+	// count a miss and make the small calls after it park).
+	got := 0
+	if !w.write || w.n <= pollMax {
+		var err error
+		if got, err = cn.pl.waitInto(cn.st[:]); err != nil {
+			return false, err
+		}
 	}
 	if got < len(cn.st) {
 		n, err := cn.r.readFull(cn.st[got:], cn.p.t.cfg.StatusTimeout)

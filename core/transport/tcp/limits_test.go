@@ -167,6 +167,54 @@ func TestBusyConnectionsAreNotShed(t *testing.T) {
 	require.Equal(t, uint64(1), target.srv.conns.Shed(), "an idle one made room for the late one")
 }
 
+// A connection whose next header polling has begun to read is mid-request:
+// it stays busy, so it is not shed to make room (the bytes already read
+// would be lost with it).
+func TestPolledHeaderIsNotShed(t *testing.T) {
+	testutil.ResourceCheck(t)
+	remote := testutil.Mmap(t, 1<<16)
+	target := newTransport(t, Config{MaxConns: MinConnsPerPeer, PollBudget: MaxPollBudget, Logger: zap.NewNop()}, remote)
+	body := []byte("0123456789")
+	polled := rawConn(t, target, "127.0.0.2")
+	_, err := polled.Write(append(header(uint64(len(body)), addrOf(remote), 0x81), body...))
+	require.NoError(t, err)
+	requireOK(t, polled)
+	// The server polls for the next header after that small reply: give
+	// it the first bytes at once, the rest later.
+	next := append(header(uint64(len(body)), addrOf(remote)+16, 0x81), body...)
+	_, err = polled.Write(next[:3])
+	require.NoError(t, err)
+	busy := make([]*net.TCPConn, MinConnsPerPeer-1)
+	for i := range busy {
+		busy[i] = rawConn(t, target, "127.0.0.2")
+		_, err := busy[i].Write(append(header(uint64(len(body)), addrOf(remote)+uint64(16*(i+2)), 0x81), body[:3]...))
+		require.NoError(t, err)
+	}
+	settles(t, func() bool {
+		return target.srv.conns.Len() == MinConnsPerPeer && target.srv.conns.IdleLen() == 0
+	}, "all admitted and busy, the polled one too")
+
+	late := rawConn(t, target, "127.0.0.3")
+	_, err = late.Write(header(uint64(len(body)), addrOf(remote), 0x80))
+	require.NoError(t, err)
+	require.NoError(t, late.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	_, err = late.Read(make([]byte, 1))
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "not served while every connection works")
+	require.Zero(t, target.srv.conns.Shed())
+
+	_, err = polled.Write(next[3:])
+	require.NoError(t, err)
+	requireOK(t, polled)
+	require.Equal(t, body, remote[16:16+len(body)], "the request whose header was polled landed")
+	for _, c := range busy {
+		_, err := c.Write(body[3:])
+		require.NoError(t, err)
+		requireOK(t, c)
+	}
+	require.NoError(t, late.SetReadDeadline(time.Now().Add(10*time.Second)))
+	requireOK(t, late)
+}
+
 // One remote IP holds at most MaxConnsPerPeer: beyond it, its longest-idle
 // connection is shed, or the new one refused when all of its work.
 func TestPerPeerConnectionLimit(t *testing.T) {

@@ -20,9 +20,11 @@ const DefaultPollBudget = 50 * time.Microsecond
 const MaxPollBudget = 10 * time.Millisecond
 
 // poller waits a bounded time, without parking, for a connection to have
-// bytes to read. It never consumes them: the caller's next deadline-bounded
-// Read does, so errors, EOF and deadlines are handled as without polling.
-// A poller belongs to the goroutine that owns its connection.
+// bytes to read. wait and idle only peek; waitInto reads what arrives into
+// the caller's buffer (at most the frame the caller expects, so it never
+// takes bytes of what follows) and hands back EOF and errors as a Read
+// would; the caller's deadline-bounded Read does the rest. A poller
+// belongs to the goroutine that owns its connection.
 type poller struct {
 	rc     syscall.RawConn
 	budget time.Duration

@@ -183,7 +183,11 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 	pl := newPoller(c, s.poll, s.stopping.Load)
 	got := 0 // bytes of the next header that polling read
 	for {
-		lc.Idle()
+		if got == 0 {
+			// Waiting for the client. Not once polling has read part of
+			// the next request: a connection mid-request is never shed.
+			lc.Idle()
+		}
 		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
 			return
 		}
@@ -192,9 +196,7 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 				if got > 0 && err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
-				if err != io.EOF && !errors.Is(err, net.ErrClosed) {
-					s.log.Debug("tcp server: reading header", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
-				}
+				s.logNextHeader(c, err)
 				return
 			}
 		}
@@ -210,7 +212,8 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 			}
 			var err error
 			if got, err = s.pollNext(pl, st, h.Size); err != nil {
-				return // the client closed or reset the connection
+				s.logNextHeader(c, err)
+				return
 			}
 			continue
 		}
@@ -263,14 +266,24 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 			return
 		}
 		if got, err = s.pollNext(pl, st, h.Size); err != nil {
-			return // the client closed or reset the connection
+			s.logNextHeader(c, err)
+			return
 		}
 	}
 }
 
-// serverPollMax is the largest request after whose reply the server polls
-// for the next header.
-const serverPollMax = 64 << 10
+// logNextHeader logs why the next header could not be read, unless the
+// client just closed the connection.
+func (s *server) logNextHeader(c net.Conn, err error) {
+	if err != io.EOF && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("tcp server: reading header", zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
+	}
+}
+
+// pollMax is the largest request after whose reply the server polls for
+// the next header, and the largest write whose status the client polls
+// for: after larger ones the other side takes long to come back.
+const pollMax = 64 << 10
 
 // pollNext polls for the next header after a reply of size bytes: only
 // after small requests, since a large one's client takes long to come
@@ -279,7 +292,7 @@ const serverPollMax = 64 << 10
 // What arrives is read into st's header buffer: it returns how many bytes,
 // or the connection's end or error.
 func (s *server) pollNext(pl *poller, st *serverConn, size uint64) (int, error) {
-	if pl == nil || size > serverPollMax || !s.polling.CompareAndSwap(false, true) {
+	if pl == nil || size > pollMax || !s.polling.CompareAndSwap(false, true) {
 		return 0, nil
 	}
 	defer s.polling.Store(false)
