@@ -625,17 +625,20 @@ func (c *clientConn) read() {
 				cause = fmt.Errorf("%w: %d descriptors with one reply", errProtocol, len(fds))
 				return
 			}
+			// Delivered under mu (the channel has room for it): a caller
+			// that gives up takes mu before it looks in its channel, so
+			// it either finds the reply there and closes its descriptor,
+			// or its entry is gone and the descriptor is closed here.
 			c.mu.Lock()
 			ch, ok := c.waiting[m.id]
 			delete(c.waiting, m.id)
-			c.mu.Unlock()
-			if !ok {
-				if fd >= 0 {
-					_ = syscall.Close(fd) // its caller gave up
-				}
-				continue
+			if ok {
+				ch <- openResult{reply: m, fd: fd}
 			}
-			ch <- openResult{reply: m, fd: fd}
+			c.mu.Unlock()
+			if !ok && fd >= 0 {
+				_ = syscall.Close(fd) // its caller gave up
+			}
 		case dropRequest:
 			closeAll(fds)
 			c.onDrop(m)
