@@ -403,7 +403,7 @@ func (p *Parser) Bool(dst *bool, key string) {
 	if !ok {
 		return
 	}
-	b, err := parseBool(v)
+	b, err := ParseBool(v)
 	if err != nil {
 		p.Fail(key, v, err.Error())
 		return
@@ -423,7 +423,7 @@ func (p *Parser) SameHostOff() bool {
 	if !ok {
 		return false
 	}
-	b, err := parseBool(v)
+	b, err := ParseBool(v)
 	return err == nil && !b
 }
 
@@ -439,7 +439,7 @@ func (p *Parser) Presence(dst *bool, key string) {
 		*dst = true
 		return
 	}
-	b, err := parseBool(v)
+	b, err := ParseBool(v)
 	if err != nil {
 		p.Fail(key, v, err.Error())
 		return
@@ -447,7 +447,9 @@ func (p *Parser) Presence(dst *bool, key string) {
 	*dst = b
 }
 
-func parseBool(v string) (bool, error) {
+// ParseBool reads Mooncake's boolean spellings: 1/0, true/false, yes/no,
+// on/off, y/n, in any case, spaces around ignored.
+func ParseBool(v string) (bool, error) {
 	switch strings.ToLower(strings.TrimSpace(v)) {
 	case "1", "true", "yes", "on", "y":
 		return true, nil

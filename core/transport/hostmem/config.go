@@ -177,19 +177,22 @@ func (c Config) withDefaults() (Config, error) {
 func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 	var c Config
 	p := config.NewParser(lookup)
-	if v, ok := p.Lookup("PYMOONCAKE_SAME_HOST"); ok {
+	if v, ok := p.Lookup(config.SameHost); ok {
 		c.Required = true
-		switch strings.ToLower(strings.TrimSpace(v)) {
-		case "1", "auto", "on", "true", "yes":
-			c.Mode = Auto
-		case "cma":
+		// The boolean spellings are config's, as for the other same-host
+		// transports (Parser.SameHostOff), which must agree on "off".
+		on, boolErr := config.ParseBool(v)
+		switch mode := strings.ToLower(strings.TrimSpace(v)); {
+		case mode == "cma":
 			c.Mode = CMAOnly
-		case "shm", "ring":
+		case mode == "shm" || mode == "ring":
 			c.Mode = RingOnly
-		case "0", "off", "false", "no":
+		case mode == "auto" || boolErr == nil && on:
+			c.Mode = Auto
+		case boolErr == nil:
 			c.Mode, c.Required = Off, false
 		default:
-			p.Fail("PYMOONCAKE_SAME_HOST", v, "want 0, 1, cma or shm")
+			p.Fail(config.SameHost, v, "want 0, 1, cma or shm")
 		}
 	}
 	return c, p.Err()

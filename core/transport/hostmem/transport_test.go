@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pymooncake/pymooncake/core/config"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
 	"github.com/pymooncake/pymooncake/core/memory"
 	"github.com/pymooncake/pymooncake/core/metadata"
@@ -82,6 +83,10 @@ func TestConfigFromEnv(t *testing.T) {
 		{value: " SHM ", set: true, mode: RingOnly, required: true},
 		{value: "0", set: true, mode: Off},
 		{value: "off", set: true, mode: Off},
+		{value: "n", set: true, mode: Off},
+		{value: "No", set: true, mode: Off},
+		{value: "y", set: true, mode: Auto, required: true},
+		{value: "TRUE", set: true, mode: Auto, required: true},
 		{value: "tcp", set: true, bad: true},
 		{value: "", set: true, bad: true},
 	} {
@@ -98,6 +103,10 @@ func TestConfigFromEnv(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, c.mode, cfg.Mode)
 			require.Equal(t, c.required, cfg.Required)
+			// The in-process and CUDA IPC transports read "off" through
+			// the config parser: the three agree.
+			off := config.NewParser(func(string) (string, bool) { return c.value, c.set }).SameHostOff()
+			require.Equal(t, c.mode == Off, off, "config.Parser.SameHostOff")
 		})
 	}
 }
