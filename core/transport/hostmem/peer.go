@@ -138,6 +138,20 @@ func (p *peer) setup() {
 	ctx, cancel := context.WithTimeout(p.ctx, p.t.cfg.DialTimeout)
 	res, err := p.connect(ctx)
 	cancel()
+
+	// The outcome is recorded before the waiters wake: a caller that saw
+	// this setup fail, or succeed, reads the same in PeerHealth at once.
+	log := p.t.log.With(zap.String("peer", p.name), zap.String("socket", p.sock))
+	switch {
+	case err != nil && errors.Is(err, ErrClosed):
+	case err != nil:
+		log.Info("same-host setup failed", zap.Error(err))
+		p.t.peerFailed(p, err, false)
+	default:
+		log.Info("same-host path chosen", zap.String("path", pathName(res.path)), zap.Int("pid", res.pid), zap.String("reason", res.why))
+		p.t.peerReady(p.name)
+	}
+
 	p.mu.Lock()
 	if p.closed {
 		res.release()
@@ -161,16 +175,6 @@ func (p *peer) setup() {
 	close(p.ready)
 	p.mu.Unlock()
 
-	log := p.t.log.With(zap.String("peer", p.name), zap.String("socket", p.sock))
-	switch {
-	case err != nil && errors.Is(err, ErrClosed):
-	case err != nil:
-		log.Info("same-host setup failed", zap.Error(err))
-		p.t.peerFailed(p, err, false)
-	default:
-		log.Info("same-host path chosen", zap.String("path", pathName(p.path)), zap.Int("pid", p.pid), zap.String("reason", p.why))
-		p.t.peerReady(p.name)
-	}
 	for _, c := range parked {
 		if err := c.ctx.Err(); err != nil {
 			for _, task := range c.tasks {

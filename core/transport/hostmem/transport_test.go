@@ -355,3 +355,28 @@ func TestFaultingRangeFailsAlone(t *testing.T) {
 	}
 	require.NoError(t, ini.t.PeerHealth("target"))
 }
+
+// TestSetupFailureIsReportedBeforeTheCallReturns: a synchronous call that
+// failed because the peer's control socket is gone is followed at once by
+// PeerHealth saying so. The failure used to be recorded after the waiters
+// woke, and a caller that read PeerHealth (or retried) right away could
+// see the peer healthy, or see its later success undone by the late record.
+func TestSetupFailureIsReportedBeforeTheCallReturns(t *testing.T) {
+	testutil.ResourceCheck(t)
+	ini := newNode(t, Config{})
+	local := testutil.Mmap(t, 4096)
+	ini.register(t, local, memory.Host)
+	gone := newNode(t, Config{})
+	remote := testutil.Mmap(t, 4096)
+	gone.register(t, remote, memory.Host)
+	pe := gone.peer("gone")
+	require.NoError(t, gone.t.Close())
+	w := []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096}}
+	for i := 0; i < 200; i++ {
+		errs := run(t, ini.t, ctxT(t, 5*time.Second), pe, w, true)
+		require.ErrorIs(t, errs[0], ErrPeer)
+		require.ErrorIs(t, ini.t.PeerHealth(pe.Name), ErrPeer, "round %d", i)
+		ini.t.ClosePeer(pe.Name) // forgets the record; the next call dials afresh
+		require.NoError(t, ini.t.PeerHealth(pe.Name))
+	}
+}
