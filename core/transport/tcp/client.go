@@ -132,21 +132,25 @@ type lane struct {
 	load atomic.Int64  // bytes queued or in flight
 
 	mu      sync.Mutex
-	queue   []wreq                     // guarded by mu
+	queue   []wreq                     // guarded by mu: queue[head:] waits, oldest first
+	head    int                        // guarded by mu
 	running bool                       // guarded by mu: the goroutine was started
 	closed  bool                       // guarded by mu: nothing may be queued any more
 	watches map[<-chan struct{}]*watch // guarded by mu: contexts of the queued and in-flight requests
 	cn      *conn                      // guarded by mu; written by the lane goroutine only
 
 	// Owned by the lane goroutine.
-	batch   []wreq
+	cur     wreq  // the request being served, taken off the queue
 	lastErr error // the failure teardown reported, for the rest of the queue
 }
 
 // watch interrupts the lane's connection when a context that some of the
 // lane's requests belong to ends: those requests then fail at once,
 // whether queued, being written or waiting for their reply, and the lane's
-// other requests go out again on a fresh connection. Requests of one
+// other requests go out again on a fresh connection. Queued ones are
+// failed by the watch itself: the lane goroutine may be blocked writing
+// another request to a peer that reads nothing (it stopped), and a caller
+// whose deadline passed must not wait for that write. Requests of one
 // Submit share one watch.
 type watch struct {
 	n    int
@@ -208,7 +212,52 @@ func (l *lane) watchLocked(ctx context.Context) {
 	if l.watches == nil {
 		l.watches = map[<-chan struct{}]*watch{}
 	}
-	l.watches[done] = &watch{n: 1, stop: context.AfterFunc(ctx, func() { l.interrupt(ctx.Err()) })}
+	l.watches[done] = &watch{n: 1, stop: context.AfterFunc(ctx, func() {
+		l.sweep(done, ctx.Err())
+		l.interrupt(ctx.Err())
+	})}
+}
+
+// sweep fails the queued requests whose ctx's Done channel is done.
+func (l *lane) sweep(done <-chan struct{}, why error) {
+	l.mu.Lock()
+	var gone []wreq
+	keep := l.queue[:l.head]
+	for _, w := range l.queue[l.head:] {
+		if w.ctx.Done() == done {
+			gone = append(gone, w)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	clear(l.queue[len(keep):])
+	l.queue = keep
+	l.mu.Unlock()
+	for i := range gone {
+		l.report(&gone[i], false, why)
+	}
+}
+
+// pop takes the oldest queued request into l.cur; false when none waits.
+// The lane takes one at a time so that sweep reaches all the others.
+func (l *lane) pop() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.head == len(l.queue) {
+		l.queue, l.head = l.queue[:0], 0
+		return false
+	}
+	l.cur = l.queue[l.head]
+	l.queue[l.head] = wreq{}
+	l.head++
+	return true
+}
+
+// takeQueueLocked empties the queue and returns what waited in it.
+func (l *lane) takeQueueLocked() []wreq {
+	q := l.queue[l.head:]
+	l.queue, l.head = nil, 0
+	return q
 }
 
 // release accounts for a request of the lane that was reported.
@@ -253,19 +302,16 @@ func (l *lane) run() {
 	stop := context.AfterFunc(l.p.ctx, func() { l.interrupt(cancelCause(l.p)) })
 	defer stop()
 	for l.await() {
-		l.mu.Lock()
-		l.batch, l.queue = l.queue, l.batch[:0]
-		l.mu.Unlock()
-		for i := range l.batch {
-			if !l.serve(&l.batch[i]) {
+		for l.pop() {
+			ok := l.serve(&l.cur)
+			l.cur = wreq{}
+			if !ok {
 				// The connection failed: what waits on this lane would
 				// meet the same fate.
-				l.failRest(l.batch[i+1:])
+				l.failRest()
 				break
 			}
 		}
-		clear(l.batch)
-		l.batch = l.batch[:0]
 	}
 }
 
@@ -288,7 +334,7 @@ func (l *lane) await() bool {
 		l.mu.Lock()
 		cn := l.cn
 		if cn == nil {
-			if len(l.queue) > 0 {
+			if l.head < len(l.queue) {
 				l.mu.Unlock()
 				return true
 			}
@@ -314,8 +360,7 @@ func (l *lane) await() bool {
 func (l *lane) shutdown() {
 	l.mu.Lock()
 	l.closed = true
-	q := l.queue
-	l.queue = nil
+	q := l.takeQueueLocked()
 	cn := l.cn
 	l.mu.Unlock()
 	if cn != nil {
@@ -328,19 +373,16 @@ func (l *lane) shutdown() {
 	}
 }
 
-// failRest fails the requests ws and those queued, with the connection
-// failure that teardown reported.
-func (l *lane) failRest(ws []wreq) {
+// failRest fails the queued requests with the connection failure that
+// teardown reported.
+func (l *lane) failRest() {
 	l.mu.Lock()
-	q := l.queue
-	l.queue = nil
+	q := l.takeQueueLocked()
 	l.mu.Unlock()
-	for _, list := range [][]wreq{ws, q} {
-		for i := range list {
-			w := &list[i]
-			conn, cause := l.p.classify(w, l.lastErr)
-			l.report(w, conn, cause)
-		}
+	for i := range q {
+		w := &q[i]
+		conn, cause := l.p.classify(w, l.lastErr)
+		l.report(w, conn, cause)
 	}
 }
 
@@ -378,6 +420,12 @@ func (l *lane) serve(w *wreq) bool {
 		}
 		if !cn.push(w) {
 			continue // died before w went out: w goes on a fresh one
+		}
+		if err := w.ctx.Err(); err != nil {
+			// It ended after the check above, maybe while cn was being
+			// dialed, before its watch could reach cn: cut cn short as
+			// the watch would have (teardown reports w).
+			cn.interrupt(err)
 		}
 		if err := cn.send(w); err != nil {
 			cn.fail(err)

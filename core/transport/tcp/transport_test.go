@@ -637,6 +637,49 @@ func TestContextCancel(t *testing.T) {
 	require.ErrorIs(t, tasks[0].Err(), context.Canceled)
 }
 
+// TestDeadlineBehindABlockedWrite: requests whose ctx ended fail at once
+// even when the lane is blocked writing other requests (whose ctx lives)
+// to a peer that reads nothing, as a SIGSTOPped one. The ending ctx cuts
+// the connection, the other requests go out again on a fresh one and
+// block there; the ended ones used to wait behind them for IOTimeout.
+func TestDeadlineBehindABlockedWrite(t *testing.T) {
+	testutil.ResourceCheck(t)
+	f := stuckPeer(t)
+	client := newTransport(t, Config{Lanes: 1, IOTimeout: 20 * time.Second, SplitThreshold: 4 << 20})
+	local := testutil.Mmap(t, 64<<20)
+	pe := f.peer(2)
+
+	// Work whose ctx lives: 16 requests of 4 MiB, more than the sockets
+	// hold, on the one lane.
+	bg := transport.NewGroup()
+	live := []*transport.Task{{}, {}}
+	for i, task := range live {
+		task.Init(write(local[i<<25:(i+1)<<25], 0x1000), bg)
+	}
+	bg.Add(len(live))
+	client.Submit(context.Background(), pe, live, transport.SubmitOptions{})
+	time.Sleep(50 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	g := transport.NewGroup()
+	late := []*transport.Task{{}, {}, {}}
+	for i, task := range late {
+		task.Init(write(local[i<<20:(i+1)<<20], 0x1000), g)
+	}
+	g.Add(len(late))
+	client.Submit(ctx, pe, late, transport.SubmitOptions{})
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer wcancel()
+	require.NoError(t, g.Wait(wctx), "the requests whose deadline passed are still pending behind a blocked write")
+	for _, task := range late {
+		require.ErrorIs(t, task.Err(), context.DeadlineExceeded)
+	}
+	require.NotZero(t, bg.Pending(), "the live work still waits for the peer")
+	client.ClosePeer(pe.Name)
+	require.NoError(t, bg.Wait(wctx))
+}
+
 func TestContextDeadline(t *testing.T) {
 	testutil.ResourceCheck(t)
 	f := stuckPeer(t)
