@@ -184,16 +184,33 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 	got := 0 // bytes of the next header that polling read
 	for {
 		if got == 0 {
-			// Waiting for the client. Not once polling has read part of
-			// the next request: a connection mid-request is never shed.
+			// Waiting for the client, idle: the connection may be shed.
 			lc.Idle()
+			if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
+				return
+			}
+			n, err := c.Read(st.hdr[:])
+			if n == 0 {
+				if err == nil {
+					err = io.ErrNoProgress
+				}
+				s.logNextHeader(c, err)
+				return
+			}
+			got = n
 		}
-		if err := c.SetReadDeadline(time.Now().Add(s.idle)); err != nil {
-			return
+		// Part of a request has come (read here or by polling): from
+		// now on the connection is mid-request and never shed, and the
+		// rest of the header must come within the I/O timeout.
+		if !lc.Busy() {
+			return // shed as the first bytes came in
 		}
 		if got < len(st.hdr) {
+			if err := c.SetReadDeadline(time.Now().Add(s.io)); err != nil {
+				return
+			}
 			if _, err := io.ReadFull(c, st.hdr[got:]); err != nil {
-				if got > 0 && err == io.EOF {
+				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
 				s.logNextHeader(c, err)
@@ -201,9 +218,6 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 			}
 		}
 		got = 0
-		if !lc.Busy() {
-			return // shed while the header came in
-		}
 		h := DecodeHeader(&st.hdr)
 		if h.isSG() {
 			if err := s.serveSG(st, h); err != nil {
