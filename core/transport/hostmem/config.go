@@ -53,6 +53,10 @@ const (
 	DefaultIOTimeout         = 30 * time.Second
 	DefaultDialTimeout       = 5 * time.Second
 	DefaultUnregisterTimeout = 30 * time.Second
+	// DefaultMaxConns bounds the initiators the control socket serves at
+	// once; MaxConnsLimit bounds the setting.
+	DefaultMaxConns = 1024
+	MaxConnsLimit   = 1 << 20
 	// minRingSlot is the smallest slot of the ring.
 	minRingSlot = 64 << 10
 )
@@ -93,6 +97,11 @@ type Config struct {
 	// UnregisterTimeout bounds how long UnregisterMemory waits for the
 	// copies of peers into the region (MC_TRANSFER_TIMEOUT). Default 30 s.
 	UnregisterTimeout time.Duration
+	// MaxConns is how many initiators the control socket serves at once
+	// (PYMOONCAKE_SAME_HOST_MAX_CONNS). Each holds a pin area (cross-memory
+	// attach) or a ring and a goroutine; one more is told the target is
+	// busy and reaches it through its fallback. Default 1024.
+	MaxConns int
 	// Fallback serves the tasks this transport does not: those whose local
 	// or remote range is GPU memory, those to peers no same-host path
 	// reaches, those into regions beyond the table. Accept takes a peer
@@ -139,6 +148,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Regions < 1 || c.Regions > MaxRegions {
 		return c, fmt.Errorf("regions %d outside [1, %d]: %w", c.Regions, MaxRegions, ErrInvalidConfig)
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConns < 1 || c.MaxConns > MaxConnsLimit {
+		return c, fmt.Errorf("max conns %d outside [1, %d]: %w", c.MaxConns, MaxConnsLimit, ErrInvalidConfig)
+	}
 	for _, d := range []struct {
 		name string
 		v    *time.Duration
@@ -170,6 +185,8 @@ func (c Config) withDefaults() (Config, error) {
 //	                       (RingOnly); 0: no same-host transport (Off).
 //	                       When set to anything but 0, a failure to start
 //	                       the transport fails initialize (Required).
+//	PYMOONCAKE_SAME_HOST_MAX_CONNS
+//	                       MaxConns, 1 to 2^20 (default 1024).
 //
 // The fields that come from elsewhere (UnregisterTimeout from
 // MC_TRANSFER_TIMEOUT, DialTimeout from MC_HANDSHAKE_CONNECT_TIMEOUT,
@@ -195,5 +212,6 @@ func ConfigFromEnv(lookup config.LookupFunc) (Config, error) {
 			p.Fail(config.SameHost, v, "want 0, 1, cma or shm")
 		}
 	}
+	p.Int(&c.MaxConns, config.SameHost+"_MAX_CONNS", 1, MaxConnsLimit)
 	return c, p.Err()
 }

@@ -287,8 +287,15 @@ func (p *peer) connect(ctx context.Context) (_ *setupResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if w.status != statusOK {
-		return nil, fmt.Errorf("the peer refused the connection (status %d)", w.status)
+	switch w.status {
+	case statusOK:
+	case statusBusy:
+		// The peer is well and serves as many initiators as it allows.
+		return r.none([]string{"the peer serves its maximum of same-host initiators (PYMOONCAKE_SAME_HOST_MAX_CONNS)"}), nil
+	default:
+		// A setup step failed there (no memory for a pin area): the peer
+		// is well, the paths are not available.
+		return r.none([]string{fmt.Sprintf("the peer could not set up a same-host path (status %d)", w.status)}), nil
 	}
 	var why []string
 	if flags&flagCMA == 0 {

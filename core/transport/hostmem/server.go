@@ -24,11 +24,18 @@ type server struct {
 	ln  *net.UnixListener
 	log *zap.Logger // sampled
 
-	mu     sync.Mutex
-	closed bool                       // guarded by mu
-	conns  map[*net.UnixConn]struct{} // guarded by mu
-	wg     sync.WaitGroup             // accept loop and connections
+	mu       sync.Mutex
+	closed   bool                       // guarded by mu
+	conns    map[*net.UnixConn]struct{} // guarded by mu; at most Config.MaxConns
+	refusing int                        // guarded by mu; busy answers being sent
+	wg       sync.WaitGroup             // accept loop and connections
 }
+
+// maxRefusing bounds the goroutines that tell initiators beyond
+// Config.MaxConns that the target is busy; beyond it a new connection is
+// closed at once (its initiator then fails its setup, as with a target
+// that exited, rather than falling back).
+const maxRefusing = 16
 
 func (s *server) acceptLoop() {
 	defer s.wg.Done()
@@ -44,14 +51,29 @@ func (s *server) acceptLoop() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if !s.track(c) {
+		switch s.track(c) {
+		case admitted:
+			s.wg.Add(1)
+			go s.serve(c)
+		case busy:
+			s.wg.Add(1)
+			go s.refuse(c)
+		case shed:
+			c.Close()
+		default: // closed
 			c.Close()
 			return
 		}
-		s.wg.Add(1)
-		go s.serve(c)
 	}
 }
+
+// Outcomes of track.
+const (
+	admitted = iota
+	busy     // over Config.MaxConns: answer statusBusy
+	shed     // over the busy answers too: close
+	stopped  // the server is closing
+)
 
 func (s *server) isClosed() bool {
 	s.mu.Lock()
@@ -59,14 +81,52 @@ func (s *server) isClosed() bool {
 	return s.closed
 }
 
-func (s *server) track(c *net.UnixConn) bool {
+// track admits c as one of the initiators served, unless the server
+// serves Config.MaxConns already or is closing.
+func (s *server) track(c *net.UnixConn) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return false
+	switch {
+	case s.closed:
+		return stopped
+	case len(s.conns)-s.refusing < s.t.cfg.MaxConns:
+		s.conns[c] = struct{}{}
+		return admitted
+	case s.refusing < maxRefusing:
+		s.refusing++
+		s.conns[c] = struct{}{} // so that close reaches it
+		return busy
+	default:
+		return shed
 	}
-	s.conns[c] = struct{}{}
-	return true
+}
+
+// refuse answers an initiator beyond Config.MaxConns: it reads the hello
+// and replies statusBusy, so that the initiator reaches this engine through
+// its fallback instead of failing. The wait is short: the hello is the
+// initiator's first message.
+func (s *server) refuse(c *net.UnixConn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		s.refusing--
+		s.mu.Unlock()
+	}()
+	defer s.untrack(c)
+	s.log.Warn("control socket at its connection limit: an initiator is told to use the fallback",
+		zap.Int("max_conns", s.t.cfg.MaxConns))
+	if err := c.SetDeadline(time.Now().Add(min(s.t.cfg.DialTimeout, time.Second))); err != nil {
+		return
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return
+	}
+	if _, err := parseHello(buf[:n]); err != nil {
+		return
+	}
+	_, _ = c.Write(welcome{status: statusBusy}.marshal())
 }
 
 func (s *server) untrack(c *net.UnixConn) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +54,9 @@ func TestConfig(t *testing.T) {
 		{"ring of 1 slot", Config{RingBytes: 1 << 20, RingSlots: 1}, true},
 		{"regions", Config{Regions: MaxRegions + 1}, false},
 		{"negative timeout", Config{IOTimeout: -1}, false},
+		{"max conns", Config{MaxConns: 1}, true},
+		{"negative max conns", Config{MaxConns: -1}, false},
+		{"too many max conns", Config{MaxConns: MaxConnsLimit + 1}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, err := c.cfg.withDefaults()
@@ -63,6 +67,7 @@ func TestConfig(t *testing.T) {
 			require.NoError(t, err)
 			require.NotZero(t, got.Workers)
 			require.NotZero(t, got.IOTimeout)
+			require.NotZero(t, got.MaxConns)
 		})
 	}
 }
@@ -92,7 +97,10 @@ func TestConfigFromEnv(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%q/%v", c.value, c.set), func(t *testing.T) {
 			cfg, err := ConfigFromEnv(func(k string) (string, bool) {
-				require.Equal(t, "PYMOONCAKE_SAME_HOST", k)
+				if k != "PYMOONCAKE_SAME_HOST" {
+					require.Equal(t, "PYMOONCAKE_SAME_HOST_MAX_CONNS", k)
+					return "", false
+				}
 				return c.value, c.set
 			})
 			if c.bad {
@@ -108,6 +116,20 @@ func TestConfigFromEnv(t *testing.T) {
 			off := config.NewParser(func(string) (string, bool) { return c.value, c.set }).SameHostOff()
 			require.Equal(t, c.mode == Off, off, "config.Parser.SameHostOff")
 		})
+	}
+}
+
+func TestConfigFromEnvMaxConns(t *testing.T) {
+	for v, want := range map[string]int{"1": 1, " 64 ": 64, "1048576": MaxConnsLimit, "0": -1, "1048577": -1, "many": -1} {
+		cfg, err := ConfigFromEnv(func(k string) (string, bool) {
+			return v, k == "PYMOONCAKE_SAME_HOST_MAX_CONNS"
+		})
+		if want < 0 {
+			require.ErrorContains(t, err, "PYMOONCAKE_SAME_HOST_MAX_CONNS", v)
+			continue
+		}
+		require.NoError(t, err, v)
+		require.Equal(t, want, cfg.MaxConns)
 	}
 }
 
@@ -379,4 +401,73 @@ func TestSetupFailureIsReportedBeforeTheCallReturns(t *testing.T) {
 		ini.t.ClosePeer(pe.Name) // forgets the record; the next call dials afresh
 		require.NoError(t, ini.t.PeerHealth(pe.Name))
 	}
+}
+
+// TestConnectionLimit: the control socket serves Config.MaxConns
+// initiators; the next one is told the target is busy and reaches it
+// through its fallback, a flood of silent connections holds at most
+// maxRefusing goroutines, and a freed slot is served again.
+func TestConnectionLimit(t *testing.T) {
+	testutil.ResourceCheck(t)
+	tgt := newNode(t, Config{MaxConns: 1, DialTimeout: 500 * time.Millisecond})
+	remote := testutil.Mmap(t, 1<<20)
+	tgt.register(t, remote, memory.Host)
+	pe := tgt.peer("target")
+	write := func(ini *node, local []byte) []error {
+		return run(t, ini.t, ctxT(t, 10*time.Second), pe,
+			[]transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096}}, true)
+	}
+
+	first := newNode(t, Config{})
+	local := testutil.Mmap(t, 4096)
+	first.register(t, local, memory.Host)
+	fill(local, 1)
+	requireAllOK(t, write(first, local))
+	require.Equal(t, "cma", first.t.pathOf("target"))
+	requireSame(t, local, remote[:4096])
+
+	fb := &fakeFallback{}
+	second := newNode(t, Config{Fallback: fb})
+	second.register(t, local, memory.Host)
+	requireAllOK(t, write(second, local))
+	require.Equal(t, "fallback", second.t.pathOf("target"), "the busy target is reached through the fallback")
+	require.Len(t, fb.got(), 1)
+	require.NoError(t, second.t.PeerHealth("target"), "a busy target is not a failed peer")
+
+	// Silent connections beyond the limit: the server answers at most
+	// maxRefusing of them at a time and closes the rest.
+	ep, err := parseEndpoint(pe.Desc)
+	require.NoError(t, err)
+	var flood []net.Conn
+	for range 4 * maxRefusing {
+		c, err := net.Dial("unixpacket", ep.Socket)
+		require.NoError(t, err)
+		flood = append(flood, c)
+	}
+	require.Eventually(t, func() bool {
+		tgt.t.srv.mu.Lock()
+		defer tgt.t.srv.mu.Unlock()
+		return tgt.t.srv.refusing == maxRefusing
+	}, 5*time.Second, 5*time.Millisecond)
+	for _, c := range flood {
+		c.Close()
+	}
+	require.Eventually(t, func() bool {
+		tgt.t.srv.mu.Lock()
+		defer tgt.t.srv.mu.Unlock()
+		return tgt.t.srv.refusing == 0
+	}, 5*time.Second, 5*time.Millisecond, "the busy answers end with their connections")
+
+	// The first initiator lets its slot go; a new one gets it once the
+	// target has seen the lease end.
+	first.t.ClosePeer("target")
+	third := newNode(t, Config{Fallback: &fakeFallback{}})
+	third.register(t, local, memory.Host)
+	fill(local, 3)
+	require.Eventually(t, func() bool {
+		third.t.ClosePeer("target")
+		errs := write(third, local)
+		return errs[0] == nil && third.t.pathOf("target") == "cma"
+	}, 5*time.Second, 20*time.Millisecond)
+	requireSame(t, local, remote[:4096])
 }

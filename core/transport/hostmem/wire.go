@@ -45,6 +45,7 @@ const (
 	statusNotHost  = 2 // inside a region of GPU memory
 	statusBadRing  = 3 // the ring range is outside the ring
 	statusRefused  = 4 // a setup step failed on the target
+	statusBusy     = 5 // the target serves Config.MaxConns initiators already
 
 	headerLen     = 8
 	helloLen      = headerLen + 8
