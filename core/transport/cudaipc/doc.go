@@ -27,7 +27,13 @@
 // unregisters the buffer (the target asks it to drop the mapping and waits,
 // DropTimeout, before its unregister_memory returns), the target restarts
 // (a new instance id), the segment is closed (ClosePeer), the endpoint
-// connection is lost, or the transport closes. A mapping is unmapped only
+// connection is lost, or the transport closes. An unregistration that
+// comes while a mapping is being opened is not missed: the target sends
+// its reply to an open while the buffer is pinned (so a drop request for
+// the buffer always follows the reply), and the initiator's reader notes
+// each drop request before it reads on, so an open whose mapping was not
+// in place when the drop came does not keep it and asks again. A mapping
+// is unmapped only
 // once no copy uses it: copies of the transport's own are counted, copies
 // queued on a caller's stream are followed by an event that is waited for.
 //

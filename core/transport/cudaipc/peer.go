@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -79,7 +80,73 @@ type peerState struct {
 	logged   map[gpu.IPCKind]bool // guarded by mu: mechanisms logged
 	closing  bool                 // guarded by mu: torn down, maps nothing new
 	onIdle   chan struct{}        // guarded by mu: closed and replaced when users drop
+	dropSeq  uint64               // guarded by mu: drop requests received
+	drops    []dropped            // guarded by mu: the last maxDrops of them
 }
+
+// dropped is a buffer the peer unregistered: drop request seq of the
+// connection's life.
+type dropped struct {
+	seq        uint64
+	start, end uint64
+}
+
+// maxDrops is how many drop requests a peer remembers for the opens in
+// flight; an open older than all of them is taken as raced (it retries).
+const maxDrops = 64
+
+// noteDrop records, on the reader's goroutine and before it reads the next
+// message, that the peer unregistered [start, end). An open whose reply
+// came before it (the target sends a reply before any drop of its buffer)
+// and whose mapping was not yet in p.maps, where the drop looks, sees it
+// there instead and does not keep the mapping.
+func (p *peerState) noteDrop(start, end uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.noteDropLocked(start, end)
+}
+
+func (p *peerState) noteDropLocked(start, end uint64) {
+	if end < start {
+		end = math.MaxUint64 // peer input that wraps: the rest of the space
+	}
+	p.dropSeq++
+	if len(p.drops) == maxDrops {
+		p.drops = append(p.drops[:0], p.drops[1:]...)
+	}
+	p.drops = append(p.drops, dropped{seq: p.dropSeq, start: start, end: end})
+}
+
+// dropCount is the number of drop requests received so far.
+func (p *peerState) dropCount() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dropSeq
+}
+
+// droppedSinceLocked reports whether a drop request received after the
+// first seen of them overlaps the allocation [base, base+size).
+func (p *peerState) droppedSinceLocked(seen, base, size uint64) bool {
+	if seen == p.dropSeq {
+		return false
+	}
+	if len(p.drops) == 0 || p.drops[0].seq > seen+1 {
+		return true // forgotten: assume the worst
+	}
+	for _, d := range p.drops {
+		if d.seq > seen && d.start < base+size && base < d.end {
+			return true
+		}
+	}
+	return false
+}
+
+// errDropRaced is an open whose buffer the peer unregistered before the
+// mapping was in place: the open is asked again.
+var errDropRaced = errors.New("cudaipc: the peer unregistered the buffer while it was being opened")
+
+// maxOpenTries bounds how often one mapping is asked for after such races.
+const maxOpenTries = 3
 
 func newPeerState(t *Transport, name, instance string, pi *peerInfo) *peerState {
 	p := &peerState{t: t, name: name, instance: instance, noExport: map[uint64]bool{},
@@ -153,10 +220,23 @@ func (p *peerState) release(ps []piece) {
 // pos (at most limit) it and its grant cover; it asks the peer for it the
 // first time.
 func (p *peerState) mapping(ctx context.Context, pos, limit uint64) (*remoteMap, uint64, error) {
+	for try := 1; ; try++ {
+		rm, n, err := p.mapOnce(ctx, pos, limit)
+		if !errors.Is(err, errDropRaced) {
+			return rm, n, err
+		}
+		if try == maxOpenTries {
+			return nil, 0, fmt.Errorf("%w: %w", errNotMapped, err)
+		}
+	}
+}
+
+// mapOnce is one try of mapping.
+func (p *peerState) mapOnce(ctx context.Context, pos, limit uint64) (*remoteMap, uint64, error) {
 	if rm, n, err := p.lookup(pos, limit); rm != nil || err != nil {
 		return rm, n, err
 	}
-	reply, fd, err := p.open(ctx, pos)
+	reply, fd, seen, err := p.open(ctx, pos)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -167,7 +247,7 @@ func (p *peerState) mapping(ctx context.Context, pos, limit uint64) (*remoteMap,
 	if ord < 0 {
 		return nil, 0, fmt.Errorf("GPU %v of the peer's allocation is not visible here: %w", reply.device, errNotMapped)
 	}
-	if rm, n, err := p.addGrant(reply.base, reply.size, grant, pos, limit); rm != nil || err != nil {
+	if rm, n, err := p.addGrant(reply.base, reply.size, grant, pos, limit, seen); rm != nil || err != nil {
 		return rm, n, err
 	}
 	m, err := p.t.ipc.OpenIPC(h, ord)
@@ -183,11 +263,16 @@ func (p *peerState) mapping(ctx context.Context, pos, limit uint64) (*remoteMap,
 		_ = m.Close()
 		return nil, 0, fmt.Errorf("cudaipc: peer %q: %w", p.name, transport.ErrClosed)
 	}
+	if p.droppedSinceLocked(seen, reply.base, reply.size) {
+		p.mu.Unlock()
+		_ = m.Close()
+		return nil, 0, errDropRaced
+	}
 	if old := p.findLocked(reply.base); old != nil && old.base == reply.base && old.size == reply.size {
 		// Mapped by another call meanwhile.
 		p.mu.Unlock()
 		_ = m.Close()
-		return p.addGrant(reply.base, reply.size, grant, pos, limit)
+		return p.addGrant(reply.base, reply.size, grant, pos, limit, seen)
 	}
 	first := !p.logged[h.Kind]
 	p.logged[h.Kind] = true
@@ -226,12 +311,16 @@ func (p *peerState) lookup(pos, limit uint64) (*remoteMap, uint64, error) {
 }
 
 // addGrant adds a grant to the live mapping of the allocation at base, if
-// there is one, and returns it in use.
-func (p *peerState) addGrant(base, size uint64, g span, pos, limit uint64) (*remoteMap, uint64, error) {
+// there is one, and returns it in use; seen is the drop count when the
+// grant's reply came.
+func (p *peerState) addGrant(base, size uint64, g span, pos, limit, seen uint64) (*remoteMap, uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
 		return nil, 0, fmt.Errorf("cudaipc: peer %q: %w", p.name, transport.ErrClosed)
+	}
+	if p.droppedSinceLocked(seen, base, size) {
+		return nil, 0, errDropRaced
 	}
 	rm := p.findLocked(base)
 	if rm == nil || rm.base != base || rm.size != size {
@@ -258,17 +347,25 @@ func (p *peerState) findLocked(addr uint64) *remoteMap {
 
 // open asks the peer for the allocation holding addr and checks the
 // answer (peer input). It returns the reply and the descriptor that came
-// with it (-1: none), which the caller owns.
-func (p *peerState) open(ctx context.Context, addr uint64) (openReply, int, error) {
+// with it (-1: none), which the caller owns, and the drop count when the
+// reply came.
+func (p *peerState) open(ctx context.Context, addr uint64) (openReply, int, uint64, error) {
 	c, err := p.connect(ctx)
 	if err != nil {
-		return openReply{}, -1, err
+		return openReply{}, -1, 0, err
 	}
-	reply, fd, err := c.open(ctx, addr)
+	res, err := c.open(ctx, addr)
 	if err != nil {
-		return openReply{}, -1, err
+		return openReply{}, -1, 0, err
 	}
-	bad := func(why string) (openReply, int, error) {
+	reply, fd := res.reply, res.fd
+	refuse := func(fd int, err error) (openReply, int, uint64, error) {
+		if fd >= 0 {
+			_ = syscall.Close(fd)
+		}
+		return openReply{}, -1, 0, err
+	}
+	bad := func(why string) (openReply, int, uint64, error) {
 		return refuse(fd, fmt.Errorf("%w: open reply for %#x: %s", errProtocol, addr, why))
 	}
 	switch reply.status {
@@ -301,15 +398,7 @@ func (p *peerState) open(ctx context.Context, addr uint64) (openReply, int, erro
 	case reply.kind != gpu.IPCVMM && reply.kind != gpu.IPCLegacy:
 		return bad(fmt.Sprintf("unknown kind %d", reply.kind))
 	}
-	return reply, fd, nil
-}
-
-// refuse closes the descriptor of a reply that is not used.
-func refuse(fd int, err error) (openReply, int, error) {
-	if fd >= 0 {
-		_ = syscall.Close(fd)
-	}
-	return openReply{}, -1, err
+	return reply, fd, res.drops, nil
 }
 
 // connect returns the connection to the peer's endpoint, dialling it on
@@ -371,6 +460,9 @@ func (p *peerState) lost(c *clientConn, err error) {
 	closing := p.closing
 	if !closing {
 		p.connErr = fmt.Errorf("cudaipc: connection to peer %q lost: %w: %w", p.name, transport.ErrPeer, err)
+		// Everything is dropped: an open whose reply came on this
+		// connection must not keep its mapping either.
+		p.noteDropLocked(0, math.MaxUint64)
 	}
 	p.mu.Unlock()
 	if closing {
@@ -531,6 +623,7 @@ type clientConn struct {
 type openResult struct {
 	reply openReply
 	fd    int
+	drops uint64 // the peer's drop count when the reply came
 }
 
 func (c *clientConn) send(b []byte) error {
@@ -540,13 +633,13 @@ func (c *clientConn) send(b []byte) error {
 }
 
 // open sends an open request and waits for its reply (ctx bounds it).
-func (c *clientConn) open(ctx context.Context, addr uint64) (openReply, int, error) {
+func (c *clientConn) open(ctx context.Context, addr uint64) (openResult, error) {
 	ch := make(chan openResult, 1)
 	c.mu.Lock()
 	if c.dead != nil {
 		err := c.dead
 		c.mu.Unlock()
-		return openReply{}, -1, err
+		return openResult{fd: -1}, err
 	}
 	c.next++
 	id := c.next
@@ -567,20 +660,20 @@ func (c *clientConn) open(ctx context.Context, addr uint64) (openReply, int, err
 	if err := c.send(openRequest{id: id, addr: addr}.encode()); err != nil {
 		forget()
 		c.c.Close()
-		return openReply{}, -1, fmt.Errorf("cudaipc: send to peer %q: %w: %w", c.p.name, transport.ErrPeer, err)
+		return openResult{fd: -1}, fmt.Errorf("cudaipc: send to peer %q: %w: %w", c.p.name, transport.ErrPeer, err)
 	}
 	select {
 	case r := <-ch:
-		return r.reply, r.fd, nil
+		return r, nil
 	case <-c.done:
 		forget()
 		c.mu.Lock()
 		err := c.dead
 		c.mu.Unlock()
-		return openReply{}, -1, err
+		return openResult{fd: -1}, err
 	case <-ctx.Done():
 		forget()
-		return openReply{}, -1, fmt.Errorf("cudaipc: waiting for peer %q: %w", c.p.name, ctx.Err())
+		return openResult{fd: -1}, fmt.Errorf("cudaipc: waiting for peer %q: %w", c.p.name, ctx.Err())
 	}
 }
 
@@ -625,6 +718,10 @@ func (c *clientConn) read() {
 				cause = fmt.Errorf("%w: %d descriptors with one reply", errProtocol, len(fds))
 				return
 			}
+			// Stamped with the drops seen so far: only this goroutine
+			// records drops (noteDrop), so those after the stamp came
+			// after this reply.
+			drops := c.p.dropCount()
 			// Delivered under mu (the channel has room for it): a caller
 			// that gives up takes mu before it looks in its channel, so
 			// it either finds the reply there and closes its descriptor,
@@ -633,7 +730,7 @@ func (c *clientConn) read() {
 			ch, ok := c.waiting[m.id]
 			delete(c.waiting, m.id)
 			if ok {
-				ch <- openResult{reply: m, fd: fd}
+				ch <- openResult{reply: m, fd: fd, drops: drops}
 			}
 			c.mu.Unlock()
 			if !ok && fd >= 0 {
@@ -641,6 +738,7 @@ func (c *clientConn) read() {
 			}
 		case dropRequest:
 			closeAll(fds)
+			c.p.noteDrop(m.addr, m.addr+m.length)
 			c.onDrop(m)
 		default:
 			closeAll(fds)

@@ -142,8 +142,13 @@ func (s *server) serveConn(sc *serverConn) {
 		}
 		switch m := m.(type) {
 		case openRequest:
-			r, fd := s.open(sc, m)
+			r, fd, unpin := s.open(sc, m)
+			// Sent before the buffer is unpinned: its unregistration
+			// waits for the pin, so a drop request for it always
+			// follows this reply on the connection (the initiator
+			// relies on that order, see peerState.noteDrop).
 			err := sc.send(r.encode(), fd)
+			unpin()
 			if fd >= 0 {
 				_ = syscall.Close(fd)
 			}
@@ -167,45 +172,47 @@ func (s *server) serveConn(sc *serverConn) {
 func isEOF(err error) bool { return err != nil && strings.Contains(err.Error(), "EOF") }
 
 // open exports the allocation holding the requested address, which must lie
-// in a registered GPU buffer. The buffer is pinned meanwhile, so that the
-// grant is recorded before an unregistration of it looks for grants to
-// revoke. It returns the reply and the descriptor to send with it (-1:
-// none), which the caller closes.
-func (s *server) open(sc *serverConn, m openRequest) (openReply, int) {
+// in a registered GPU buffer. The buffer is pinned, so that the grant is
+// recorded, and the reply sent, before an unregistration of it looks for
+// grants to revoke. It returns the reply, the descriptor to send with it
+// (-1: none), which the caller closes, and the unpin to call once the
+// reply is sent.
+func (s *server) open(sc *serverConn, m openRequest) (_ openReply, fd int, unpin func()) {
 	r := openReply{id: m.id}
+	unpin = func() {}
 	reg, ok := s.t.mem.Find(m.addr, 1)
 	if !ok || reg.Device == memory.Host {
 		r.status, r.text = statusRejected, "not in a registered GPU buffer"
-		return r, -1
+		return r, -1, unpin
 	}
 	pin, ok := s.t.mem.Pin(reg.Addr, reg.Length)
 	if !ok {
 		r.status, r.text = statusRejected, "being unregistered"
-		return r, -1
+		return r, -1, unpin
 	}
-	defer pin.Unpin()
+	unpin = pin.Unpin
 	h, err := s.t.ipc.ExportIPC(uintptr(m.addr))
 	switch {
 	case errors.Is(err, gpu.ErrNotSupported) || errors.Is(err, gpu.ErrInvalidRange):
 		r.status, r.text = statusNotExportable, err.Error()
-		return r, -1
+		return r, -1, unpin
 	case err != nil:
 		s.t.log.Warn("export GPU memory for a same-host peer", zap.Uint64("addr", m.addr), zap.Error(err))
 		r.status, r.text = statusFailed, err.Error()
-		return r, -1
+		return r, -1, unpin
 	}
 	base, end := uint64(h.Base), uint64(h.Base)+h.Size
 	lo, hi := max(reg.Addr, base), min(reg.End(), end)
 	if lo >= hi || m.addr < lo || m.addr >= hi {
 		_ = h.Close()
 		r.status, r.text = statusFailed, fmt.Sprintf("allocation [%#x, %#x) does not hold %#x", base, end, m.addr)
-		return r, -1
+		return r, -1, unpin
 	}
 	sc.mu.Lock()
 	sc.lent[reg.Addr] = true
 	sc.mu.Unlock()
 	r.status, r.kind, r.base, r.size, r.grant, r.grantLen, r.device, r.legacy = statusOK, h.Kind, base, h.Size, lo, hi-lo, h.Device, h.Legacy
-	return r, h.FD
+	return r, h.FD, unpin
 }
 
 // register records a GPU buffer that initiators may map.

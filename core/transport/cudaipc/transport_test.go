@@ -542,3 +542,54 @@ func TestGroupsOfCopies(t *testing.T) {
 	}
 	require.Equal(t, pattern(tasks*each, 3), tgt.read(remote, tasks*each))
 }
+
+// slowOpen holds the initiator's OpenIPC calls until released: a stand-in
+// for a driver that takes its time to map (it wraps the FAKE driver).
+type slowOpen struct {
+	gpu.IPC
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowOpen) OpenIPC(h gpu.IPCHandle, ord int) (gpu.IPCMapping, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.IPC.OpenIPC(h, ord)
+}
+
+// TestUnregisterDuringOpen: the target unregisters a buffer while an
+// initiator is mapping it (the grant came, the mapping is not in place
+// yet). The unregistration returns at once (nothing is mapped to drop),
+// and the mapping that then completes is not kept: the open is asked
+// again, the target refuses it, and no byte reaches the unregistered
+// buffer through CUDA IPC.
+func TestUnregisterDuringOpen(t *testing.T) {
+	testutil.ResourceCheck(t)
+	tgt, ini := pair(t, Config{})
+	slow := &slowOpen{IPC: ini.x.ipc, entered: make(chan struct{}), release: make(chan struct{})}
+	ini.x.ipc = slow
+	const n = 8192
+	for _, vmm := range []bool{false, true} {
+		remote := tgt.alloc(0, n)
+		if vmm {
+			remote = tgt.allocVMM(0, n, true)
+		}
+		ihost := ini.host(n)
+		copy(ihost, pattern(n, 7))
+		peer := tgt.peer()
+		done := make(chan []*transport.Task, 1)
+		go func() {
+			done <- ini.run(peer, transport.SubmitOptions{Sync: true},
+				transport.Request{Opcode: transport.Write, Local: addrOf(ihost), Remote: uint64(remote), Length: n})
+		}()
+		<-slow.entered
+		require.NoError(t, tgt.unregister(remote))
+		close(slow.release)
+		tasks := <-done
+		require.ErrorIs(t, tasks[0].Err(), transport.ErrRejected, "vmm %v", vmm)
+		require.Equal(t, make([]byte, n), tgt.read(remote, n), "vmm %v: bytes reached the unregistered buffer", vmm)
+		mappings, _, _ := ini.d.LiveIPC()
+		require.Zero(t, mappings, "vmm %v: the late mapping was kept", vmm)
+		slow.release = make(chan struct{})
+	}
+}
