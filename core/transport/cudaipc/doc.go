@@ -22,7 +22,9 @@
 // (cuMemCreate: NVLinkAllocator, torch's expandable segments), and the
 // part of the allocation the initiator may touch (the registered buffer:
 // an allocation may hold unregistered memory, which the initiator never
-// copies). It refuses initiators of another user. The initiator (peer.go)
+// copies). It refuses initiators of another user, and an initiator
+// refuses a socket held by a process of another user (its requests go to
+// the fallback). The initiator (peer.go)
 // opens each allocation once and caches the mapping until the target
 // unregisters the buffer (the target asks it to drop the mapping and waits,
 // DropTimeout, before its unregister_memory returns), the target restarts

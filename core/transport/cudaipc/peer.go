@@ -424,7 +424,17 @@ func (p *peerState) connect(ctx context.Context) (*clientConn, error) {
 		p.mu.Unlock()
 		return nil, err
 	}
-	c := &clientConn{p: p, c: raw.(*net.UnixConn), waiting: map[uint64]chan openResult{}, done: make(chan struct{})}
+	uc := raw.(*net.UnixConn)
+	// The socket's name comes from the descriptor, and any process may
+	// bind an abstract name first: map no memory of, nor write ours into,
+	// a process of another user (the target refuses such initiators too).
+	if err := sameUser(uc); err != nil {
+		uc.Close()
+		p.t.log.Warn("a same-host peer's CUDA IPC socket is held by a process of another user; its GPU memory goes over the fallback",
+			zap.String("peer", p.name), zap.String("socket", socket), zap.Error(err))
+		return nil, fmt.Errorf("cudaipc: peer %q at %s: %w: %w", p.name, socket, errNotMapped, err)
+	}
+	c := &clientConn{p: p, c: uc, waiting: map[uint64]chan openResult{}, done: make(chan struct{})}
 	p.mu.Lock()
 	if p.closing || p.conn != nil {
 		other := p.conn

@@ -85,8 +85,9 @@ func (s *server) serve() {
 	}
 }
 
-// sameUser refuses initiators of another user: they would get handles to
-// this process's GPU memory.
+// sameUser refuses a connection whose other end runs as another user: an
+// initiator would get handles to this process's GPU memory; a target
+// would get this process's data.
 func sameUser(c *net.UnixConn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {

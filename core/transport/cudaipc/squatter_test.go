@@ -1,0 +1,99 @@
+//go:build linux
+
+package cudaipc
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/transport"
+)
+
+const squatterEnv = "PYMOONCAKE_CUDAIPC_TEST_SQUAT"
+
+// TestSquatterHelper is the other user's process of TestSocketOfAnotherUser:
+// it binds the abstract socket named in squatterEnv, says so, accepts and
+// answers nothing until its stdin closes.
+func TestSquatterHelper(t *testing.T) {
+	name := os.Getenv(squatterEnv)
+	if name == "" {
+		t.Skip("run by TestSocketOfAnotherUser")
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: name, Net: "unixpacket"})
+	if err != nil {
+		os.Exit(3)
+	}
+	os.Stdout.WriteString("listening\n")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	os.Exit(0)
+}
+
+// TestSocketOfAnotherUser: when a process of another user holds the
+// socket a peer's descriptor names (it bound the abstract name after the
+// peer's endpoint closed), the initiator neither opens nor writes anything
+// there: the request goes to the fallback.
+func TestSocketOfAnotherUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a helper as another user")
+	}
+	testutil.ResourceCheck(t)
+	tgt, ini := pair(t, Config{OpenTimeout: 2 * time.Second})
+	const n = 4096
+	remote := tgt.alloc(0, n)
+	ihost := ini.host(n)
+	peer := tgt.peer()
+	socket := tgt.x.srv.ln.Addr().String()
+	require.NoError(t, tgt.x.Close())
+
+	// The test binary's directory is the building user's alone: the
+	// helper runs from a copy that user nobody may read.
+	dir, err := os.MkdirTemp("", "cudaipc-squat")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	bin, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	exe := filepath.Join(dir, "helper.test")
+	require.NoError(t, os.WriteFile(exe, bin, 0o755))
+	cmd := exec.Command(exe, "-test.run=^TestSquatterHelper$")
+	cmd.Env = append(os.Environ(), squatterEnv+"="+socket)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err, "the helper could not bind %s", socket)
+	require.Equal(t, "listening\n", line)
+
+	copy(ihost, pattern(n, 3))
+	start := time.Now()
+	tasks := ini.run(peer, transport.SubmitOptions{Sync: true},
+		transport.Request{Opcode: transport.Write, Local: addrOf(ihost), Remote: uint64(remote), Length: n})
+	require.NoError(t, tasks[0].Err())
+	require.Less(t, time.Since(start), time.Second, "refused at connect, not after the open timed out")
+	require.Len(t, ini.fb.requests(), 1, "the write went to the fallback")
+	mappings, _, imports := ini.d.LiveIPC()
+	require.Zero(t, mappings)
+	require.Zero(t, imports)
+}
