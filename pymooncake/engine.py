@@ -102,8 +102,8 @@ default; ``0`` for any free port, ``PYMOONCAKE_METRICS_HOST`` to bind one
 address) serves them at ``/metrics`` in Prometheus's text format, under
 names shaped like those of Mooncake's TENT engine
 (``pymooncake_write_bytes_total{transport="tcp"}``); see the README. Peers
-beyond ``PYMOONCAKE_METRICS_MAX_PEERS`` (default 64) share the label
-``"other"``. ``MC_TE_METRIC=1`` logs Mooncake's periodic summary line
+beyond ``PYMOONCAKE_METRICS_MAX_PEERS`` (default 64) take the label of a
+peer whose segment was closed, or share the label ``"other"``. ``MC_TE_METRIC=1`` logs Mooncake's periodic summary line
 ("[Metrics] Transfer Engine Stats (over last 5s): Throughput: ... MB/s |
 Latency Distribution ...") every ``MC_TE_METRIC_INTERVAL_SECONDS``
 (default 5), as Mooncake does; a value Mooncake would ignore (say

@@ -208,7 +208,8 @@ func TestMetricsPortInUseFailsInit(t *testing.T) {
 	require.ErrorContains(t, err, "address already in use")
 }
 
-// Peers beyond PYMOONCAKE_METRICS_MAX_PEERS are counted as "other".
+// Peers beyond PYMOONCAKE_METRICS_MAX_PEERS are counted as "other", until
+// a peer with a label of its own is closed.
 func TestMetricsPeerLabelsBounded(t *testing.T) {
 	testutil.ResourceCheck(t)
 	ini := newEngine(t, map[string]string{"PYMOONCAKE_METRICS_MAX_PEERS": "1"})
@@ -227,6 +228,21 @@ func TestMetricsPeerLabelsBounded(t *testing.T) {
 	require.Equal(t, uint64(100), snap.Peers[names[0]].WriteBytes)
 	require.Equal(t, uint64(200), snap.Peers[metrics.OtherPeer].WriteBytes)
 	require.Equal(t, 2, snap.Peers[metrics.OtherPeer].Open["tcp"], "two open peers share the label")
+
+	// The first peer's segment closed, its label goes to the next new
+	// peer (P2P peers that restart come back under new names).
+	h, err := ini.OpenSegment(ctxT(t), names[0])
+	require.NoError(t, err)
+	require.NoError(t, ini.CloseSegment(h))
+	tgt := newEngine(t, nil)
+	remote := testutil.Mmap(t, 4096)
+	require.NoError(t, tgt.RegisterMemory(addr(remote), 4096, "*"))
+	require.NoError(t, ini.TransferTo(ctxT(t), tgt.Name(), []Request{{Opcode: transport.Write, Local: addr(local), Remote: uint64(addr(remote)), Length: 100}}, nil))
+	snap = ini.Metrics()
+	require.Len(t, snap.Peers, 2)
+	require.NotContains(t, snap.Peers, names[0])
+	require.Equal(t, uint64(100), snap.Peers[tgt.Name()].WriteBytes)
+	require.Equal(t, uint64(200), snap.Peers[metrics.OtherPeer].WriteBytes)
 }
 
 // MC_TE_METRIC=1 logs Mooncake's summary line every interval, through the

@@ -103,6 +103,7 @@ func (e *Engine) CloseSegment(h SegmentHandle) error {
 		for _, x := range e.xps {
 			x.ClosePeer(s.Peer.Name)
 		}
+		e.metrics.Release(s.Peer.Name)
 	}
 	e.dir.Forget(s.Peer.Name)
 	return nil

@@ -19,9 +19,10 @@
 // transport's) once per opened segment, tallies the outcomes of a batch's
 // tasks to that peer on its own stack (Tally) and adds the tally to the
 // shared counters in one go, with the batch's latency. Nothing allocates,
-// no label is looked up, no lock is taken. Peers beyond Config.MaxPeers are
-// added up under the label "other", so a scrape stays bounded however many
-// peers the engine meets.
+// no label is looked up, no lock is taken. Peers beyond Config.MaxPeers
+// take the label of a peer the engine released (its segments closed), or
+// are added up under the label "other", so a scrape stays bounded however
+// many peers the engine meets.
 //
 // A nil *Set and a nil *Link record nothing: an engine built without
 // metrics (benchmarks measure their cost that way) pays one nil check per

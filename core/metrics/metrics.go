@@ -314,6 +314,8 @@ type Set struct {
 	peers      map[string]*peerStats      // guarded by mu; OtherPeer's too
 	links      map[[2]string]*Link        // guarded by mu: by peer label and transport
 	failovers  map[[2]string]uint64       // guarded by mu: by from and to
+	released   map[string]uint64          // guarded by mu: own labels of peers gone, by when (releases)
+	releases   uint64                     // guarded by mu
 
 	retries    [numRetries]atomic.Uint64
 	recoveries [numRecoveries]atomic.Uint64
@@ -336,6 +338,7 @@ func New(cfg Config) *Set {
 		peers:      map[string]*peerStats{},
 		links:      map[[2]string]*Link{},
 		failovers:  map[[2]string]uint64{},
+		released:   map[string]uint64{},
 	}
 	s.reg.MustRegister(collector{s})
 	return s
@@ -346,8 +349,9 @@ func (s *Set) Registry() *prometheus.Registry { return s.reg }
 
 // Link returns where requests to the peer called peer over the named
 // transport are recorded. The first MaxPeers peers get their own label;
-// later ones share OtherPeer's. Calls with the same arguments return the
-// same Link. A nil Set returns nil.
+// later ones take the label of a peer released longest ago (Release), or
+// share OtherPeer's when none was. Calls with the same arguments return
+// the same Link while the peer keeps its label. A nil Set returns nil.
 func (s *Set) Link(peer, transportName string) *Link {
 	if s == nil {
 		return nil
@@ -370,13 +374,19 @@ func (s *Set) Link(peer, transportName string) *Link {
 }
 
 // peerLocked returns the figures of peer's label, creating them while
-// fewer than maxPeers peers have a label of their own.
+// fewer than maxPeers peers have a label of their own, or in place of the
+// peer released longest ago.
 func (s *Set) peerLocked(peer string) *peerStats {
 	if ps := s.peers[peer]; ps != nil {
+		delete(s.released, peer) // back before its label went
 		return ps
 	}
 	own := len(s.peers)
 	if _, ok := s.peers[OtherPeer]; ok {
+		own--
+	}
+	if own >= s.maxPeers && peer != OtherPeer && len(s.released) > 0 {
+		s.evictLocked()
 		own--
 	}
 	label := peer
@@ -389,6 +399,42 @@ func (s *Set) peerLocked(peer string) *peerStats {
 	ps := &peerStats{label: label}
 	s.peers[label] = ps
 	return ps
+}
+
+// evictLocked drops the label of the peer released longest ago: its
+// series leave the scrape (Prometheus marks them stale), and requests
+// still in flight to it are no longer counted.
+func (s *Set) evictLocked() {
+	victim, when := "", uint64(0)
+	for p, at := range s.released {
+		if victim == "" || at < when {
+			victim, when = p, at
+		}
+	}
+	delete(s.released, victim)
+	delete(s.peers, victim)
+	for key := range s.links {
+		if key[0] == victim {
+			delete(s.links, key)
+		}
+	}
+}
+
+// Release says that the engine holds no segment of the peer called peer
+// any more (it was closed, or dropped after a failure): when the labels
+// run out, its label may go to a new peer. Peers that restart under new
+// names (P2P names carry the port) thus do not end up as "other" in a
+// long-lived engine. A Link for the peer before that keeps its label.
+func (s *Set) Release(peer string) {
+	if s == nil || peer == OtherPeer {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ps := s.peers[peer]; ps != nil && ps.label == peer {
+		s.releases++
+		s.released[peer] = s.releases
+	}
 }
 
 // label is the label peer's figures are under: its name, or OtherPeer.

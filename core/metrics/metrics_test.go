@@ -276,6 +276,45 @@ func TestPeerLabelsBounded(t *testing.T) {
 	require.Len(t, s.Snapshot().Peers, 3)
 }
 
+// Labels of released peers (their segments closed) go to new peers, the
+// oldest released first; a peer back before that keeps its label and
+// figures; with none released, new peers are "other".
+func TestReleasedPeerLabelsAreReused(t *testing.T) {
+	s := New(Config{MaxPeers: 2})
+	read := func(peer string) *Link {
+		var tl Tally
+		tl.Completed(transport.Read, 10)
+		l := s.Link(peer, "tcp")
+		l.Add(&tl, time.Microsecond)
+		return l
+	}
+	labels := func() []string { return peerLabels(gather(t, s), "pymooncake_peer_read_bytes_total") }
+	a, b := read("a"), read("b")
+	read("c")
+	require.ElementsMatch(t, []string{"a", "b", OtherPeer}, labels())
+
+	s.Release("b")
+	s.Release("a")
+	s.Release("c") // an "other" peer holds no label to give
+	s.Release(OtherPeer)
+	require.Same(t, a, s.Link("a", "tcp"), "a came back before its label went")
+	read("d")
+	require.ElementsMatch(t, []string{"a", "d", OtherPeer}, labels(), "d took b's label, the one released")
+	snap := s.Snapshot()
+	require.Equal(t, uint64(10), snap.Peers["d"].ReadBytes, "d starts from zero")
+	require.Equal(t, uint64(10), snap.Peers[OtherPeer].ReadBytes)
+	require.NotSame(t, b, s.Link("b", "tcp"), "b is back as \"other\"")
+	require.Equal(t, OtherPeer, s.label("b"))
+	require.Equal(t, uint64(40), snap.Transports["tcp"].Read.Bytes, "the transport's figures keep everything")
+
+	// Released twice, evicted once; then nothing more to take.
+	s.Release("a")
+	s.Release("a")
+	read("e")
+	read("f")
+	require.ElementsMatch(t, []string{"d", "e", OtherPeer}, labels())
+}
+
 func TestSummaryLine(t *testing.T) {
 	var d totals
 	d.bytes = 10 << 20
