@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -40,9 +41,15 @@ type serverConn struct {
 	done chan struct{}            // closed when its reader stops
 }
 
-func (sc *serverConn) send(b []byte, fd int) error {
+// send writes one message. An initiator that takes none for the open
+// timeout (stopped, wedged) is dropped: a reply is sent while its buffer
+// is pinned, and an unregistration waits for that pin.
+func (sc *serverConn) send(b []byte, fd int, timeout time.Duration) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
+	if err := sc.c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
 	return send(sc.c, b, fd)
 }
 
@@ -148,7 +155,7 @@ func (s *server) serveConn(sc *serverConn) {
 			// waits for the pin, so a drop request for it always
 			// follows this reply on the connection (the initiator
 			// relies on that order, see peerState.noteDrop).
-			err := sc.send(r.encode(), fd)
+			err := sc.send(r.encode(), fd, s.t.cfg.openTimeout())
 			unpin()
 			if fd >= 0 {
 				_ = syscall.Close(fd)
@@ -254,7 +261,7 @@ func (s *server) unregister(addr uint64) error {
 		return nil
 	}
 	for _, w := range waits {
-		if err := w.sc.send(dropRequest{seq: w.seq, addr: addr, length: length}.encode(), -1); err != nil {
+		if err := w.sc.send(dropRequest{seq: w.seq, addr: addr, length: length}.encode(), -1, s.t.cfg.dropTimeout()); err != nil {
 			w.sc.c.Close() // its reader ends and closes done
 		}
 	}
