@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -121,7 +122,7 @@ func TestRecoverInto(t *testing.T) {
 }
 
 func TestReadList(t *testing.T) {
-	vals := []uint64{1, 2, math.MaxUint64}
+	vals := onHeap([]uint64{1, 2, math.MaxUint64})
 	addr := uintptr(unsafe.Pointer(&vals[0]))
 	got, err := readList("op", "xs", addr, len(vals))
 	require.NoError(t, err)
@@ -233,16 +234,35 @@ func TestNewEngineFailures(t *testing.T) {
 	}
 }
 
-// mem is memory outside the Go heap's moving concerns for the engine to
-// register: a Go byte slice kept alive by the test.
+// Memory handed to the engine as a uintptr must stay where it is during
+// the call. Escape analysis does not follow uintptrs: a small slice the
+// compiler proves local could live on the goroutine's stack, which moves
+// when it grows (deep in the engine's call), and the engine would then
+// read or write where the slice was (TestNotifiesInPieces once saw an
+// "unregistered" address so). onHeap makes a value escape: on the heap
+// nothing moves.
+var sink struct {
+	mu sync.Mutex
+	v  any
+}
+
+func onHeap[T any](v T) T {
+	sink.mu.Lock()
+	sink.v = v
+	sink.mu.Unlock()
+	return v
+}
+
+// mem is memory for the engine to register: a Go byte slice on the heap,
+// kept alive by the test.
 type mem struct {
 	b []byte
 }
 
-func newMem(n int) *mem              { return &mem{b: make([]byte, n)} }
+func newMem(n int) *mem              { return onHeap(&mem{b: make([]byte, n)}) }
 func (m *mem) addr() uintptr         { return uintptr(unsafe.Pointer(&m.b[0])) }
 func (m *mem) size() int64           { return int64(len(m.b)) }
-func list(vs ...uint64) uintptr      { return uintptr(unsafe.Pointer(&vs[0])) }
+func list(vs ...uint64) uintptr      { return uintptr(unsafe.Pointer(&onHeap(vs)[0])) }
 func keep(vs ...[]uint64) [][]uint64 { return vs }
 
 func TestEngineRoundTrip(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 // the oldest notify needs a buffer of need bytes.
 func notifiesInto(t *testing.T, e *Engine, capacity, max int64) (got [][2]string, left uint64, need int64) {
 	t.Helper()
-	buf := make([]byte, capacity)
+	buf := onHeap(make([]byte, capacity))
 	n, err := e.Notifies(uintptr(unsafe.Pointer(&buf[0])), capacity, max)
 	runtime.KeepAlive(buf)
 	require.NoError(t, err)
@@ -104,7 +104,7 @@ func TestNotifiesInPieces(t *testing.T) {
 	require.Equal(t, uint64(2), left)
 
 	require.Equal(t, ns[3:], drainNotifies(t, b, 64))
-	buf := make([]byte, 64)
+	buf := onHeap(make([]byte, 64))
 	n, err := b.Notifies(uintptr(unsafe.Pointer(&buf[0])), 64, 1)
 	runtime.KeepAlive(buf)
 	require.NoError(t, err)
@@ -114,7 +114,7 @@ func TestNotifiesInPieces(t *testing.T) {
 func TestNotifiesRejectsBadArguments(t *testing.T) {
 	leakCheck(t)
 	e := newEngine(t)
-	buf := make([]byte, 64)
+	buf := onHeap(make([]byte, 64))
 	addr := uintptr(unsafe.Pointer(&buf[0]))
 	for _, tc := range []struct {
 		name     string
