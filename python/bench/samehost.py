@@ -51,6 +51,9 @@ LABEL = {"tcp": "TCP", "cma": "CMA", "shm": "shm ring"}
 
 GRID = [
     Point(64 * KiB, 1, 1),
+    Point(256 * KiB, 1, 1),
+    Point(1 * MiB, 1, 1),
+    Point(4 * MiB, 1, 1),
     Point(64 * KiB, 128, 1),
     Point(256 * KiB, 32, 1),
     Point(1 * MiB, 32, 1),

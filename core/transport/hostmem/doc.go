@@ -84,7 +84,10 @@
 // it), copies, and replies with a status per range; the peer's reader
 // goroutine copies what reads brought and finishes the tasks. A peer that
 // answers nothing for Config.IOTimeout while requests are outstanding
-// (stopped, wedged) fails them with ErrPeer.
+// (stopped, wedged) fails them with ErrPeer. Each request wakes a
+// goroutine on both sides, so a synchronous call of less than 256 KiB goes
+// to the fallback instead when there is one: TCP runs it on the caller's
+// goroutine and answers it sooner (ringMinSync).
 //
 // # GPU memory
 //

@@ -339,6 +339,50 @@ func TestGPUMemoryGoesToTheFallback(t *testing.T) {
 	require.ErrorIs(t, errs[0], ErrNoPath)
 }
 
+// TestSmallSyncCallsSkipTheRing: over the ring, a synchronous call of less
+// than ringMinSync bytes goes to the fallback (TCP answers it sooner);
+// larger ones and asynchronous ones take the ring. Without a fallback the
+// ring takes them all.
+func TestSmallSyncCallsSkipTheRing(t *testing.T) {
+	testutil.ResourceCheck(t)
+	fb := &fakeFallback{}
+	tgt, ini := newNode(t, Config{}), newNode(t, Config{Mode: RingOnly, Fallback: fb})
+	remote, local := testutil.Mmap(t, 4<<20), testutil.Mmap(t, 4<<20)
+	tgt.register(t, remote, memory.Host)
+	ini.register(t, local, memory.Host)
+	pe := tgt.peer("target")
+	fill(local, 9)
+	small := []transport.Request{
+		{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096},
+		{Opcode: transport.Write, Local: addrOf(local) + 8192, Remote: uint64(addrOf(remote)) + 8192, Length: ringMinSync - 4097},
+	}
+	requireAllOK(t, run(t, ini.t, ctxT(t, 10*time.Second), pe, small, true))
+	require.Equal(t, small, fb.got(), "a small synchronous call goes to the fallback")
+	require.Equal(t, "shm", ini.t.pathOf("target"))
+	require.Zero(t, remote[0], "the FAKE fallback copies nothing")
+
+	for _, c := range []struct {
+		name string
+		reqs []transport.Request
+		sync bool
+	}{
+		{"large sync", []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: ringMinSync}}, true},
+		{"small async", []transport.Request{{Opcode: transport.Write, Local: addrOf(local) + 1<<20, Remote: uint64(addrOf(remote)) + 1<<20, Length: 4096}}, false},
+	} {
+		requireAllOK(t, run(t, ini.t, ctxT(t, 10*time.Second), pe, c.reqs, c.sync))
+		r := c.reqs[0]
+		off := int(r.Local - addrOf(local))
+		requireSame(t, local[off:off+int(r.Length)], remote[off:off+int(r.Length)], c.name)
+	}
+	require.Len(t, fb.got(), len(small), "nothing more went to the fallback")
+
+	lone := newNode(t, Config{Mode: RingOnly})
+	lone.register(t, local, memory.Host)
+	fill(local, 10)
+	requireAllOK(t, run(t, lone.t, ctxT(t, 10*time.Second), pe, small[:1], true))
+	requireSame(t, local[:4096], remote[:4096], "without a fallback the ring serves it")
+}
+
 // TestFaultingRangeFailsAlone: a registered range the target made
 // inaccessible without unregistering it (an application's bug) makes the
 // kernel fault;
