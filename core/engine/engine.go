@@ -346,22 +346,30 @@ func (e *Engine) localDesc() *metadata.SegmentDesc {
 		TCPDataHost:     e.dataHost,
 		Extra:           map[string]json.RawMessage{metadata.InstanceKey: json.RawMessage(`"` + e.instance + `"`)},
 	}
-	var locs []string
 	gpuBuffers := false
 	for _, r := range e.mem.Regions() {
 		// A TCP buffer is named after the segment; RDMA and barex name it
 		// by memory location, and their Describe renames it.
 		d.Buffers = append(d.Buffers, metadata.BufferDesc{Name: e.name, Addr: r.Addr, Length: r.Length})
-		locs = append(locs, r.Location)
 		gpuBuffers = gpuBuffers || r.Device != memory.Host
-	}
-	if gpuBuffers {
-		d.Extra[LocationsKey] = locationsJSON(locs)
 	}
 	for i := len(e.xps) - 1; i >= 0; i-- {
 		if ds, ok := e.xps[i].(transport.Describer); ok {
 			ds.Describe(d)
 		}
+	}
+	if gpuBuffers {
+		// Paired by index with the buffers as the transports left them:
+		// RDMA and barex publish a registration as several chunks, and
+		// leave out what they did not register.
+		locs := make([]string, len(d.Buffers))
+		for i, b := range d.Buffers {
+			locs[i] = "*"
+			if r, ok := e.mem.Find(b.Addr, b.Length); ok {
+				locs[i] = r.Location
+			}
+		}
+		d.Extra[LocationsKey] = locationsJSON(locs)
 	}
 	return d
 }

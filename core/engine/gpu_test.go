@@ -11,6 +11,7 @@ import (
 	"github.com/pymooncake/pymooncake/core/gpu"
 	"github.com/pymooncake/pymooncake/core/gpu/fake"
 	"github.com/pymooncake/pymooncake/core/internal/testutil"
+	"github.com/pymooncake/pymooncake/core/metadata"
 	"github.com/pymooncake/pymooncake/core/transport"
 )
 
@@ -113,6 +114,65 @@ func TestRegisterDetectsGPUMemory(t *testing.T) {
 		require.Equal(t, e.Name(), b.Name, "TCP buffers carry the segment name, as Mooncake's")
 	}
 	require.Equal(t, gpu.Host, e.mem.Device(uint64(addr(host)), 1))
+}
+
+// chunking is a FAKE stand-in for RDMA's and barex's Describe over a TCP
+// transport: each buffer is published as chunks of chunkBytes, and the
+// buffer at skip is left out (not registered with the transport).
+type chunking struct {
+	transport.Transport
+	skip uint64
+}
+
+const chunkBytes = 4096
+
+func (c chunking) Describe(d *metadata.SegmentDesc) {
+	if ds, ok := c.Transport.(transport.Describer); ok {
+		ds.Describe(d)
+	}
+	var out []metadata.BufferDesc
+	for _, b := range d.Buffers {
+		if b.Addr == c.skip {
+			continue
+		}
+		for off := uint64(0); off < b.Length; off += chunkBytes {
+			out = append(out, metadata.BufferDesc{Name: "cpu:0", Addr: b.Addr + off, Length: min(chunkBytes, b.Length-off)})
+		}
+	}
+	d.Buffers = out
+}
+
+// The locations are paired with the buffers as the transports publish
+// them, chunked and filtered (they were paired with the engine's regions,
+// so a peer took host chunks for GPU ones and the reverse).
+func TestLocationsFollowPublishedBuffers(t *testing.T) {
+	testutil.ResourceCheck(t)
+	d := newFakeGPU(t)
+	skipped := testutil.Mmap(t, 4096)
+	e := testEngine{gpu: d, wrap: func(x transport.Transport) transport.Transport {
+		return chunking{Transport: x, skip: uint64(addr(skipped))}
+	}}.mustStart(t)
+	host := testutil.Mmap(t, 3*chunkBytes)
+	dev := allocDev(t, d, 0, 2*chunkBytes)
+	require.NoError(t, e.RegisterMemory(addr(skipped), 4096, "*"))
+	require.NoError(t, e.RegisterMemory(addr(host), 3*chunkBytes, "cpu:0"))
+	require.NoError(t, e.RegisterMemory(dev.addr, 2*chunkBytes, "*"))
+	var desc struct {
+		Buffers []struct {
+			Addr uint64 `json:"addr"`
+		} `json:"buffers"`
+	}
+	require.NoError(t, json.Unmarshal(e.Descriptor(), &desc))
+	locs := locations(t, e)
+	require.Len(t, locs, len(desc.Buffers))
+	require.Len(t, locs, 5, "three host chunks and two GPU ones; the skipped buffer is not published")
+	for i, b := range desc.Buffers {
+		want := "cpu:0"
+		if b.Addr >= uint64(dev.addr) && b.Addr < uint64(dev.addr)+2*chunkBytes {
+			want = "cuda:0"
+		}
+		require.Equal(t, want, locs[i], "buffer %d at %#x", i, b.Addr)
+	}
 }
 
 // gpuPair is two engines on one fake GPU host: an initiator with host and

@@ -41,6 +41,9 @@ type testEngine struct {
 	log         *zap.Logger
 	// noMetrics starts the engine without metrics (Config.NoMetrics).
 	noMetrics bool
+	// wrap, when not nil, wraps the TCP transport (a test double's
+	// behaviour over it).
+	wrap func(transport.Transport) transport.Transport
 }
 
 // start starts e, returning initialize's error.
@@ -106,6 +109,9 @@ func (te testEngine) config() (Config, error) {
 			if err != nil {
 				ln.Close()
 				return nil, err
+			}
+			if te.wrap != nil {
+				return []transport.Transport{te.wrap(t)}, nil
 			}
 			return []transport.Transport{t}, nil
 		},
