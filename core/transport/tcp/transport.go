@@ -289,7 +289,16 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 	v1 := t.cfg.ForceV1 || pe.Desc.TCPProtoVersion < 2
 	info := p.describe(pe.Desc)
 	tasks = p.coalesce(info, tasks)
-	b := builder{t: t, p: p, ctx: ctx, v1: v1, sg: !v1 && info.sg && !t.cfg.NoScatterGather}
+	rp := reqLists.Get().(*[]wreq)
+	b := builder{t: t, p: p, ctx: ctx, v1: v1, sg: !v1 && info.sg && !t.cfg.NoScatterGather, reqs: (*rp)[:0]}
+	defer func() {
+		// The lanes hold copies of the requests: the list goes back.
+		if cap(b.reqs) <= maxPooledReqs {
+			clear(b.reqs)
+			*rp = b.reqs[:0]
+			reqLists.Put(rp)
+		}
+	}()
 	b.start(tasks)
 	for i, task := range tasks {
 		n := task.Length
@@ -319,6 +328,14 @@ func (t *Transport) Submit(ctx context.Context, pe transport.Peer, tasks []*tran
 		p.enqueue(w)
 	}
 }
+
+// reqLists recycles Submit's lists of wire requests: a batch of plain
+// (Mooncake-framed) requests makes one per block, 300 KB for 1,024 blocks.
+var reqLists = sync.Pool{New: func() any { return new([]wreq) }}
+
+// maxPooledReqs bounds the lists kept, so that one huge batch does not pin
+// its list for good.
+const maxPooledReqs = 4096
 
 // peer returns the pool for pe, creating it on first use.
 func (t *Transport) peer(pe transport.Peer) (*peer, error) {
