@@ -178,7 +178,17 @@ func (l *lane) enqueue(w wreq) {
 	if start {
 		go l.run()
 	}
+	l.sweepEnded(&w)
 	l.signal()
+}
+
+// sweepEnded sweeps w's ctx if it has ended already: its watch fires once,
+// and may have fired before w was queued (while another request of the
+// same Submit was in flight, or before teardown put w back).
+func (l *lane) sweepEnded(w *wreq) {
+	if err := w.ctx.Err(); err != nil {
+		l.sweep(w.ctx.Done(), err)
+	}
 }
 
 func (l *lane) signal() {
@@ -197,6 +207,9 @@ func (l *lane) requeue(ws []wreq) {
 	l.mu.Lock()
 	l.queue = append(l.queue, ws...)
 	l.mu.Unlock()
+	for i := range ws {
+		l.sweepEnded(&ws[i])
+	}
 	l.signal()
 }
 
@@ -222,7 +235,7 @@ func (l *lane) watchLocked(ctx context.Context) {
 func (l *lane) sweep(done <-chan struct{}, why error) {
 	l.mu.Lock()
 	var gone []wreq
-	keep := l.queue[:l.head]
+	keep := l.queue[:0] // in place: it never passes what was read
 	for _, w := range l.queue[l.head:] {
 		if w.ctx.Done() == done {
 			gone = append(gone, w)
@@ -231,7 +244,7 @@ func (l *lane) sweep(done <-chan struct{}, why error) {
 		}
 	}
 	clear(l.queue[len(keep):])
-	l.queue = keep
+	l.queue, l.head = keep, 0
 	l.mu.Unlock()
 	for i := range gone {
 		l.report(&gone[i], false, why)
@@ -250,8 +263,19 @@ func (l *lane) pop() bool {
 	l.cur = l.queue[l.head]
 	l.queue[l.head] = wreq{}
 	l.head++
+	if l.head >= compactAfter && 2*l.head >= len(l.queue) {
+		// A lane that never empties its queue would otherwise keep
+		// every request it ever queued in the array's prefix.
+		n := copy(l.queue, l.queue[l.head:])
+		clear(l.queue[n:])
+		l.queue, l.head = l.queue[:n], 0
+	}
 	return true
 }
+
+// compactAfter is how many taken requests the queue's prefix may hold
+// before pop moves the waiting ones to the front.
+const compactAfter = 64
 
 // takeQueueLocked empties the queue and returns what waited in it.
 func (l *lane) takeQueueLocked() []wreq {

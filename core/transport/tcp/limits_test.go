@@ -283,3 +283,19 @@ func TestConnLimitsConfig(t *testing.T) {
 		})
 	}
 }
+
+// A connection that sends the first bytes of a header and no more holds
+// its (unsheddable) slot for headerRest, not for the I/O timeout.
+func TestPartHeaderTimesOut(t *testing.T) {
+	testutil.ResourceCheck(t)
+	remote := testutil.Mmap(t, 1<<16)
+	target := newTransport(t, Config{IOTimeout: time.Minute, Logger: zap.NewNop()}, remote)
+	c := rawConn(t, target, "127.0.0.2")
+	_, err := c.Write([]byte{0})
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "closed by the server")
+	require.Less(t, time.Since(start), headerRest+2*time.Second)
+}

@@ -201,12 +201,13 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 		}
 		// Part of a request has come (read here or by polling): from
 		// now on the connection is mid-request and never shed, and the
-		// rest of the header must come within the I/O timeout.
+		// rest of the header must come soon (a header is one segment
+		// from any real client; one byte must not buy a slot for long).
 		if !lc.Busy() {
 			return // shed as the first bytes came in
 		}
 		if got < len(st.hdr) {
-			if err := c.SetReadDeadline(time.Now().Add(s.io)); err != nil {
+			if err := c.SetReadDeadline(time.Now().Add(min(s.io, headerRest))); err != nil {
 				return
 			}
 			if _, err := io.ReadFull(c, st.hdr[got:]); err != nil {
@@ -285,6 +286,10 @@ func (s *server) serveConn(lc *connlimit.Conn) {
 		}
 	}
 }
+
+// headerRest bounds the wait for the rest of a header whose first bytes
+// came.
+const headerRest = time.Second
 
 // logNextHeader logs why the next header could not be read, unless the
 // client just closed the connection.

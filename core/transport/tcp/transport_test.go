@@ -825,3 +825,20 @@ func FuzzServer(f *testing.F) {
 		<-drained
 	})
 }
+
+// A lane whose queue never empties (a steady backlog) keeps a short array:
+// pop moves the waiting requests to the front once the taken prefix is
+// half of it, and they come out in order.
+func TestLaneQueueStaysCompact(t *testing.T) {
+	l := &lane{}
+	for i := range 100_000 {
+		l.queue = append(l.queue, wreq{n: uint64(i)})
+		if i > 0 {
+			require.True(t, l.pop())
+			require.Equal(t, uint64(i-1), l.cur.n)
+		}
+	}
+	require.Less(t, cap(l.queue), 1024)
+	require.True(t, l.pop())
+	require.False(t, l.pop())
+}
