@@ -65,6 +65,10 @@ type peer struct {
 	closed bool         // guarded by mu
 	parked []parkedCall // guarded by mu: calls waiting for the setup
 
+	// retryAt, when not zero, is when a path the peer refused (it was
+	// busy) is asked for again (UnixNano).
+	retryAt atomic.Int64
+
 	dead      atomic.Pointer[error] // the connection's failure, once
 	done      chan struct{}         // closed by close
 	closeErr  error                 // set before done closes
@@ -120,6 +124,16 @@ func (p *peer) park(ctx context.Context, pe transport.Peer, tasks []*transport.T
 	return true
 }
 
+// refusedRetry is how long a peer that refused a same-host path is reached
+// through the fallback before it is asked again.
+const refusedRetry = 5 * time.Second
+
+// stale reports whether p's refused path is due to be asked for again.
+func (p *peer) stale() bool {
+	at := p.retryAt.Load()
+	return at != 0 && time.Now().UnixNano() >= at
+}
+
 // fail records the connection's first failure; false if one was recorded.
 func (p *peer) fail(err error) bool { return p.dead.CompareAndSwap(nil, &err) }
 
@@ -143,13 +157,17 @@ func (p *peer) setup() {
 	// this setup fail, or succeed, reads the same in PeerHealth at once.
 	log := p.t.log.With(zap.String("peer", p.name), zap.String("socket", p.sock))
 	switch {
-	case err != nil && errors.Is(err, ErrClosed):
+	case err != nil && (errors.Is(err, ErrClosed) || p.ctx.Err() != nil):
+		// Closed here during the setup: nothing to say of the peer.
 	case err != nil:
 		log.Info("same-host setup failed", zap.Error(err))
 		p.t.peerFailed(p, err, false)
 	default:
 		log.Info("same-host path chosen", zap.String("path", pathName(res.path)), zap.Int("pid", res.pid), zap.String("reason", res.why))
-		p.t.peerReady(p.name)
+		p.t.peerReady(p)
+		if res.retry {
+			p.retryAt.Store(time.Now().Add(refusedRetry).UnixNano())
+		}
 	}
 
 	p.mu.Lock()
@@ -188,6 +206,7 @@ func (p *peer) setup() {
 
 // setupResult is what connect opened; release undoes it.
 type setupResult struct {
+	retry bool // the peer refused for now: ask again after refusedRetry
 	path  int
 	why   string
 	conn  *net.UnixConn
@@ -290,11 +309,14 @@ func (p *peer) connect(ctx context.Context) (_ *setupResult, err error) {
 	switch w.status {
 	case statusOK:
 	case statusBusy:
-		// The peer is well and serves as many initiators as it allows.
+		// The peer is well and serves as many initiators as it allows;
+		// asked again after refusedRetry.
+		r.retry = true
 		return r.none([]string{"the peer serves its maximum of same-host initiators (PYMOONCAKE_SAME_HOST_MAX_CONNS)"}), nil
 	default:
 		// A setup step failed there (no memory for a pin area): the peer
-		// is well, the paths are not available.
+		// is well, the paths are not available for now.
+		r.retry = true
 		return r.none([]string{fmt.Sprintf("the peer could not set up a same-host path (status %d)", w.status)}), nil
 	}
 	var why []string

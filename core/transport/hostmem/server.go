@@ -108,11 +108,13 @@ func (s *server) track(c *net.UnixConn) int {
 func (s *server) refuse(c *net.UnixConn) {
 	defer s.wg.Done()
 	defer func() {
+		// Together, so that track never counts c as served.
 		s.mu.Lock()
+		delete(s.conns, c)
 		s.refusing--
 		s.mu.Unlock()
+		c.Close()
 	}()
-	defer s.untrack(c)
 	s.log.Warn("control socket at its connection limit: an initiator is told to use the fallback",
 		zap.Int("max_conns", s.t.cfg.MaxConns))
 	if err := c.SetDeadline(time.Now().Add(min(s.t.cfg.DialTimeout, time.Second))); err != nil {

@@ -272,7 +272,7 @@ func (t *Transport) peer(pe transport.Peer) (*peer, error) {
 		return nil, fmt.Errorf("hostmem: peer %q without a descriptor: %w", pe.Name, ErrInvalidConfig)
 	}
 	for _, p := range (*t.peers.Load())[pe.Name] {
-		if p.desc.Load() == pe.Desc {
+		if p.desc.Load() == pe.Desc && !p.stale() {
 			return p, nil
 		}
 	}
@@ -287,11 +287,23 @@ func (t *Transport) peer(pe transport.Peer) (*peer, error) {
 	}
 	old := *t.peers.Load()
 	for _, p := range old[pe.Name] {
-		if p.sock == ep.Socket {
-			p.desc.Store(pe.Desc)
-			return p, nil
+		if p.sock != ep.Socket {
+			continue
 		}
+		if p.stale() {
+			// Its path was refused for a while: ask again.
+			t.forgetLocked(p)
+			t.wg.Add(1)
+			go func() {
+				defer t.wg.Done()
+				p.close(fmt.Errorf("connection to peer %q renewed: %w", p.name, ErrClosed))
+			}()
+			break
+		}
+		p.desc.Store(pe.Desc)
+		return p, nil
 	}
+	old = *t.peers.Load()
 	p := newPeer(t, pe.Name, ep.Socket)
 	p.desc.Store(pe.Desc)
 	next := make(map[string][]*peer, len(old)+1)
@@ -332,15 +344,18 @@ func (t *Transport) forgetLocked(p *peer) {
 
 // peerFailed records that p's connection failed (byPeer: the peer closed
 // it), forgets p so that the next Submit starts afresh, and tears it down
-// in the background.
+// in the background. The peer's health is its newest incarnation's: the
+// end of one that was closed here or superseded is not recorded.
 func (t *Transport) peerFailed(p *peer, err error, byPeer bool) {
 	if !p.fail(err) {
 		return
 	}
 	t.mu.Lock()
-	t.failed[p.name] = err
-	if byPeer {
-		t.closes[p.name]++
+	if t.newestLocked(p) && p.ctx.Err() == nil {
+		t.failed[p.name] = err
+		if byPeer {
+			t.closes[p.name]++
+		}
 	}
 	t.forgetLocked(p)
 	closed := t.closed
@@ -356,11 +371,20 @@ func (t *Transport) peerFailed(p *peer, err error, byPeer bool) {
 	}
 }
 
-// peerReady records that a connection to the peer called name works.
-func (t *Transport) peerReady(name string) {
+// peerReady records that p, the newest incarnation of its peer, works.
+func (t *Transport) peerReady(p *peer) {
 	t.mu.Lock()
-	delete(t.failed, name)
+	if t.newestLocked(p) && p.ctx.Err() == nil {
+		delete(t.failed, p.name)
+	}
 	t.mu.Unlock()
+}
+
+// newestLocked reports whether p is the newest incarnation of its peer in
+// the table (under t.mu).
+func (t *Transport) newestLocked(p *peer) bool {
+	list := (*t.peers.Load())[p.name]
+	return len(list) > 0 && list[len(list)-1] == p
 }
 
 // Submit starts the tasks against pe. Tasks whose local or remote range is

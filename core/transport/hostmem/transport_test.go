@@ -3,6 +3,7 @@
 package hostmem
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -502,9 +503,20 @@ func TestConnectionLimit(t *testing.T) {
 		return tgt.t.srv.refusing == 0
 	}, 5*time.Second, 5*time.Millisecond, "the busy answers end with their connections")
 
+	// The busy answer holds for refusedRetry; then the initiator asks
+	// again (made due here), and gets the slot once the first lets it go.
+	first.t.ClosePeer("target")
+	for _, p := range (*second.t.peers.Load())["target"] {
+		p.retryAt.Store(time.Now().UnixNano())
+	}
+	require.Eventually(t, func() bool {
+		errs := write(second, local)
+		return errs[0] == nil && second.t.pathOf("target") == "cma"
+	}, 5*time.Second, 20*time.Millisecond, "asked again after the busy answer")
+	second.t.ClosePeer("target")
+
 	// The first initiator lets its slot go; a new one gets it once the
 	// target has seen the lease end.
-	first.t.ClosePeer("target")
 	third := newNode(t, Config{Fallback: &fakeFallback{}})
 	third.register(t, local, memory.Host)
 	fill(local, 3)
@@ -514,4 +526,43 @@ func TestConnectionLimit(t *testing.T) {
 		return errs[0] == nil && third.t.pathOf("target") == "cma"
 	}, 5*time.Second, 20*time.Millisecond)
 	requireSame(t, local, remote[:4096])
+}
+
+// TestCloseDuringSetupIsNoFailure: a peer closed here while its setup
+// waits (the target accepted and answers nothing) is not reported failed:
+// the user closed it.
+func TestCloseDuringSetupIsNoFailure(t *testing.T) {
+	testutil.ResourceCheck(t)
+	ini := newNode(t, Config{DialTimeout: 5 * time.Second})
+	local := testutil.Mmap(t, 4096)
+	ini.register(t, local, memory.Host)
+	gone := newNode(t, Config{})
+	remote := testutil.Mmap(t, 4096)
+	gone.register(t, remote, memory.Host)
+	pe := gone.peer("silent")
+	ep, err := parseEndpoint(pe.Desc)
+	require.NoError(t, err)
+	require.NoError(t, gone.t.Close())
+	// A stand-in target that accepts and never answers.
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: ep.Socket, Net: "unixpacket"})
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	g := transport.NewGroup()
+	task := &transport.Task{}
+	task.Init(transport.Request{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096}, g)
+	g.Add(1)
+	ini.t.Submit(context.Background(), pe, []*transport.Task{task}, transport.SubmitOptions{})
+	c := <-accepted
+	t.Cleanup(func() { c.Close() })
+	ini.t.ClosePeer(pe.Name)
+	require.NoError(t, g.Wait(ctxT(t, 5*time.Second)))
+	require.ErrorIs(t, task.Err(), ErrClosed)
+	require.Never(t, func() bool { return ini.t.PeerHealth(pe.Name) != nil }, 300*time.Millisecond, 10*time.Millisecond,
+		"closing a peer is not its failure")
 }
