@@ -76,6 +76,7 @@ type peerState struct {
 	maps     []*remoteMap         // guarded by mu, sorted by base
 	stale    []*remoteMap         // guarded by mu: dropped, still in use when the drop gave up
 	noExport map[uint64]bool      // guarded by mu: buffers the peer cannot export
+	foreign  bool                 // guarded by mu: its socket is another user's: never dialled again
 	pending  []gpu.Event          // guarded by mu: stream copies not known done
 	logged   map[gpu.IPCKind]bool // guarded by mu: mechanisms logged
 	closing  bool                 // guarded by mu: torn down, maps nothing new
@@ -172,7 +173,7 @@ func (p *peerState) direct(r transport.Request) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return !p.noExport[first]
+	return !p.foreign && !p.noExport[first]
 }
 
 // localOrd is the ordinal here of the GPU with this UUID, or -1.
@@ -430,6 +431,9 @@ func (p *peerState) connect(ctx context.Context) (*clientConn, error) {
 	// a process of another user (the target refuses such initiators too).
 	if err := sameUser(uc); err != nil {
 		uc.Close()
+		p.mu.Lock()
+		p.foreign = true
+		p.mu.Unlock()
 		p.t.log.Warn("a same-host peer's CUDA IPC socket is held by a process of another user; its GPU memory goes over the fallback",
 			zap.String("peer", p.name), zap.String("socket", socket), zap.Error(err))
 		return nil, fmt.Errorf("cudaipc: peer %q at %s: %w: %w", p.name, socket, errNotMapped, err)

@@ -41,13 +41,13 @@ type serverConn struct {
 	done chan struct{}            // closed when its reader stops
 }
 
-// send writes one message. An initiator that takes none for the open
-// timeout (stopped, wedged) is dropped: a reply is sent while its buffer
-// is pinned, and an unregistration waits for that pin.
-func (sc *serverConn) send(b []byte, fd int, timeout time.Duration) error {
+// send writes one message by deadline. An initiator that takes nothing
+// (stopped, wedged) is dropped then: a reply is sent while its buffer is
+// pinned, and an unregistration waits for that pin.
+func (sc *serverConn) send(b []byte, fd int, deadline time.Time) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
-	if err := sc.c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+	if err := sc.c.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
 	return send(sc.c, b, fd)
@@ -155,7 +155,7 @@ func (s *server) serveConn(sc *serverConn) {
 			// waits for the pin, so a drop request for it always
 			// follows this reply on the connection (the initiator
 			// relies on that order, see peerState.noteDrop).
-			err := sc.send(r.encode(), fd, s.t.cfg.openTimeout())
+			err := sc.send(r.encode(), fd, time.Now().Add(s.t.cfg.openTimeout()))
 			unpin()
 			if fd >= 0 {
 				_ = syscall.Close(fd)
@@ -260,12 +260,15 @@ func (s *server) unregister(addr uint64) error {
 	if len(waits) == 0 {
 		return nil
 	}
+	// One deadline for the requests and the answers: initiators that take
+	// nothing do not delay the others' requests one after another.
+	deadline := time.Now().Add(s.t.cfg.dropTimeout())
 	for _, w := range waits {
-		if err := w.sc.send(dropRequest{seq: w.seq, addr: addr, length: length}.encode(), -1, s.t.cfg.dropTimeout()); err != nil {
+		if err := w.sc.send(dropRequest{seq: w.seq, addr: addr, length: length}.encode(), -1, deadline); err != nil {
 			w.sc.c.Close() // its reader ends and closes done
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.t.lt.Context(), s.t.cfg.dropTimeout())
+	ctx, cancel := context.WithDeadline(s.t.lt.Context(), deadline)
 	defer cancel()
 	var errs []error
 	for _, w := range waits {

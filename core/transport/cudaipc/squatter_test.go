@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -40,6 +41,7 @@ func TestSquatterHelper(t *testing.T) {
 				return
 			}
 			defer c.Close()
+			os.Stdout.WriteString("accepted\n")
 		}
 	}()
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
@@ -82,9 +84,22 @@ func TestSocketOfAnotherUser(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
+	lines := bufio.NewReader(out)
+	line, err := lines.ReadString('\n')
 	require.NoError(t, err, "the helper could not bind %s", socket)
 	require.Equal(t, "listening\n", line)
+	var squatted atomic.Int64
+	go func() {
+		for {
+			line, err := lines.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "accepted\n" {
+				squatted.Add(1)
+			}
+		}
+	}()
 
 	copy(ihost, pattern(n, 3))
 	start := time.Now()
@@ -96,4 +111,15 @@ func TestSocketOfAnotherUser(t *testing.T) {
 	mappings, _, imports := ini.d.LiveIPC()
 	require.Zero(t, mappings)
 	require.Zero(t, imports)
+
+	// The peer's socket is not dialled again: the next requests go
+	// straight to the fallback.
+	for range 3 {
+		require.NoError(t, ini.run(peer, transport.SubmitOptions{Sync: true},
+			transport.Request{Opcode: transport.Write, Local: addrOf(ihost), Remote: uint64(remote), Length: n})[0].Err())
+	}
+	require.Len(t, ini.fb.requests(), 4)
+	require.Eventually(t, func() bool { return squatted.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Never(t, func() bool { return squatted.Load() > 1 }, 200*time.Millisecond, 10*time.Millisecond,
+		"one connection reached the squatter")
 }
