@@ -64,7 +64,16 @@ func (e *Engine) resolve(ctx context.Context, name string) (*segment.Segment, er
 		}
 	}
 	peer := transport.Peer{Name: desc.Name, Host: host, Desc: desc}
-	return e.segs.Put(name, peer, x, peerCloses(x, peer), e.metrics.Link(desc.Name, x.Name())), nil
+	closes := peerCloses(x, peer)
+	link := e.metrics.Link(desc.Name, x.Name())
+	s := e.segs.Put(name, peer, x, closes, link)
+	// A CloseSegment of the peer's last other segment may have released
+	// its metrics label between Link and Put; linking again takes it
+	// back, or gets the one the peer has now if the label went meanwhile.
+	if again := e.metrics.Link(desc.Name, x.Name()); again != link {
+		s = e.segs.Put(name, peer, x, closes, again)
+	}
+	return s, nil
 }
 
 // choose picks the transport for a peer: the first, in order of preference,
