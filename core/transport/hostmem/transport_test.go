@@ -506,6 +506,11 @@ func TestConnectionLimit(t *testing.T) {
 	// The busy answer holds for refusedRetry; then the initiator asks
 	// again (made due here), and gets the slot once the first lets it go.
 	first.t.ClosePeer("target")
+	require.Eventually(t, func() bool {
+		tgt.t.srv.mu.Lock()
+		defer tgt.t.srv.mu.Unlock()
+		return len(tgt.t.srv.conns) == 0
+	}, 5*time.Second, 5*time.Millisecond, "the target saw the first lease end")
 	for _, p := range (*second.t.peers.Load())["target"] {
 		p.retryAt.Store(time.Now().UnixNano())
 	}
