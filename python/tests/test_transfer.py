@@ -295,6 +295,9 @@ def test_bad_environment_fails_initialize(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MC_TCP_LANES_PER_PEER", "lots")
     assert TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == -1
     monkeypatch.delenv("MC_TCP_LANES_PER_PEER")
+    monkeypatch.setenv("PYMOONCAKE_SAME_HOST_MAX_CONNS", "0")  # 1 to 2^20
+    assert TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == -1
+    monkeypatch.delenv("PYMOONCAKE_SAME_HOST_MAX_CONNS")
     monkeypatch.setenv("MC_MIN_RPC_PORT", "23000")
     monkeypatch.setenv("MC_MAX_RPC_PORT", "23100")
     e = TransferEngine()
