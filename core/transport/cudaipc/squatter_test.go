@@ -4,6 +4,7 @@ package cudaipc
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -82,7 +83,11 @@ func TestSocketOfAnotherUser(t *testing.T) {
 	require.NoError(t, err)
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
+	if err := cmd.Start(); errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		t.Skipf("cannot run a process as another user here: %v", err)
+	} else {
+		require.NoError(t, err)
+	}
 	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
 	lines := bufio.NewReader(out)
 	line, err := lines.ReadString('\n')
