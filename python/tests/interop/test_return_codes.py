@@ -152,8 +152,14 @@ def engines(request: pytest.FixtureRequest, fakes: dict[str, str]) -> Iterator[E
     impl = request.param
     require(impl)
     env = base_env({"MC_TRANSFER_TIMEOUT": "5"})
-    with Peer(impl, "target", size=SIZE, env=env) as gone:
+    # The exited engine's ports come from a range no other engine of the
+    # suite uses (15000-17000 is the default), so that none takes its port
+    # over before the closed_engine case asks it. Both implementations read
+    # the PRC spelling.
+    gone_env = base_env({"MC_TRANSFER_TIMEOUT": "5", "MC_MIN_PRC_PORT": "17100", "MC_MAX_PRC_PORT": "17999"})
+    with Peer(impl, "target", size=SIZE, env=gone_env) as gone:
         gone_name = gone.name
+    assert 17100 <= int(gone_name.rsplit(":", 1)[1]) <= 17999, gone_name
     with Peer(impl, "target", size=SIZE, env=env) as t, Peer(impl, "initiator", size=SIZE, env=env) as i:
         yield Engines(t, i, gone_name, f"127.0.0.1:{free_port()}", fakes)
 
