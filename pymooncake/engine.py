@@ -267,6 +267,17 @@ def _text(op: str, name: str, value: Any) -> str:
     raise TypeError(f"{op}(): {name} must be a str, not {type(value).__name__}")
 
 
+def _single(op: str, target: Any, buffer: Any, peer: Any, length: Any, hint: Any) -> tuple[str, int, int, int]:
+    """Check the arguments of a single transfer: the target, the local and
+    remote addresses and the length, in the engine's types, or raise."""
+    t = _text(op, "target_hostname", target)
+    a = _uint(op, "buffer", buffer, _U64)
+    p = _uint(op, "peer_buffer_address", peer, _U64)
+    n = _uint(op, "length", length, _I64)
+    _text(op, "transport_hint", hint)
+    return t, a, p, n
+
+
 def _opcode(op: str, value: Any) -> int:
     """Return a TransferOpcode (or 0/1) as an int, or raise."""
     if value is None:
@@ -1046,11 +1057,7 @@ class TransferEngine:
             t, a, p, n = target, buffer, peer, length
         else:
             try:
-                t = _text(op, "target_hostname", target)
-                a = _uint(op, "buffer", buffer, _U64)
-                p = _uint(op, "peer_buffer_address", peer, _U64)
-                n = _uint(op, "length", length, _I64)
-                _text(op, "transport_hint", hint)
+                t, a, p, n = _single(op, target, buffer, peer, length, hint)
             except _NoneArgument as e:
                 return _errors.refuse(op, "invalid", str(e), -1)
         try:
@@ -1292,11 +1299,7 @@ class TransferEngine:
         if h is None:
             return self._unusable(op, 0)
         try:
-            t = _text(op, "target_hostname", target_hostname)
-            a = _uint(op, "buffer", buffer, _U64)
-            p = _uint(op, "peer_buffer_address", peer_buffer_address, _U64)
-            n = _uint(op, "length", length, _I64)
-            _text(op, "transport_hint", transport_hint)
+            t, a, p, n = _single(op, target_hostname, buffer, peer_buffer_address, length, transport_hint)
         except _NoneArgument as e:
             return _errors.refuse(op, "invalid", str(e), 0)
         try:
