@@ -430,15 +430,7 @@ func TestFaultingRangeFailsAlone(t *testing.T) {
 // see the peer healthy, or see its later success undone by the late record.
 func TestSetupFailureIsReportedBeforeTheCallReturns(t *testing.T) {
 	testutil.ResourceCheck(t)
-	ini := newNode(t, Config{})
-	local := testutil.Mmap(t, 4096)
-	ini.register(t, local, memory.Host)
-	gone := newNode(t, Config{})
-	remote := testutil.Mmap(t, 4096)
-	gone.register(t, remote, memory.Host)
-	pe := gone.peer("gone")
-	require.NoError(t, gone.t.Close())
-	w := []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096}}
+	ini, pe, w := closedPeer(t, Config{}, "gone")
 	for i := 0; i < 200; i++ {
 		errs := run(t, ini.t, ctxT(t, 5*time.Second), pe, w, true)
 		require.ErrorIs(t, errs[0], ErrPeer)
@@ -538,16 +530,9 @@ func TestConnectionLimit(t *testing.T) {
 // the user closed it.
 func TestCloseDuringSetupIsNoFailure(t *testing.T) {
 	testutil.ResourceCheck(t)
-	ini := newNode(t, Config{DialTimeout: 5 * time.Second})
-	local := testutil.Mmap(t, 4096)
-	ini.register(t, local, memory.Host)
-	gone := newNode(t, Config{})
-	remote := testutil.Mmap(t, 4096)
-	gone.register(t, remote, memory.Host)
-	pe := gone.peer("silent")
+	ini, pe, w := closedPeer(t, Config{DialTimeout: 5 * time.Second}, "silent")
 	ep, err := parseEndpoint(pe.Desc)
 	require.NoError(t, err)
-	require.NoError(t, gone.t.Close())
 	// A stand-in target that accepts and never answers.
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: ep.Socket, Net: "unixpacket"})
 	require.NoError(t, err)
@@ -560,7 +545,7 @@ func TestCloseDuringSetupIsNoFailure(t *testing.T) {
 	}()
 	g := transport.NewGroup()
 	task := &transport.Task{}
-	task.Init(transport.Request{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096}, g)
+	task.Init(w[0], g)
 	g.Add(1)
 	ini.t.Submit(context.Background(), pe, []*transport.Task{task}, transport.SubmitOptions{})
 	c := <-accepted
@@ -570,4 +555,20 @@ func TestCloseDuringSetupIsNoFailure(t *testing.T) {
 	require.ErrorIs(t, task.Err(), ErrClosed)
 	require.Never(t, func() bool { return ini.t.PeerHealth(pe.Name) != nil }, 300*time.Millisecond, 10*time.Millisecond,
 		"closing a peer is not its failure")
+}
+
+// closedPeer is an initiator built from cfg and the peer called name whose
+// transport has closed (its control socket is free), with a 4 KiB write
+// from the initiator's registered memory to the peer's.
+func closedPeer(t *testing.T, cfg Config, name string) (*node, transport.Peer, []transport.Request) {
+	t.Helper()
+	ini := newNode(t, cfg)
+	local := testutil.Mmap(t, 4096)
+	ini.register(t, local, memory.Host)
+	gone := newNode(t, Config{})
+	remote := testutil.Mmap(t, 4096)
+	gone.register(t, remote, memory.Host)
+	pe := gone.peer(name)
+	require.NoError(t, gone.t.Close())
+	return ini, pe, []transport.Request{{Opcode: transport.Write, Local: addrOf(local), Remote: uint64(addrOf(remote)), Length: 4096}}
 }
