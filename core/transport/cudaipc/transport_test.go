@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -592,4 +594,35 @@ func TestUnregisterDuringOpen(t *testing.T) {
 		require.Zero(t, mappings, "vmm %v: the late mapping was kept", vmm)
 		slow.release = make(chan struct{})
 	}
+}
+
+// TestWedgedInitiatorDoesNotHoldUnregister: an initiator that asks for
+// openings and reads none of the replies (stopped, wedged) blocks the
+// target's reply once the socket is full, while the buffer is pinned for
+// it. The target gives up on it after the open timeout, so that
+// unregister_memory of that buffer returns soon after instead of waiting
+// for the initiator.
+func TestWedgedInitiatorDoesNotHoldUnregister(t *testing.T) {
+	testutil.ResourceCheck(t)
+	const timeout = 300 * time.Millisecond
+	tgt := newSide(t, "target", 1, Config{OpenTimeout: timeout})
+	const n = 8192
+	dev := tgt.alloc(0, n)
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: tgt.x.srv.ln.Addr().String(), Net: "unixpacket"})
+	require.NoError(t, err)
+	defer c.Close()
+	// Ask until our own sends block: the target has stopped reading,
+	// stuck in a reply we do not take.
+	sent := 0
+	for ; sent < 1_000_000; sent++ {
+		require.NoError(t, c.SetWriteDeadline(time.Now().Add(100*time.Millisecond)))
+		if _, err := c.Write(openRequest{id: uint64(sent + 1), addr: uint64(dev)}.encode()); err != nil {
+			require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+			break
+		}
+	}
+	require.Greater(t, sent, 1, "the socket took some requests")
+	start := time.Now()
+	require.NoError(t, tgt.unregister(dev))
+	require.Less(t, time.Since(start), timeout+2*time.Second, "unregister waited for the wedged initiator")
 }
